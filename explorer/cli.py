@@ -1,0 +1,39 @@
+"""Thin dispatcher: `python -m explorer <command> [args]`.
+
+Each command lives in ``explorer/commands/<command>.py`` as ``main(argv) -> int`` and only turns
+arguments or a Hydra config into calls of the public library functions.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS: dict[str, str] = {
+    "encoders": "list the vision encoders with parameters, channels and token counts",
+    "bench": "measure this machine: GEMM roof, FastViTHD throughput, timer repeatability, prefill methods",
+    "sweep": "measure a search space (Hydra app: sweep +space=NAME [overrides])",
+    "search": "optuna multi-objective search over a space (search +space=NAME search.trials=N)",
+    "plot": "write the interactive HTML report for a results database",
+    "export": "write a results database as CSV or Parquet",
+    "train": "train chosen design points on the text-rich proxy task and store their accuracy",
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: python -m explorer <command> [args]", "", "commands:"]
+    lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"explorer.commands.{command}")
+    return int(module.main(rest) or 0)

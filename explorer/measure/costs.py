@@ -1,0 +1,77 @@
+"""The values measurement returns: one frozen dataclass per factor of TTFT.
+
+These are the contract between measurement and the engines/store: every field is a plain
+JSON-serialisable value so a cost round-trips through the store unchanged
+(``Cost.from_dict(cost.to_dict()) == cost``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class _Serialisable:
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)  # type: ignore[call-overload]
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+        kwargs = dict(data)
+        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+            if f.name == "latency" and isinstance(kwargs.get("latency"), dict):
+                kwargs["latency"] = Timing(**kwargs["latency"])
+        return cls(**kwargs)  # type: ignore[call-arg]
+
+
+@dataclass(frozen=True)
+class Timing(_Serialisable):
+    """Latency statistics of one measured callable (milliseconds)."""
+
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    mean_ms: float
+    cv: float  # coefficient of variation (std / mean)
+    n: int  # timed repetitions
+    ci_low_ms: float  # 95% confidence interval of the median
+    ci_high_ms: float
+    noisy: bool  # True when a cap ended the protocol before the CI reached the target
+
+
+@dataclass(frozen=True)
+class EncoderCost(_Serialisable):
+    encoder: str
+    knobs: dict[str, Any]
+    resolution: int
+    visual_tokens: int
+    out_channels: int
+    params_m: float
+    gflops: float  # 2 x MACs, one image
+    latency: Optional[Timing]  # one forward at settings.batch_size; None when not timed
+    peak_mem_mb: Optional[float]
+    peak_mem_method: str
+    skipped_ops: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProjectorCost(_Serialisable):
+    in_channels: int
+    hidden: int
+    tokens: int
+    params_m: float
+    gflops: float
+    latency: Optional[Timing]
+
+
+@dataclass(frozen=True)
+class PrefillCost(_Serialisable):
+    llm: str
+    tokens: int  # prompt length P = visual + text tokens
+    params_m: float
+    gflops: float  # exact for the documented prefill convention
+    latency: Optional[Timing]
+    method: str  # "whole-model", "layer-sampled(k=..)" or "not-timed"
+    skipped_ops: dict[str, int] = field(default_factory=dict)

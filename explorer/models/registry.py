@@ -1,0 +1,29 @@
+"""Name -> builder registry for vision encoders."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from .base import VisionEncoder
+
+_BUILDERS: dict[str, Callable[..., VisionEncoder]] = {}
+
+
+def register_encoder(name: str) -> Callable[[Callable[..., VisionEncoder]], Callable[..., VisionEncoder]]:
+    def wrap(builder: Callable[..., VisionEncoder]) -> Callable[..., VisionEncoder]:
+        if name in _BUILDERS:
+            raise ValueError(f"encoder {name!r} registered twice")
+        _BUILDERS[name] = builder
+        return builder
+
+    return wrap
+
+
+def list_encoders() -> list[str]:
+    return sorted(_BUILDERS)
+
+
+def build_encoder(name: str, **knobs: Any) -> VisionEncoder:
+    """Build a registered encoder in its training (multi-branch) form with the given knobs."""
+    if name not in _BUILDERS:
+        raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(list_encoders())}")
+    return _BUILDERS[name](**knobs)
