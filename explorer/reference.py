@@ -1,0 +1,114 @@
+"""Accuracy from outside the explorer: published tables and users' CSVs, joined onto results.
+
+Published numbers describe the released configurations only, so they join on rows whose
+encoder knobs are the defaults (``knobs == {}``); a user's CSV may carry a ``knobs`` column (JSON)
+to describe other configurations. Every joined value keeps its provenance in
+``accuracy_source`` (``published:<source>`` or ``user:<source>``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional, Union
+
+import numpy as np
+import pandas as pd
+
+REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
+REQUIRED = ("encoder", "resolution", "llm", "value")
+DEFAULT_METRIC = "avg5"
+
+
+def _canonical_knobs(value: object) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
+        return "{}"
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, dict):
+        raise ValueError(f"invalid knobs={value!r}: a JSON object such as {{\"width_mult\": 0.5}}")
+    return json.dumps(value, sort_keys=True)
+
+
+def read_accuracy_csv(path: Union[str, Path], origin: str = "user") -> pd.DataFrame:
+    """Read one accuracy CSV (long format) and check it before anything joins it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"accuracy csv {str(path)!r} does not exist")
+    df = pd.read_csv(path)
+    if "value" not in df.columns and "accuracy" in df.columns:
+        df = df.rename(columns={"accuracy": "value"})
+    missing = [c for c in REQUIRED if c not in df.columns]
+    if missing:
+        raise ValueError(f"accuracy csv {str(path)!r} lacks column(s) {missing}; needed: {list(REQUIRED)}"
+                         " (plus optional metric, knobs, source)")
+    df = df.copy()
+    if "metric" not in df.columns:
+        df["metric"] = DEFAULT_METRIC
+    if "source" not in df.columns:
+        df["source"] = path.stem
+    df["origin"] = origin
+    df["knobs"] = [_canonical_knobs(k) for k in df["knobs"]] if "knobs" in df.columns else "{}"
+    df["resolution"] = df["resolution"].astype(int)
+    bad = df[~pd.to_numeric(df["value"], errors="coerce").between(0, 100)]
+    if len(bad):
+        raise ValueError(f"accuracy csv {str(path)!r}: value must be a percentage in [0, 100]; "
+                         f"row {int(bad.index[0]) + 2} has {bad['value'].iloc[0]!r}")
+    df["value"] = df["value"].astype(float)
+    return df
+
+
+def load_references(paths: Optional[Iterable[Union[str, Path]]] = None) -> pd.DataFrame:
+    """All published references (``results/reference/*.csv`` by default), long format."""
+    files = sorted(REFERENCE_DIR.glob("*.csv")) if paths is None else [Path(p) for p in paths]
+    frames = [read_accuracy_csv(p, origin="published") for p in files]
+    if not frames:
+        raise ValueError(f"no reference CSVs found in {REFERENCE_DIR}")
+    return pd.concat(frames, ignore_index=True)
+
+
+def available_metrics(refs: Optional[pd.DataFrame] = None) -> list[str]:
+    refs = load_references() if refs is None else refs
+    return sorted(refs["metric"].unique())
+
+
+def attach_accuracy(
+    results: pd.DataFrame,
+    metric: str = DEFAULT_METRIC,
+    user_csv: Optional[Union[str, Path]] = None,
+    published: bool = True,
+    overwrite: bool = False,
+) -> pd.DataFrame:
+    """Fill ``accuracy`` / ``accuracy_source`` on rows that have none (or all, with ``overwrite``).
+
+    Precedence: a value already in the row (e.g. from a training run) unless ``overwrite``, then the
+    user's CSV, then the published tables.
+    """
+    sources = []
+    if user_csv is not None:
+        sources.append(read_accuracy_csv(user_csv, origin="user"))
+    if published:
+        sources.append(load_references())
+    if not sources:
+        return results.copy()
+    table = pd.concat(sources, ignore_index=True)
+    if metric not in set(table["metric"]):
+        raise ValueError(f"invalid metric={metric!r}: available metrics are {sorted(set(table['metric']))}")
+    table = table[table["metric"] == metric].drop_duplicates(["encoder", "knobs", "resolution", "llm"], keep="first")
+    lookup = {
+        (r.encoder, r.knobs, int(r.resolution), r.llm): (float(r.value), f"{r.origin}:{r.source}")
+        for r in table.itertuples()
+    }
+    out = results.copy()
+    if "accuracy" not in out.columns:
+        out["accuracy"] = np.nan
+    if "accuracy_source" not in out.columns:
+        out["accuracy_source"] = None
+    out["accuracy"] = out["accuracy"].astype(float)
+    out["accuracy_source"] = out["accuracy_source"].astype(object)
+    for idx, row in out.iterrows():
+        if not overwrite and pd.notna(row["accuracy"]):
+            continue
+        key = (row["encoder"], _canonical_knobs(row.get("knobs")), int(row["resolution"]), row["llm"])
+        if key in lookup:
+            out.at[idx, "accuracy"], out.at[idx, "accuracy_source"] = lookup[key]
+    return out

@@ -1,0 +1,74 @@
+"""Published accuracy tables and users' CSVs join onto result rows with their provenance."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from explorer.models import list_encoders
+from explorer.reference import attach_accuracy, available_metrics, load_references
+
+
+def rows(*specs):
+    return pd.DataFrame([
+        {"encoder": e, "knobs": json.dumps(k), "resolution": r, "llm": llm, "accuracy": np.nan, "accuracy_source": None}
+        for e, k, r, llm in specs
+    ])
+
+
+def test_reference_tables_hold_the_published_figures():
+    refs = load_references()
+    assert set(refs["encoder"]) <= set(list_encoders())
+    fig = refs[refs["source"] == "fastvlm-readme-figure"]
+    assert len(fig) == 11 and fig["approximate"].all()
+    fastvithd = fig[fig["encoder"] == "fastvithd"].sort_values("resolution")
+    assert list(fastvithd["resolution"]) == [256, 512, 768, 1024]
+    assert list(fastvithd["value"]) == [48.4, 52.5, 54.5, 55.9]
+    cards = refs[refs["source"] == "fastvlm-model-card"]
+    assert len(cards) == 11 * 3
+    textvqa = cards[cards["metric"] == "textvqa"].set_index("llm")["value"]
+    assert textvqa["qwen2-0.5b"] == 64.5 and textvqa["qwen2-7b"] == 74.9
+    assert {"avg5", "docvqa", "textvqa"} <= set(available_metrics(refs))
+
+
+def test_published_accuracy_joins_default_configs_only():
+    df = rows(("fastvithd", {}, 1024, "qwen2-0.5b"), ("fastvithd", {"width_mult": 0.5}, 1024, "qwen2-0.5b"),
+              ("fastvithd", {}, 1024, "qwen2-1.5b"), ("vit_l14_clip", {}, 336, "qwen2-0.5b"))
+    out = attach_accuracy(df)
+    assert out.loc[0, "accuracy"] == 55.9
+    assert out.loc[0, "accuracy_source"] == "published:fastvlm-readme-figure"
+    assert np.isnan(out.loc[1, "accuracy"])  # a scaled encoder has no published number
+    assert np.isnan(out.loc[2, "accuracy"])  # the figure is Qwen2-0.5B only
+    assert out.loc[3, "accuracy"] == 47.3
+    docvqa = attach_accuracy(df, metric="docvqa")
+    assert docvqa.loc[2, "accuracy"] == 88.3
+    assert docvqa.loc[2, "accuracy_source"] == "published:fastvlm-model-card"
+
+
+def test_user_csv_takes_precedence_and_existing_values_stay(tmp_path):
+    csv = tmp_path / "mine.csv"
+    csv.write_text('encoder,resolution,llm,value,knobs\n'
+                   'fastvithd,1024,qwen2-0.5b,60.0,\n'
+                   'fastvithd,512,qwen2-0.5b,40.0,"{""width_mult"": 0.5}"\n')
+    df = rows(("fastvithd", {}, 1024, "qwen2-0.5b"), ("fastvithd", {"width_mult": 0.5}, 512, "qwen2-0.5b"),
+              ("fastvithd", {}, 512, "qwen2-0.5b"))
+    df.loc[2, ["accuracy", "accuracy_source"]] = [33.0, "trained:proxy"]
+    out = attach_accuracy(df, user_csv=csv)
+    assert list(out["accuracy"]) == [60.0, 40.0, 33.0]
+    assert list(out["accuracy_source"]) == ["user:mine", "user:mine", "trained:proxy"]
+    assert attach_accuracy(df, overwrite=True).loc[2, "accuracy"] == 52.5
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(ValueError, match="metric"):
+        attach_accuracy(rows(("fastvithd", {}, 256, "qwen2-0.5b")), metric="nope")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("encoder,resolution,value\nfastvithd,256,50\n")
+    with pytest.raises(ValueError, match="llm"):
+        attach_accuracy(rows(("fastvithd", {}, 256, "qwen2-0.5b")), user_csv=bad)
+    pct = tmp_path / "pct.csv"
+    pct.write_text("encoder,resolution,llm,value\nfastvithd,256,qwen2-0.5b,0.5e3\n")
+    with pytest.raises(ValueError, match="percentage"):
+        attach_accuracy(rows(("fastvithd", {}, 256, "qwen2-0.5b")), user_csv=pct)
+    with pytest.raises(ValueError, match="does not exist"):
+        attach_accuracy(rows(("fastvithd", {}, 256, "qwen2-0.5b")), user_csv=tmp_path / "missing.csv")
