@@ -1,0 +1,318 @@
+"""One self-contained HTML page (and optional PNGs) from a results table.
+
+The page carries plotly.js inline exactly once, so it opens offline, from an e-mail or an
+artifact store, years later. It holds every figure of :mod:`explorer.plots`, the frontier
+tables with hypervolumes, answers to budget questions, the environments the numbers came from
+and the rows that were left out, with the reason for each: a reader can tell what the figures
+do *not* show.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import importlib.util
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import plotly.io as pio
+from plotly.offline import get_plotlyjs
+
+from explorer import plots
+from explorer.pareto import (
+    FrontierResult,
+    ObjectivesLike,
+    best_under_budget,
+    hypervolume,
+    pareto_front,
+    reference_point_from,
+    status_ok,
+)
+
+__all__ = [
+    "FigureEntry", "StaticExportUnavailable", "build_figures", "render_report", "write_report", "write_pngs",
+    "resolve_group_by",
+]
+
+STATIC_EXPORT_HELP = (
+    "Static images need kaleido (>= 1) and a Chromium-based browser, and this machine lacks "
+    "one of them. Install both, then run again:\n"
+    "    pip install kaleido\n"
+    "    apt-get install -y chromium    (Debian/Ubuntu; or install Google Chrome)\n"
+    "The interactive HTML report does not need them."
+)
+
+#: Columns the frontier table shows when present (objectives are always shown).
+FRONTIER_COLUMNS: tuple[str, ...] = (
+    "encoder", "knobs", "resolution", "llm", "text_tokens", "visual_tokens", "encoder_params_m",
+    "encoder_latency_ms", "projector_latency_ms", "prefill_latency_ms", "ttft_ms", "ttft_gflops",
+    "accuracy", "accuracy_source", "n_identical", "point_key",
+)
+ENVIRONMENT_COLUMNS: tuple[str, ...] = ("device", "dtype", "threads", "torch_version")
+
+
+class StaticExportUnavailable(RuntimeError):
+    """Static export is impossible here (no kaleido or no Chromium); the message says what to install."""
+
+
+@dataclass(frozen=True)
+class FigureEntry:
+    """A report figure, or why it is missing (``figure`` None and ``reason`` set)."""
+
+    name: str
+    title: str
+    figure: go.Figure | None
+    reason: str = ""
+
+
+def build_figures(
+    df: pd.DataFrame,
+    objectives: ObjectivesLike = None,
+    group_by: str | Sequence[str] | None = "llm",
+    reference: pd.DataFrame | None = None,
+    result: FrontierResult | None = None,
+) -> list[FigureEntry]:
+    """Every figure the table supports; a figure whose columns are missing gets a reason instead.
+
+    A figure that cannot be drawn is reported, not fatal: a sweep without accuracy still gets
+    its latency figures.
+    """
+    if result is None:
+        result = pareto_front(df, objectives, resolve_group_by(df, group_by))
+    makers: list[tuple[str, str, Callable[[], go.Figure]]] = [
+        ("frontier", "Pareto frontier", lambda: plots.objectives_scatter(df, result=result)),
+        ("breakdown", "TTFT breakdown", lambda: plots.ttft_breakdown(df)),
+        ("scaling", "Scaling with resolution", lambda: plots.resolution_scaling(df)),
+        ("params", "Parameters against latency", lambda: plots.params_vs_latency(df)),
+    ]
+    has_accuracy = "accuracy" in df.columns and pd.to_numeric(df["accuracy"], errors="coerce").notna().any()
+    if reference is not None or has_accuracy:
+        makers.append(("accuracy", "Accuracy against TTFT (with published points)" if reference is not None
+                       else "Accuracy against TTFT", lambda: plots.accuracy_vs_ttft(df, reference)))
+    entries = []
+    for name, title, make in makers:
+        try:
+            entries.append(FigureEntry(name, title, make()))
+        except ValueError as err:
+            entries.append(FigureEntry(name, title, None, str(err)))
+    return entries
+
+
+def resolve_group_by(df: pd.DataFrame, group_by: str | Sequence[str] | None) -> str | Sequence[str] | None:
+    """The default grouping (``llm``) is dropped quietly when the table has no such column."""
+    columns = [group_by] if isinstance(group_by, str) else list(group_by or [])
+    if columns == ["llm"] and "llm" not in df.columns:
+        return None
+    return group_by
+
+
+def _table(df: pd.DataFrame, table_id: str, caption: str = "") -> str:
+    body = df.to_html(index=False, escape=True, na_rep="", border=0, table_id=table_id,
+                      classes="data", float_format=lambda v: f"{v:.4g}")
+    cap = f'<p class="caption">{html.escape(caption)}</p>' if caption else ""
+    return f'{cap}<div class="scroll">{body}</div>'
+
+
+def _frontier_section(result: FrontierResult, df: pd.DataFrame) -> str:
+    objective_columns = [o.column for o in result.objectives]
+    shown = list(dict.fromkeys([*FRONTIER_COLUMNS, *objective_columns]))
+    parts = [
+        "<p>Rows on a frontier are those no other valid row beats on every objective at once "
+        f"({', '.join(html.escape(str(o)) for o in result.objectives)}). Rows with identical "
+        "objective values are all kept (<code>n_identical</code> counts them).</p>"
+    ]
+    reference: dict[str, float] | None = None
+    if result.n_valid:
+        reference = reference_point_from(df.loc[result.on_front.index.difference(result.excluded.index)],
+                                         result.objectives)
+        ref_text = ", ".join(f"{k} = {v:.4g}" for k, v in reference.items())
+        parts.append(f"<p>Hypervolume: the objective-space area each frontier dominates up to the "
+                     f"reference point ({html.escape(ref_text)}: 10% past the worst valid value); "
+                     "larger is better, comparable only within this report.</p>")
+    rows = []
+    for label, front in result.fronts().items():
+        hv = hypervolume(front, result.objectives, reference) if reference else float("nan")
+        rows.append({"frontier": label, "points": len(front), "hypervolume": hv})
+    parts.append(_table(pd.DataFrame(rows), "hypervolume-table"))
+    table = result.front.reindex(columns=[c for c in shown if c in result.front.columns])
+    parts.append(_table(table, "frontier-table", f"Overall frontier ({len(table)} rows), best "
+                        f"{result.objectives[0]} first."))
+    if not result.group_fronts.empty:
+        columns = ["group"] + [c for c in shown if c in result.group_fronts.columns]
+        grouped = result.group_fronts.reindex(columns=columns)
+        parts.append(_table(grouped, "group-frontier-table",
+                            f"Frontier per {', '.join(result.group_by)} ({len(grouped)} rows)."))
+    return "\n".join(parts)
+
+
+def _budget_section(df: pd.DataFrame, budgets: Sequence[float], group_by: str | Sequence[str] | None) -> str:
+    if not budgets or "ttft_ms" not in df.columns or "accuracy" not in df.columns:
+        return ""
+    tables = []
+    for budget in budgets:
+        best = best_under_budget(df, "ttft_ms", float(budget), "accuracy", group_by)
+        keep = [c for c in ("llm", "encoder", "knobs", "resolution", "accuracy", "ttft_ms", "n_under_budget",
+                            "cheapest_ttft_ms", "point_key") if c in best.columns]
+        tables.append(_table(best[keep], f"budget-{budget:g}", f"Best accuracy with TTFT <= {budget:g} ms"))
+    return "<h2>Best under a TTFT budget</h2>\n" + "\n".join(tables)
+
+
+def _environment_section(df: pd.DataFrame) -> str:
+    present = [c for c in ENVIRONMENT_COLUMNS if c in df.columns]
+    if not present or df.empty:
+        return "<p>The table records no environment columns.</p>"
+    env = df[present].astype("string").fillna("<missing>").value_counts(dropna=False).rename("rows").reset_index()
+    note = ""
+    if len(env) > 1:
+        note = ("<p class=\"warn\">The rows come from more than one environment: latencies measured on "
+                "different devices, dtypes or thread counts are not comparable point for point.</p>")
+    return note + _table(env, "environment-table")
+
+
+def _excluded_section(result: FrontierResult) -> str:
+    if result.excluded.empty:
+        return "<p>None: every row took part.</p>"
+    return _table(result.excluded.reset_index(names="row"), "excluded-table",
+                  f"{len(result.excluded)} row(s) left out of the frontier.")
+
+
+CSS = """
+body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 24px auto; max-width: 1280px;
+       color: #222; padding: 0 16px; }
+h1 { margin-bottom: 4px; } h2 { margin-top: 36px; border-bottom: 1px solid #ddd; padding-bottom: 4px; }
+.meta, .caption { color: #555; } .warn { color: #a04000; }
+.scroll { overflow-x: auto; margin-bottom: 16px; }
+table.data { border-collapse: collapse; font-size: 13px; }
+table.data th, table.data td { padding: 3px 8px; border-bottom: 1px solid #eee; text-align: left; white-space: nowrap; }
+table.data th { background: #f6f6f6; }
+.figure { margin: 12px 0 28px; } .missing { color: #777; font-style: italic; }
+"""
+
+
+def render_report(
+    df: pd.DataFrame,
+    title: str = "explorer report",
+    objectives: ObjectivesLike = None,
+    group_by: str | Sequence[str] | None = "llm",
+    reference: pd.DataFrame | None = None,
+    budgets: Sequence[float] = (),
+) -> str:
+    """The report page as a string (see :func:`write_report`)."""
+    if not isinstance(df, pd.DataFrame):
+        raise ValueError(f"invalid df={type(df).__name__}: a pandas DataFrame is required")
+    group_by = resolve_group_by(df, group_by)
+    result = pareto_front(df, objectives, group_by)
+    figures = build_figures(df, objectives, group_by, reference, result)
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    n_ok = int(status_ok(df).sum())
+    notes = "".join(f"<p class=\"warn\">{html.escape(n)}</p>" for n in result.notes)
+
+    blocks = []
+    for entry in figures:
+        blocks.append(f'<div class="figure" id="section-{entry.name}">')
+        if entry.figure is not None:
+            blocks.append(pio.to_html(entry.figure, full_html=False, include_plotlyjs=False,
+                                      div_id=f"figure-{entry.name}", config={"displaylogo": False},
+                                      default_height="520px" if entry.name != "breakdown" else
+                                      f"{int(entry.figure.layout.height or 520)}px"))
+        else:
+            blocks.append(f'<p class="missing">{html.escape(entry.title)} not shown: '
+                          f"{html.escape(entry.reason)}</p>")
+        blocks.append("</div>")
+
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(title)}</title>
+<style>{CSS}</style>
+<script type="text/javascript">window.PlotlyConfig = {{MathJaxConfig: 'local'}};</script>
+<script type="text/javascript">{get_plotlyjs()}</script>
+</head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="meta">{len(df)} rows, {n_ok} measured OK, {result.n_valid} on the objectives
+({", ".join(html.escape(str(o)) for o in result.objectives)}), {len(result.front)} on the overall frontier.
+Written {now} by explorer.</p>
+{notes}
+<h2>Figures</h2>
+{"".join(blocks)}
+<h2>Frontier</h2>
+{_frontier_section(result, df)}
+{_budget_section(df, budgets, group_by)}
+<h2>Environment</h2>
+{_environment_section(df)}
+<h2>Rows left out</h2>
+{_excluded_section(result)}
+</body>
+</html>
+"""
+
+
+def write_report(
+    df: pd.DataFrame,
+    path: str | Path,
+    title: str = "explorer report",
+    objectives: ObjectivesLike = None,
+    group_by: str | Sequence[str] | None = "llm",
+    reference: pd.DataFrame | None = None,
+    budgets: Sequence[float] = (),
+) -> Path:
+    """Write the self-contained report page to ``path`` (parents created); returns the path.
+
+    ``objectives`` as for :func:`explorer.pareto.pareto_front`; ``group_by`` names the column(s)
+    of the per-group frontiers (``'llm'`` by default, dropped when absent); ``reference`` adds
+    published points to the accuracy figure; each of ``budgets`` (ms) adds a table of the best
+    accuracy within that TTFT.
+    """
+    if not isinstance(path, (str, Path)) or not str(path):
+        raise ValueError(f"invalid path={path!r}: a file path for the HTML page is required")
+    out = Path(path)
+    if out.exists() and out.is_dir():
+        raise ValueError(f"invalid path={str(out)!r}: it is a directory; give a file name such as report.html")
+    page = render_report(df, title, objectives, group_by, reference, budgets)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(page, encoding="utf-8")
+    return out
+
+
+def write_pngs(
+    df: pd.DataFrame,
+    directory: str | Path,
+    objectives: ObjectivesLike = None,
+    group_by: str | Sequence[str] | None = "llm",
+    reference: pd.DataFrame | None = None,
+    width: int = 1100,
+    height: int = 600,
+    scale: float = 1.0,
+) -> list[Path]:
+    """Write each report figure as ``<directory>/<name>.png`` through kaleido; returns the paths.
+
+    Raises :class:`StaticExportUnavailable` (with what to install) where kaleido or a Chromium
+    is missing; kaleido is an optional extra, not a dependency of explorer.
+    """
+    if importlib.util.find_spec("kaleido") is None:
+        raise StaticExportUnavailable(STATIC_EXPORT_HELP + "\n(kaleido is not installed.)")
+    if not isinstance(directory, (str, Path)) or not str(directory):
+        raise ValueError(f"invalid directory={directory!r}: a folder for the PNG files is required")
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = [e for e in build_figures(df, objectives, resolve_group_by(df, group_by), reference) if e.figure]
+    files = [folder / f"{e.name}.png" for e in entries]
+    figs = [e.figure for e in entries]
+    heights = [int(f.layout.height or height) for f in figs]
+    try:
+        if hasattr(pio, "write_images"):
+            pio.write_images(figs, files, format="png", width=width, height=heights, scale=scale)
+        else:  # plotly < 6.1 writes one at a time
+            for fig, file, h in zip(figs, files, heights):
+                fig.write_image(file, format="png", width=width, height=h, scale=scale)
+    except RuntimeError as err:
+        text = str(err).lower()
+        if "chrome" in text or "kaleido" in text or "browser" in text:
+            raise StaticExportUnavailable(f"{STATIC_EXPORT_HELP}\n(kaleido said: {str(err).strip()})") from err
+        raise
+    return files
