@@ -1,0 +1,98 @@
+"""Cost of a vision encoder at one input resolution: params, tokens, FLOPs, latency, memory."""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping, Optional
+
+import torch
+from torch import nn
+
+from .costs import EncoderCost
+from .flops import count_flops, count_flops_torch
+from .memory import measure_peak_memory
+from .settings import MeasureSettings
+from .timing import time_callable
+
+
+def _check_resolution(resolution: Any) -> int:
+    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0:
+        raise ValueError(f"invalid resolution={resolution!r}: a positive integer number of pixels")
+    return resolution
+
+
+def prepare_for_timing(model: nn.Module, example: torch.Tensor, settings: MeasureSettings,
+                       image_like: bool = True) -> tuple[Callable[[], Any], nn.Module, torch.Tensor]:
+    """Move ``model`` and ``example`` to the settings' device/dtype/layout; return ``(fn, model, input)``.
+
+    ``channels_last`` applies to 4-D (image) inputs only; ``compile`` wraps the model with
+    ``torch.compile`` (compilation happens during the timer's warm-up, not in the samples).
+    """
+    device = settings.resolve_device()
+    model = model.to(device=device, dtype=settings.torch_dtype).eval()
+    x = example.to(device=device, dtype=settings.torch_dtype)
+    if settings.channels_last and image_like and x.dim() == 4:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    target: Callable[..., Any] = torch.compile(model) if settings.compile else model
+    return (lambda: target(x)), model, x
+
+
+def measure_encoder(name: str, knobs: Optional[Mapping[str, Any]], resolution: int,
+                    settings: MeasureSettings, time: bool = True, counter: str = "fvcore") -> EncoderCost:
+    """Build ``name`` with ``knobs`` (reparameterized if ``settings.reparameterize``) and measure it.
+
+    FLOPs are for ONE image at ``resolution`` (2 x MACs, fp32 on CPU: FLOPs do not depend on
+    device or dtype); latency and peak memory are of one forward at ``settings.batch_size``
+    with the settings' dtype, layout and compile flag. ``counter``: ``fvcore`` (default) or
+    ``torch`` (FlopCounterMode on a meta copy: no forward pass, much faster for big inputs).
+    Bad settings, resolution or knobs raise ValueError before any model is built or run.
+    """
+    settings.validate()
+    _check_resolution(resolution)
+    if counter not in ("fvcore", "torch"):
+        raise ValueError(f"invalid counter={counter!r}: 'fvcore' or 'torch'")
+    knobs = dict(knobs or {})
+    from ..models import build_encoder
+
+    model = build_encoder(name, **knobs)
+    if settings.reparameterize:
+        model.reparameterize()
+    model.eval()
+    visual_tokens = model.num_tokens(resolution)
+    image = torch.randn(1, 3, resolution, resolution)
+    if counter == "fvcore":
+        flops = count_flops(model, image)
+    else:
+        meta_model = _meta_copy(model)
+        flops = count_flops_torch(meta_model, image.to("meta"))
+    params_m = model.num_params() / 1e6
+
+    latency = None
+    peak_mb: Optional[float] = None
+    peak_method = "not-measured"
+    if time:
+        batch = torch.randn(settings.batch_size, 3, resolution, resolution)
+        fn, model, x = prepare_for_timing(model, batch, settings)
+        latency = time_callable(fn, settings, module=model)
+        peak = measure_peak_memory(fn, settings, resident=(model, x))
+        peak_mb, peak_method = peak.peak_mb, peak.method
+    return EncoderCost(
+        encoder=name,
+        knobs=knobs,
+        resolution=resolution,
+        visual_tokens=visual_tokens,
+        out_channels=int(model.out_channels),
+        params_m=params_m,
+        gflops=flops.gflops,
+        latency=latency,
+        peak_mem_mb=peak_mb,
+        peak_mem_method=peak_method,
+        skipped_ops=dict(flops.skipped_ops),
+    )
+
+
+def _meta_copy(model: nn.Module) -> nn.Module:
+    """A weightless copy of ``model`` on the meta device (for counting without allocation)."""
+    import copy
+
+    clone = copy.deepcopy(model)
+    return clone.to("meta")

@@ -1,0 +1,293 @@
+"""LLM prefill: analytic FLOPs and measured latency (whole model, or layer-sampled when too big).
+
+Prefill convention (docs/measurement.md): a prompt of P tokens (visual + text) goes through the
+token embeddings (a lookup: 0 FLOPs), every decoder layer over all P tokens, the final norm, and
+the LM head on the LAST position only, ending with the first output token's logits. Per layer,
+in MACs (FLOPs = 2 x MACs), with h = hidden, d = head_dim, Hq / Hkv = query / key-value heads,
+I = MLP width:
+
+- q, k, v, o projections: ``P*h*Hq*d + 2*P*h*Hkv*d + P*Hq*d*h`` (GQA: k/v are narrower);
+- attention: ``Hq*P*P*d`` for the scores plus ``Hq*P*P*d`` for the weighted sum of values. We
+  count the DENSE P x P matrix, not the causal half: that is what torch's flop counter reports
+  for an SDPA call (``is_causal`` or not), what the math / CPU path computes, and what fvcore's
+  and our handlers count. A causal flash kernel skips about half of these MACs, so on such
+  kernels the attention term overstates the work by up to 2x (small next to the projections
+  and MLP for P below a few thousand);
+- SwiGLU MLP: ``3*P*h*I`` (gate, up, down); RMSNorms, RoPE, SiLU, residuals, biases: 0.
+
+The LM head adds ``h*V``. The total equals what ``FlopCounterMode`` reports for transformers'
+Qwen2/Llama forward with ``logits_to_keep=1`` (checked in tests, on the meta device).
+"""
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from typing import Any, Callable, Optional, Union
+
+import torch
+from torch import nn
+
+from ..models.llm import LLMSpec, build_llm, get_llm_spec
+from .costs import PrefillCost, Timing
+from .flops import FlopCount, count_flops_torch
+from .settings import MeasureSettings
+from .timing import time_callable
+
+SpecLike = Union[LLMSpec, str]
+_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def _check_tokens(tokens: Any, spec: LLMSpec) -> int:
+    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
+        raise ValueError(f"invalid tokens={tokens!r}: a positive integer prompt length")
+    if tokens > spec.max_position:
+        raise ValueError(f"invalid tokens={tokens!r}: at most {spec.name}'s max_position={spec.max_position}")
+    return tokens
+
+
+def prefill_macs(spec: SpecLike, tokens: int) -> int:
+    """Multiply-accumulates of one prefill of ``tokens`` tokens (see the module docstring)."""
+    spec = get_llm_spec(spec)
+    p = _check_tokens(tokens, spec)
+    h, d, hq, hkv = spec.hidden, spec.head_dim, spec.heads, spec.kv_heads
+    projections = p * h * hq * d + 2 * p * h * hkv * d + p * hq * d * h
+    attention = 2 * hq * p * p * d
+    mlp = 3 * p * h * spec.intermediate
+    head = h * spec.vocab  # last position only
+    return spec.layers * (projections + attention + mlp) + head
+
+
+def prefill_flops(spec: SpecLike, tokens: int) -> float:
+    """GFLOPs (2 x MACs / 1e9) of one prefill of ``tokens`` tokens, exact for the convention."""
+    return 2 * prefill_macs(spec, tokens) / 1e9
+
+
+def causal_mask(tokens: int, device: Union[str, torch.device], batch: int = 1) -> torch.Tensor:
+    """A 4-D boolean causal mask ``[B, 1, P, P]`` (True = attend).
+
+    transformers accepts a prepared 4-D mask as is; on the meta device this is required,
+    because its own mask code inspects values and fails on meta tensors.
+    """
+    mask = torch.ones(tokens, tokens, dtype=torch.bool, device=device).tril()
+    return mask[None, None].expand(batch, 1, tokens, tokens)
+
+
+def count_prefill_flops(spec: SpecLike, tokens: int) -> FlopCount:
+    """Independent count: torch's FlopCounterMode over transformers' real forward on ``meta``.
+
+    Allocates no weights (a 7B model is counted in well under a second); used to cross-check
+    :func:`prefill_flops`.
+    """
+    spec = get_llm_spec(spec)
+    p = _check_tokens(tokens, spec)
+    model = build_llm(spec, device="meta")
+    ids = torch.zeros(1, p, dtype=torch.long, device="meta")
+    with torch.inference_mode():
+        return count_flops_torch(model, kwargs=dict(input_ids=ids, attention_mask=causal_mask(p, "meta"),
+                                                    logits_to_keep=1, use_cache=False))
+
+
+# --------------------------------------------------------------------------------------------
+# Memory budget
+# --------------------------------------------------------------------------------------------
+
+def _available_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "mps" and hasattr(torch.mps, "recommended_max_memory"):
+        return int(torch.mps.recommended_max_memory())
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30
+
+
+def default_memory_budget_gb(device: torch.device) -> float:
+    """Half of the memory available now (80% of free memory on CUDA), in GiB."""
+    share = 0.8 if device.type == "cuda" else 0.5
+    return share * _available_bytes(device) / 2**30
+
+
+def prefill_memory_bytes(spec: LLMSpec, tokens: int, dtype: str, batch: int = 1,
+                         layers: Optional[int] = None) -> int:
+    """Estimated bytes to run a prefill: weights plus the largest live activations.
+
+    Activations: a few ``P x h`` hidden states, the ``P x I`` gate/up products and, if the
+    math attention path is taken, one ``Hq x P x P`` score matrix.
+    """
+    elt = _BYTES[dtype]
+    layers = spec.layers if layers is None else layers
+    weights = spec.num_params(layers)
+    acts = batch * tokens * (6 * spec.hidden + 3 * spec.intermediate) + batch * spec.heads * tokens * tokens
+    return (weights + acts) * elt
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+def _prompt(spec: LLMSpec, tokens: int, batch: int, device: torch.device) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(0)
+    return torch.randint(0, spec.vocab, (batch, tokens), generator=gen).to(device)
+
+
+def _forward_fn(model: nn.Module, ids: torch.Tensor, compile_model: bool) -> Callable[[], Any]:
+    """One real prefill: transformers' own mask/rotary code, LM head on the last position."""
+    target: Callable[..., Any] = torch.compile(model) if compile_model else model
+
+    def run() -> Any:
+        return target(input_ids=ids, logits_to_keep=1, use_cache=False).logits
+
+    return run
+
+
+def _capture_layer_inputs(model: nn.Module, ids: torch.Tensor) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The exact arguments transformers passes to the first decoder layer (real RoPE and mask)."""
+    captured: dict[str, Any] = {}
+    layer0 = model.model.layers[0]
+
+    def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        captured["args"], captured["kwargs"] = args, dict(kwargs)
+
+    handle = layer0.register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.inference_mode():
+            model(input_ids=ids, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    return captured["args"], captured["kwargs"]
+
+
+def _layers_fn(model: nn.Module, ids: torch.Tensor, compile_model: bool) -> Callable[[], Any]:
+    """Run the model's decoder layers back to back on captured real inputs (no embed/norm/head)."""
+    args, kwargs = _capture_layer_inputs(model, ids)
+    hidden, rest = args[0], args[1:]
+    layers = list(model.model.layers)
+
+    def run_layers(h: torch.Tensor) -> torch.Tensor:
+        for layer in layers:
+            out = layer(h, *rest, **kwargs)
+            h = out[0] if isinstance(out, tuple) else out
+        return h
+
+    target = torch.compile(run_layers) if compile_model else run_layers
+    return lambda: target(hidden)
+
+
+def combine_scaled(base: Timing, part: Timing, scale: float) -> Timing:
+    """Timing of ``base + scale * part`` from two independent measurements.
+
+    Medians, means, percentiles and CI bounds add (the bounds of a sum of independent
+    variables are at most this wide, so the CI is conservative); the standard deviations add
+    in quadrature for the CV; n is the smaller sample; noisy if either part was.
+    """
+    def lin(a: float, b: float) -> float:
+        return a + scale * b
+
+    mean = lin(base.mean_ms, part.mean_ms)
+    std = math.hypot(base.cv * base.mean_ms, scale * part.cv * part.mean_ms)
+    return Timing(
+        median_ms=lin(base.median_ms, part.median_ms),
+        p10_ms=lin(base.p10_ms, part.p10_ms),
+        p90_ms=lin(base.p90_ms, part.p90_ms),
+        mean_ms=mean,
+        cv=std / mean if mean > 0 else 0.0,
+        n=min(base.n, part.n),
+        ci_low_ms=lin(base.ci_low_ms, part.ci_low_ms),
+        ci_high_ms=lin(base.ci_high_ms, part.ci_high_ms),
+        noisy=base.noisy or part.noisy,
+    )
+
+
+def time_whole_prefill(spec: LLMSpec, tokens: int, settings: MeasureSettings) -> Timing:
+    """Latency of the whole model's prefill (batch = settings.batch_size)."""
+    device = settings.resolve_device()
+    model = build_llm(spec, device=device, dtype=settings.dtype)
+    ids = _prompt(spec, tokens, settings.batch_size, device)
+    return time_callable(_forward_fn(model, ids, settings.compile), settings, module=model)
+
+
+def time_sampled_prefill(spec: LLMSpec, tokens: int, settings: MeasureSettings, k: int) -> Timing:
+    """Latency from a ``k``-layer copy at real width: T(k-layer model) + (L-k)/k * T(k layers).
+
+    The first term is a real forward (embeddings, transformers' mask and RoPE, k layers, final
+    norm, last-position head); the second times the same k layers alone on the exact inputs
+    the model passed to them, scaled to the remaining depth.
+    """
+    device = settings.resolve_device()
+    model = build_llm(spec, device=device, dtype=settings.dtype, num_layers=k)
+    ids = _prompt(spec, tokens, settings.batch_size, device)
+    whole_k = time_callable(_forward_fn(model, ids, settings.compile), settings, module=model)
+    layers_k = time_callable(_layers_fn(model, ids, settings.compile), settings, module=model)
+    return combine_scaled(whole_k, layers_k, (spec.layers - k) / k)
+
+
+def measure_prefill(spec_or_name: SpecLike, tokens: int, settings: MeasureSettings, time: bool = True,
+                    memory_budget_gb: Optional[float] = None, sample_layers: int = 2,
+                    method: str = "auto", cross_check: bool = True) -> PrefillCost:
+    """FLOPs (analytic) and latency of one prefill of ``tokens`` tokens.
+
+    ``method``: ``auto`` times the whole model when its estimated memory fits
+    ``memory_budget_gb`` (default: half the available memory, 80% of free GPU memory), else
+    layer-sampled with ``sample_layers`` layers; ``whole`` / ``sampled`` force one.
+    ``cross_check`` recounts the FLOPs with torch's counter on the meta device (no weights) and
+    warns if it disagrees with the analytic count by more than 0.5%; the counter's zero-cost
+    operators are returned as ``skipped_ops``.
+    """
+    settings.validate()
+    spec = get_llm_spec(spec_or_name)
+    _check_tokens(tokens, spec)
+    if method not in ("auto", "whole", "sampled"):
+        raise ValueError(f"invalid method={method!r}: one of 'auto', 'whole', 'sampled'")
+    if not isinstance(sample_layers, int) or isinstance(sample_layers, bool) or sample_layers < 1:
+        raise ValueError(f"invalid sample_layers={sample_layers!r}: a positive integer")
+    if memory_budget_gb is not None and (not isinstance(memory_budget_gb, (int, float)) or memory_budget_gb <= 0):
+        raise ValueError(f"invalid memory_budget_gb={memory_budget_gb!r}: a positive number of GiB or None")
+
+    gflops = prefill_flops(spec, tokens)
+    skipped: dict[str, int] = {}
+    if cross_check:
+        counted = count_prefill_flops(spec, tokens)
+        skipped = dict(counted.skipped_ops)
+        if abs(counted.gflops - gflops) > 0.005 * gflops:
+            warnings.warn(f"prefill FLOPs of {spec.name} at {tokens} tokens: analytic {gflops:.3f} vs "
+                          f"counted {counted.gflops:.3f} GFLOPs; the transformers implementation changed?",
+                          RuntimeWarning, stacklevel=2)
+    params_m = spec.num_params() / 1e6
+    if not time:
+        return PrefillCost(llm=spec.name, tokens=tokens, params_m=params_m, gflops=gflops, latency=None,
+                           method="not-timed", skipped_ops=skipped)
+
+    device = settings.resolve_device()
+    budget = memory_budget_gb if memory_budget_gb is not None else default_memory_budget_gb(device)
+    budget_bytes = budget * 2**30
+    k = min(sample_layers, spec.layers)
+    whole_bytes = prefill_memory_bytes(spec, tokens, settings.dtype, settings.batch_size)
+    chosen = method
+    if method == "auto":
+        chosen = "whole" if whole_bytes <= budget_bytes or k >= spec.layers else "sampled"
+    if chosen == "sampled" and k >= spec.layers:
+        chosen = "whole"  # sampling every layer is the whole model
+    need = whole_bytes if chosen == "whole" else prefill_memory_bytes(spec, tokens, settings.dtype,
+                                                                       settings.batch_size, layers=k)
+    if need > budget_bytes and (memory_budget_gb is not None or chosen == "sampled"):
+        raise ValueError(f"invalid memory_budget_gb={memory_budget_gb!r}: {spec.name} at {tokens} tokens "
+                         f"needs about {need / 2**30:.1f} GiB for a {chosen} prefill "
+                         f"(budget {budget:.1f} GiB); raise the budget or lower sample_layers")
+    if chosen == "whole":
+        latency = time_whole_prefill(spec, tokens, settings)
+        label = "whole-model"
+    else:
+        latency = time_sampled_prefill(spec, tokens, settings, k)
+        label = f"layer-sampled(k={k})"
+    return PrefillCost(llm=spec.name, tokens=tokens, params_m=params_m, gflops=gflops, latency=latency,
+                       method=label, skipped_ops=skipped)

@@ -1,0 +1,225 @@
+"""One timer for every device, with a stopping rule based on the median's confidence interval.
+
+Protocol (see docs/measurement.md, "Measurement conventions"):
+
+1. Threads set (CPU), eval mode, ``torch.inference_mode``, garbage collector disabled
+   (collected once before, re-enabled afterwards even on error).
+2. Warm-up until BOTH ``warmup_iters`` calls and ``warmup_s`` seconds are done (first calls pay
+   for allocator growth, oneDNN/cuDNN kernel selection, lazy init, compilation).
+3. Timed samples until the 95% confidence interval of the median lies within
+   ``+-target_rel_ci`` of the median (and at least ``min_iters`` samples), or until
+   ``max_iters`` samples / ``max_time_s`` seconds, in which case ``noisy=True``.
+
+The CI of the median is distribution-free (order statistics): with ``n`` sorted samples
+``x(1) <= ... <= x(n)``, the number of samples below the true median is Binomial(n, 1/2), so
+``[x(l), x(n-l+1)]`` covers the median with probability ``1 - 2 P(B <= l-1)``. We take the
+largest ``l`` for which that is >= 95%. Below 6 samples no such ``l`` exists; the interval
+is then ``[min, max]`` and cannot satisfy the stopping rule.
+
+Devices: CPU uses ``time.perf_counter_ns`` around each call; CUDA records events around each
+call and synchronises on the end event (the sample is GPU time of the call's stream work);
+MPS synchronises before and after each call and uses ``perf_counter_ns``. Calls shorter than
+1 ms are repeated inside one sample so the timer's resolution and overhead stay negligible.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import math
+import statistics
+import time
+from functools import lru_cache
+from typing import Any, Callable, Iterator, Optional
+
+import torch
+from torch import nn
+
+from .costs import Timing
+from .settings import MeasureSettings, thread_scope
+
+CONFIDENCE = 0.95
+_MIN_SAMPLE_S = 1e-3  # calls shorter than this are repeated inside one sample
+_MAX_INNER_REPS = 1000
+
+
+@lru_cache(maxsize=4096)
+def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> Optional[tuple[int, int]]:
+    """1-based ranks ``(l, n-l+1)`` of the order-statistic CI of the median, or None if n is too small.
+
+    Exact binomial arithmetic on integers: ``P(B <= k) = sum_{i<=k} C(n, i) / 2**n``.
+    """
+    if n < 1:
+        raise ValueError(f"invalid n={n!r}: at least one sample")
+    alpha_half = (1.0 - confidence) / 2.0
+    total = 1 << n
+    best: Optional[int] = None
+    cdf = 0  # sum_{i <= l-1} C(n, i), for l = 1, 2, ...
+    for l in range(1, n // 2 + 1):
+        cdf += math.comb(n, l - 1)
+        if cdf <= alpha_half * total:
+            best = l
+        else:
+            break
+    if best is None:
+        return None
+    return best, n - best + 1
+
+
+def median_ci(sorted_samples: list[float], confidence: float = CONFIDENCE) -> tuple[float, float, bool]:
+    """``(low, high, exact)``: the order-statistic CI of the median; ``exact`` False when n < 6."""
+    ranks = median_ci_ranks(len(sorted_samples), confidence)
+    if ranks is None:
+        return sorted_samples[0], sorted_samples[-1], False
+    lo, hi = ranks
+    return sorted_samples[lo - 1], sorted_samples[hi - 1], True
+
+
+def percentile(sorted_samples: list[float], q: float) -> float:
+    """Linear-interpolation percentile (numpy's default), ``q`` in [0, 100]."""
+    if not sorted_samples:
+        raise ValueError("percentile of no samples")
+    pos = (len(sorted_samples) - 1) * q / 100.0
+    lo = math.floor(pos)
+    hi = min(lo + 1, len(sorted_samples) - 1)
+    frac = pos - lo
+    return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * frac
+
+
+def summarize(samples_ms: list[float], noisy: bool) -> Timing:
+    """Timing statistics of raw samples (milliseconds)."""
+    xs = sorted(samples_ms)
+    mean = statistics.fmean(xs)
+    std = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    lo, hi, _ = median_ci(xs)
+    return Timing(
+        median_ms=statistics.median(xs),
+        p10_ms=percentile(xs, 10),
+        p90_ms=percentile(xs, 90),
+        mean_ms=mean,
+        cv=std / mean if mean > 0 else 0.0,
+        n=len(xs),
+        ci_low_ms=lo,
+        ci_high_ms=hi,
+        noisy=noisy,
+    )
+
+
+def converged(samples_ms: list[float], target_rel_ci: float) -> bool:
+    """True when the median's 95% CI lies within +-target_rel_ci of the median."""
+    xs = sorted(samples_ms)
+    lo, hi, exact = median_ci(xs)
+    if not exact:
+        return False
+    med = statistics.median(xs)
+    return med - lo <= target_rel_ci * med and hi - med <= target_rel_ci * med
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Collect once, then keep the collector off; always restore its previous state."""
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
+@contextlib.contextmanager
+def eval_mode(module: Optional[nn.Module]) -> Iterator[None]:
+    """Put ``module`` in eval mode for the measurement and restore its training flags after."""
+    if module is None:
+        yield
+        return
+    flags = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in flags:
+            m.training = training
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued work on ``device`` (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class _Sampler:
+    """Times ``reps`` back-to-back calls of ``fn`` on one device; returns ms per call."""
+
+    def __init__(self, fn: Callable[[], Any], device: torch.device) -> None:
+        self.fn = fn
+        self.device = device
+        if device.type == "cuda":
+            self._start = torch.cuda.Event(enable_timing=True)
+            self._end = torch.cuda.Event(enable_timing=True)
+
+    def __call__(self, reps: int = 1) -> float:
+        fn = self.fn
+        if self.device.type == "cuda":
+            stream = torch.cuda.current_stream(self.device)
+            self._start.record(stream)
+            for _ in range(reps):
+                fn()
+            self._end.record(stream)
+            self._end.synchronize()
+            return self._start.elapsed_time(self._end) / reps
+        if self.device.type == "mps":
+            torch.mps.synchronize()
+            t0 = time.perf_counter_ns()
+            for _ in range(reps):
+                fn()
+            torch.mps.synchronize()
+            return (time.perf_counter_ns() - t0) / 1e6 / reps
+        t0 = time.perf_counter_ns()
+        for _ in range(reps):
+            fn()
+        return (time.perf_counter_ns() - t0) / 1e6 / reps
+
+
+def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
+                  module: Optional[nn.Module] = None) -> Timing:
+    """Latency statistics of ``fn()`` under ``settings``' protocol (see the module docstring).
+
+    ``fn`` takes no arguments and does all the work of one measured call (inputs prepared
+    outside it). ``module``, when given (or when ``fn`` is itself a module), is put in eval
+    mode for the measurement.
+    """
+    settings.validate()
+    device = settings.resolve_device()
+    if module is None and isinstance(fn, nn.Module):
+        module = fn
+    sampler = _Sampler(fn, device)
+    with thread_scope(settings), eval_mode(module), torch.inference_mode(), gc_paused():
+        synchronize(device)
+        # Warm-up: by count AND by time.
+        start = time.perf_counter()
+        done = 0
+        last_ms: Optional[float] = None
+        while done < settings.warmup_iters or time.perf_counter() - start < settings.warmup_s:
+            last_ms = sampler(1)
+            done += 1
+        if last_ms is None:  # no warm-up requested: one untimed calibration call is still needed
+            last_ms = sampler(1)
+        reps = 1
+        if last_ms < _MIN_SAMPLE_S * 1e3:
+            reps = min(_MAX_INNER_REPS, max(1, math.ceil(_MIN_SAMPLE_S * 1e3 / max(last_ms, 1e-6))))
+        # Timed samples.
+        samples: list[float] = []
+        start = time.perf_counter()
+        ok = False
+        while True:
+            samples.append(sampler(reps))
+            n = len(samples)
+            if n >= settings.min_iters and converged(samples, settings.target_rel_ci):
+                ok = True
+                break
+            if n >= settings.max_iters or time.perf_counter() - start >= settings.max_time_s:
+                break
+    return summarize(samples, noisy=not ok)
