@@ -1,0 +1,143 @@
+"""``python -m explorer sweep +space=NAME [overrides]``: the Hydra wrapper around run_sweep.
+
+Everything a notebook needs lives in :mod:`explorer.sweep`; this module only turns a composed
+Hydra config into a call, prints the result and maps problems to exit codes (2 for a bad space
+or setting, printed without a traceback; 130 when interrupted).
+"""
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from omegaconf import DictConfig
+
+from explorer.conf.schema import (BROKEN_SPACES, SPACE_FILES, measure_overrides, prepare_argv, register_schemas)
+
+_STATE: dict[str, Any] = {"exit": 0, "argv": []}
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()
+
+
+def _space_source(cfg: DictConfig) -> tuple[Optional[str], str]:
+    """(chosen space name, text naming where it came from) for messages."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice: Optional[str] = None
+    overridden = False
+    try:
+        hc = HydraConfig.get()
+        choice = hc.runtime.choices.get("space")
+        overridden = any(o.lstrip("+~").startswith("space.") for o in hc.overrides.task)
+    except Exception:  # composed outside Hydra's app (tests)
+        pass
+    path = SPACE_FILES.get(choice) if choice else None
+    if path is not None:
+        try:
+            text = str(path.relative_to(Path.cwd()))
+        except ValueError:
+            text = str(path)
+    else:
+        text = f"space {choice!r}" if choice else "space"
+    if overridden:
+        text += " (with command-line overrides)"
+    return choice, text
+
+
+def run_from_config(cfg: DictConfig) -> int:
+    """One sweep for a composed config; returns the exit code."""
+    from explorer.space import SpaceError, list_spaces, load_space
+    from explorer.store import Store, resolve_url
+    from explorer.sweep import default_settings, plan_sweep, run_sweep
+
+    choice, source = _space_source(cfg)
+    if choice in BROKEN_SPACES:
+        _err(BROKEN_SPACES[choice])
+        return 2
+    node = cfg.get("space")
+    if node is None:
+        names = ", ".join(sorted(list_spaces([cfg.spaces_dir] if cfg.get("spaces_dir") else [])))
+        _err(f"no search space chosen: add +space=NAME (one of: {names}) or space_file=PATH")
+        return 2
+    try:
+        name = None if node.get("name") else choice
+        space = load_space(node, name=name, source_name=source)
+        settings = default_settings(space, **measure_overrides(cfg))
+    except SpaceError as err:
+        _err(f"invalid search space\n{err}")
+        return 2
+    except ValueError as err:
+        _err(f"invalid measurement setting: {err}")
+        return 2
+
+    out = Path(cfg.out) if cfg.get("out") else Path("results") / space.name
+    url = cfg.store or resolve_url(out)
+    opts = cfg.sweep
+    if opts.dry_run:
+        store = None
+        db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+        if db is None or db.is_file():
+            store = Store(url)
+        try:
+            plan = plan_sweep(space, settings, store, resume=opts.resume, retry_failed=opts.retry_failed)
+        except SpaceError as err:
+            _err(f"invalid search space\n{err}")
+            return 2
+        print(plan.describe())
+        print(f"results would go to: {url}")
+        return 0
+
+    print(f"sweep {space.name!r} from {source} -> {url}", flush=True)
+    store = Store(url)
+    try:
+        report = run_sweep(space, settings, store, resume=opts.resume, retry_failed=opts.retry_failed,
+                           timeout_s=opts.timeout_s, isolation=opts.isolation, progress=opts.progress,
+                           max_measurements=opts.max_measurements)
+    except SpaceError as err:
+        _err(f"invalid search space\n{err}")
+        return 2
+    print(report.format(store), flush=True)
+    if report.interrupted or report.remaining:
+        how = "interrupted" if report.interrupted else "stopped early"
+        cmd = "python -m explorer sweep " + " ".join(shlex.quote(a) for a in _STATE["argv"])
+        print(f"{how}: {report.remaining} measurements still missing; every finished one is stored.\n"
+              f"resume with the same command:\n  {cmd}", flush=True)
+        return 130 if report.interrupted else 0
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="sweep")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        code = run_from_config(cfg)
+    except KeyboardInterrupt:
+        code = 130
+    _STATE["exit"] = max(int(_STATE["exit"]), code)
+
+
+def main(argv: list[str]) -> int:
+    """Entry point of ``python -m explorer sweep``: Hydra parses ``argv`` (``--multirun``,
+    ``--help``, ``--cfg job`` and overrides behave as in any Hydra app)."""
+    register_schemas()
+    args, chosen = prepare_argv(list(argv))
+    for name in chosen:
+        if name in BROKEN_SPACES:
+            _err(BROKEN_SPACES[name])
+            return 2
+    _STATE["exit"] = 0
+    _STATE["argv"] = list(argv)
+    saved = sys.argv
+    sys.argv = ["python -m explorer sweep", *args]
+    try:
+        _hydra_main()
+    except SystemExit as exc:  # Hydra exits on its own errors (unknown key, missing space, --help)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code if code else int(_STATE["exit"])
+    finally:
+        sys.argv = saved
+    return int(_STATE["exit"])

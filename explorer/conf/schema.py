@@ -1,0 +1,156 @@
+"""Structured (typed) configs of the Hydra commands and the glue that feeds them spaces.
+
+Hydra checks command-line values against these dataclasses (``measure.threads=abc`` fails with
+Hydra's own message, before any work). The ``measure`` section mirrors
+:class:`explorer.measure.settings.MeasureSettings` field by field, every field optional: ``None``
+means "not set here", so a value falls back to the space's ``measure:`` section and then to
+MeasureSettings' default.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Optional, Union
+
+from explorer.space import list_spaces
+
+__all__ = ["SweepOptions", "SweepAppConfig", "MeasureOverrides", "register_schemas", "register_spaces",
+           "prepare_argv", "measure_overrides", "SPACE_FILES"]
+
+#: name -> file of every space registered in the `space` group by this process (for messages).
+SPACE_FILES: dict[str, Path] = {}
+#: name -> error of space files that could not be read (reported when chosen).
+BROKEN_SPACES: dict[str, str] = {}
+
+
+def _measure_overrides_class() -> type:
+    """A dataclass with MeasureSettings' fields, each Optional and defaulting to None."""
+    from explorer.measure.settings import MeasureSettings
+
+    hints = typing.get_type_hints(MeasureSettings)
+    specs = []
+    for f in dataclasses.fields(MeasureSettings):
+        tp = hints.get(f.name, Any)
+        if typing.get_origin(tp) is Union:  # already Optional[...]
+            opt = tp
+        else:
+            opt = Optional[tp]  # type: ignore[valid-type]
+        specs.append((f.name, opt, field(default=None)))
+    return dataclasses.make_dataclass("MeasureOverrides", specs)
+
+
+MeasureOverrides = _measure_overrides_class()
+
+
+@dataclass
+class SweepOptions:
+    """``sweep.*``: how the engine runs (see explorer.sweep.run_sweep)."""
+
+    dry_run: bool = False
+    resume: bool = True
+    retry_failed: bool = False
+    timeout_s: Optional[float] = 900.0
+    isolation: str = "auto"
+    progress: bool = True
+    max_measurements: Optional[int] = None
+
+
+@dataclass
+class SweepAppConfig:
+    """The whole config of ``python -m explorer sweep``."""
+
+    space: Any = None  # filled by +space=NAME (validated by explorer.space.load_space)
+    measure: Any = field(default_factory=MeasureOverrides)
+    sweep: SweepOptions = field(default_factory=SweepOptions)
+    out: Optional[str] = None
+    store: Optional[str] = None
+    device: Optional[str] = None
+    spaces_dir: Optional[str] = None
+    space_file: Optional[str] = None
+
+
+def register_schemas() -> None:
+    """Put the schemas in Hydra's ConfigStore (``sweep_schema`` is in sweep.yaml's defaults)."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="sweep_schema", node=SweepAppConfig)
+
+
+def register_spaces(extra_dirs: Iterable[Union[str, Path]] = (), files: Iterable[Union[str, Path]] = ()) -> dict[str, Path]:
+    """Register every ``NAME.yaml`` of the space folders (and ``files``) as ``space/NAME``.
+
+    Folders: ``extra_dirs`` (``spaces_dir=``), ``$EXPLORER_SPACES_DIR``, ``./search_spaces`` and
+    the checkout's ``search_spaces/`` (first match wins). This is what makes ``+space=NAME``
+    work from any working directory without a search-path plugin.
+    """
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    cs = ConfigStore.instance()
+    found = dict(list_spaces(extra_dirs))
+    for f in files:
+        path = Path(f).expanduser()
+        found[path.stem] = path
+    for name, path in found.items():
+        try:
+            node = OmegaConf.load(path)
+        except Exception as err:  # reported only if this space is chosen
+            BROKEN_SPACES[name] = f"{path}: not valid YAML ({err})"
+            continue
+        if not isinstance(node, dict) and not OmegaConf.is_dict(node):
+            BROKEN_SPACES[name] = f"{path}: a space file must be a mapping (see search_spaces/*.yaml)"
+            continue
+        cs.store(group="space", name=name, node=node)
+        SPACE_FILES[name] = path.resolve()
+        BROKEN_SPACES.pop(name, None)
+    return found
+
+
+def _value(arg: str, key: str) -> Optional[str]:
+    for prefix in (f"{key}=", f"+{key}=", f"++{key}="):
+        if arg.startswith(prefix):
+            return arg[len(prefix):]
+    return None
+
+
+def prepare_argv(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Make spaces available and normalise arguments before Hydra parses them.
+
+    Returns (argv for Hydra, chosen space names). ``space=NAME`` becomes ``+space=NAME`` (the
+    group has no default); ``spaces_dir=`` and ``space_file=`` register extra spaces;
+    ``space_file=`` alone also selects its space.
+    """
+    dirs = [v for a in argv if (v := _value(a, "spaces_dir")) not in (None, "", "null")]
+    files = [v for a in argv if (v := _value(a, "space_file")) not in (None, "", "null")]
+    register_spaces([d for v in dirs for d in v.split(",")], [f for v in files for f in v.split(",")])
+    out: list[str] = []
+    chosen: list[str] = []
+    for a in argv:
+        if a.startswith("space="):
+            a = "+" + a
+        v = _value(a, "space")
+        if v is not None and a.startswith("+space="):
+            chosen += [n.strip() for n in v.split(",") if n.strip()]
+        out.append(a)
+    if files and not chosen:
+        names = [Path(f).stem for v in files for f in v.split(",")]
+        out.append("+space=" + ",".join(names))
+        chosen = names
+    return out, chosen
+
+
+def measure_overrides(cfg: Any) -> dict[str, Any]:
+    """The measure settings set on the command line / config (non-null), plus ``device=``."""
+    from omegaconf import OmegaConf
+
+    node = cfg.get("measure") if cfg is not None else None
+    values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    values = {k: v for k, v in dict(values or {}).items() if v is not None}
+    device = cfg.get("device") if cfg is not None else None
+    if device is not None:
+        if "device" in values and values["device"] != device:
+            raise ValueError(f"device={device!r} and measure.device={values['device']!r} disagree; give one")
+        values["device"] = device
+    return values

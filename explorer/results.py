@@ -1,0 +1,267 @@
+"""The results table: one row per design point, joined with its measurements and accuracy.
+
+``load("results/fastvithd")`` (a results folder, a ``.db`` file or any SQLAlchemy URL) gives a
+pandas DataFrame whose columns are documented in ``docs/results.md`` (and listed in
+:data:`COLUMNS`). TTFT is the sum of the three medians measured in the same environment;
+measurements from different environments are never mixed in one row.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import pandas as pd
+
+from explorer.space import canonical_json
+from explorer.store import AccuracyRecord, MeasurementRecord, PointRecord, Store
+
+__all__ = ["COLUMNS", "EXTRA_COLUMNS", "load", "frame_from_store", "fastest_per_resolution", "export"]
+
+#: The documented columns, in order (docs/architecture.md "Results table columns").
+COLUMNS: tuple[str, ...] = (
+    "point_key", "encoder", "knobs", "resolution", "llm", "text_tokens", "visual_tokens", "encoder_params_m",
+    "encoder_gflops", "encoder_latency_ms", "encoder_latency_p10_ms", "encoder_latency_p90_ms",
+    "encoder_latency_cv", "encoder_peak_mem_mb", "projector_params_m", "projector_gflops",
+    "projector_latency_ms", "prefill_tokens", "prefill_gflops", "prefill_latency_ms", "prefill_latency_p10_ms",
+    "prefill_latency_p90_ms", "prefill_method", "llm_params_m", "ttft_ms", "ttft_gflops", "accuracy",
+    "accuracy_source", "device", "dtype", "threads", "torch_version", "status", "error", "measured_at",
+)
+#: Appended after COLUMNS: the space the point came from and the environment key of its values.
+EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key")
+
+_FAIL_ORDER = ("oom", "timeout", "failed")
+
+
+def _nan() -> float:
+    return float("nan")
+
+
+def _num(value: Any) -> float:
+    if value is None:
+        return _nan()
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return _nan()
+
+
+def _latency(payload: Optional[Mapping[str, Any]], field: str) -> float:
+    lat = (payload or {}).get("latency")
+    if not isinstance(lat, Mapping):
+        return _nan()
+    return _num(lat.get(field))
+
+
+def _open(source: Union[str, Path, Store]) -> tuple[Store, bool]:
+    if isinstance(source, Store):
+        return source, False
+    text = str(source)
+    if "://" not in text:
+        path = Path(text).expanduser()
+        db = path if path.suffix in (".db", ".sqlite", ".sqlite3") else path / "store.db"
+        if not db.is_file():
+            raise FileNotFoundError(f"no results database at {db} (give a results folder, a .db file or a URL)")
+    return Store(text, create=False), True
+
+
+def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: str = "latest") -> pd.DataFrame:
+    """The results table of a results folder, a ``.db`` path, a SQLAlchemy URL or a Store.
+
+    ``space`` keeps one space's points (default: all points, each once). ``env`` picks the
+    environment the numbers come from: ``"latest"`` (the environment of the most recent
+    measurement of these points; a warning names any others), ``"all"`` (one row per point and
+    environment that measured it) or an environment key.
+    """
+    store, owned = _open(source)
+    try:
+        return frame_from_store(store, space=space, env=env)
+    finally:
+        if owned:
+            store.close()
+
+
+def _accuracy_for(point: PointRecord, by_key: dict[str, AccuracyRecord],
+                  by_fields: list[AccuracyRecord]) -> Optional[AccuracyRecord]:
+    if point.key in by_key:
+        return by_key[point.key]
+    p = point.point
+    knobs = canonical_json(p.knob_dict())
+    for acc in reversed(by_fields):  # the latest matching row wins
+        if acc.encoder != p.encoder:
+            continue
+        if canonical_json(acc.knobs or {}) != knobs:
+            continue
+        if acc.resolution is not None and acc.resolution != p.resolution:
+            continue
+        if acc.llm is not None and acc.llm != p.llm:
+            continue
+        return acc
+    return None
+
+
+def frame_from_store(store: Store, *, space: Optional[str] = None, env: str = "latest") -> pd.DataFrame:
+    """:func:`load` on an open store."""
+    records = store.points(space)
+    if space is None:  # the same point in several spaces: one row
+        seen: set[str] = set()
+        unique = []
+        for r in records:
+            if r.key not in seen:
+                seen.add(r.key)
+                unique.append(r)
+        records = unique
+    wanted = {k for r in records for k in (r.encoder_key, r.projector_key, r.prefill_key)}
+    meas: dict[tuple[str, str, str], MeasurementRecord] = {}
+    env_info: dict[str, dict[str, Any]] = {}
+    env_last: dict[str, Any] = {}
+    for m in store.measurements():
+        if m.key not in wanted:
+            continue
+        meas[(m.kind, m.key, m.env_key)] = m
+        env_info[m.env_key] = m.environment
+        if m.finished_at is not None and (m.env_key not in env_last or m.finished_at >= env_last[m.env_key]):
+            env_last[m.env_key] = m.finished_at
+
+    if env == "all":
+        envs = sorted(env_info, key=lambda k: env_last.get(k) or 0)
+    elif env == "latest":
+        envs = [max(env_last, key=lambda k: env_last[k])] if env_last else []
+        others = [k for k in env_info if k not in envs]
+        if others:
+            warnings.warn(f"the results hold measurements from {len(env_info)} environments; showing the latest "
+                          f"({envs[0]}). Pass env='all' or an environment key ({', '.join(others)}) for the others.",
+                          stacklevel=3)
+    else:
+        envs = [env]
+
+    accuracy = store.accuracy()
+    acc_by_key = {a.point_key: a for a in accuracy if a.point_key is not None}  # latest wins
+    acc_fields = [a for a in accuracy if a.point_key is None]
+
+    rows = []
+    for rec in records:
+        acc = _accuracy_for(rec, acc_by_key, acc_fields)
+        row_envs = [e for e in envs if any((k, key, e) in meas for k, key in (
+            ("encoder", rec.encoder_key), ("projector", rec.projector_key), ("prefill", rec.prefill_key)))]
+        if env != "all" or not row_envs:
+            row_envs = row_envs or (envs[:1] if envs else [None])
+        for e in row_envs:
+            rows.append(_row(rec, e, env_info.get(e) if e else None, meas, acc))
+    frame = pd.DataFrame(rows, columns=list(COLUMNS + EXTRA_COLUMNS))
+    return _types(frame)
+
+
+def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping[str, Any]],
+         meas: Mapping[tuple[str, str, str], MeasurementRecord], acc: Optional[AccuracyRecord]) -> dict[str, Any]:
+    p = rec.point
+    parts = {kind: meas.get((kind, key, env_key)) if env_key else None for kind, key in (
+        ("encoder", rec.encoder_key), ("projector", rec.projector_key), ("prefill", rec.prefill_key))}
+    ok = {k: (m.payload or {}) if m is not None and m.status == "ok" else None for k, m in parts.items()}
+    enc, proj, pre = ok["encoder"], ok["projector"], ok["prefill"]
+
+    statuses = {k: (m.status if m is not None else "pending") for k, m in parts.items()}
+    failed = [k for k, s in statuses.items() if s in _FAIL_ORDER]
+    if failed:
+        status = min((statuses[k] for k in failed), key=_FAIL_ORDER.index)
+    elif any(s == "pending" for s in statuses.values()):
+        status = "pending"
+    else:
+        status = "ok"
+    errors = []
+    for k in failed:
+        part = parts[k]
+        text = (part.error or "") if part is not None else ""
+        errors.append(f"{k}: {text.splitlines()[0] if text else statuses[k]}")
+
+    enc_ms, proj_ms, pre_ms = (_latency(enc, "median_ms"), _latency(proj, "median_ms"), _latency(pre, "median_ms"))
+    gfl = [_num((x or {}).get("gflops")) if x is not None else _nan() for x in (enc, proj, pre)]
+    finished = [m.finished_at for m in parts.values() if m is not None and m.finished_at is not None]
+    env = environment or {}
+    visual = (enc or {}).get("visual_tokens", rec.visual_tokens)
+    prefill_tokens = (pre or {}).get("tokens")
+    if prefill_tokens is None and visual is not None:
+        prefill_tokens = int(visual) + p.text_tokens
+    return {
+        "point_key": rec.key,
+        "encoder": p.encoder,
+        "knobs": canonical_json(p.knob_dict()),
+        "resolution": p.resolution,
+        "llm": p.llm,
+        "text_tokens": p.text_tokens,
+        "visual_tokens": visual,
+        "encoder_params_m": _num((enc or {}).get("params_m")),
+        "encoder_gflops": gfl[0],
+        "encoder_latency_ms": enc_ms,
+        "encoder_latency_p10_ms": _latency(enc, "p10_ms"),
+        "encoder_latency_p90_ms": _latency(enc, "p90_ms"),
+        "encoder_latency_cv": _latency(enc, "cv"),
+        "encoder_peak_mem_mb": _num((enc or {}).get("peak_mem_mb")),
+        "projector_params_m": _num((proj or {}).get("params_m")),
+        "projector_gflops": gfl[1],
+        "projector_latency_ms": proj_ms,
+        "prefill_tokens": prefill_tokens,
+        "prefill_gflops": gfl[2],
+        "prefill_latency_ms": pre_ms,
+        "prefill_latency_p10_ms": _latency(pre, "p10_ms"),
+        "prefill_latency_p90_ms": _latency(pre, "p90_ms"),
+        "prefill_method": (pre or {}).get("method"),
+        "llm_params_m": _num((pre or {}).get("params_m")),
+        "ttft_ms": enc_ms + proj_ms + pre_ms,  # NaN unless all three were timed
+        "ttft_gflops": sum(gfl),
+        "accuracy": acc.value if acc is not None else _nan(),
+        "accuracy_source": acc.source if acc is not None else None,
+        "device": env.get("device"),
+        "dtype": env.get("dtype"),
+        "threads": env.get("threads"),
+        "torch_version": env.get("torch_version"),
+        "status": status,
+        "error": "; ".join(errors) if errors else None,
+        "measured_at": max(finished) if finished else None,
+        "space": rec.space,
+        "env_key": env_key,
+    }
+
+
+def _types(frame: pd.DataFrame) -> pd.DataFrame:
+    """Stable dtypes whatever the rows hold (numbers float/Int64, text object, time datetime)."""
+    floats = [c for c in COLUMNS if c.endswith(("_ms", "_m", "_gflops", "_cv", "_mb")) or c in ("accuracy",)]
+    for c in floats:
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
+    for c in ("resolution", "text_tokens", "visual_tokens", "prefill_tokens", "threads"):
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("Int64")
+    frame["measured_at"] = pd.to_datetime(frame["measured_at"])
+    return frame
+
+
+def fastest_per_resolution(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per LLM and resolution, the complete point with the lowest TTFT (the sweep's summary)."""
+    ok = frame[(frame["status"] == "ok") & frame["ttft_ms"].notna()]
+    cols = ["llm", "resolution", "encoder", "knobs", "visual_tokens", "encoder_latency_ms", "projector_latency_ms",
+            "prefill_latency_ms", "ttft_ms"]
+    if ok.empty:
+        return pd.DataFrame(columns=cols)
+    idx = ok.groupby(["llm", "resolution"])["ttft_ms"].idxmin()
+    best = ok.loc[idx, cols].sort_values(["llm", "resolution"]).reset_index(drop=True)
+    return best.round({"encoder_latency_ms": 1, "projector_latency_ms": 2, "prefill_latency_ms": 1, "ttft_ms": 1})
+
+
+def export(source: Union[str, Path, Store], out: Union[str, Path], fmt: Optional[str] = None, *,
+           space: Optional[str] = None, env: str = "latest") -> Path:
+    """Write the results table as CSV or Parquet (``fmt`` from the suffix when not given)."""
+    out = Path(out)
+    fmt = (fmt or out.suffix.lstrip(".") or "csv").lower()
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"invalid format={fmt!r}: csv or parquet")
+    frame = load(source, space=space, env=env)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        frame.to_csv(out, index=False)
+    else:
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise RuntimeError("Parquet export needs pyarrow, which is not installed: `pip install pyarrow` "
+                               "(or export CSV with --format csv)") from None
+        frame.to_parquet(out, index=False)
+    return out

@@ -1,0 +1,735 @@
+"""Search spaces: the YAML schema, its validation and the design points it enumerates.
+
+A space file names encoder families with grids of knob values, resolutions, LLMs and text
+prompt lengths; the design points are the cartesian product of those lists, minus exclusions and
+points that break the constraints. Everything is checked before any measurement starts so a
+typo costs a second, not an hour of sweeping: errors name the file, the key, the value and what
+is allowed, and are raised as :class:`SpaceError`.
+
+Schema (see ``search_spaces/*.yaml`` for worked examples)::
+
+    name: my_space                # optional; defaults to the file's stem
+    description: free text        # optional
+    encoders:                     # a mapping label -> entry (overridable from the command line)
+      fastvithd:                  #   the label is the family unless `family:` says otherwise
+        knobs:                    #   each knob maps to a list of values (a scalar = one value);
+          width_mult: [1.0, 0.5]  #   list-valued knobs take a list of lists: depths: [[2, 4, 8, 2, 2]]
+        resolutions: [256, 512]   #   optional; falls back to the top-level `resolutions`
+    resolutions: {start: 256, stop: 1024, step: 256}   # or a list; `stop` is inclusive
+    llms: [qwen2-0.5b, path/to/config.json]
+    text_tokens: [32]
+    constraints: {max_visual_tokens: 256, max_params_m: 200}
+    exclude:                      # partial points; a point matching every given key is dropped
+      - {encoder: fastvithd, width_mult: 0.5, resolution: 256}
+    measure: {max_time_s: 2.0}    # optional MeasureSettings defaults for this space
+
+``encoders`` may also be a list of entries, each with ``family`` (or ``name``), ``knobs`` and
+``resolutions``.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import itertools
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+
+__all__ = [
+    "Constraints",
+    "DesignPoint",
+    "EncoderEntry",
+    "EncoderShape",
+    "Space",
+    "SpaceError",
+    "canonical_json",
+    "digest",
+    "encoder_shape",
+    "enumerate_points",
+    "find_space_file",
+    "list_spaces",
+    "load_space",
+    "spaces_dirs",
+]
+
+POINT_FIELDS = ("encoder", "resolution", "llm", "text_tokens")
+SPACE_KEYS = ("name", "description", "encoders", "resolutions", "llms", "text_tokens", "constraints",
+              "exclude", "measure")
+ENTRY_KEYS = ("family", "name", "knobs", "resolutions")
+
+
+class SpaceError(ValueError):
+    """A search space that cannot be swept; ``errors`` lists every problem found, one per line."""
+
+    def __init__(self, errors: Union[str, Sequence[str]]):
+        self.errors = [errors] if isinstance(errors, str) else list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+# --------------------------------------------------------------------------------------------
+# Canonical JSON and digests: the keys every table uses.
+
+
+def _canonical(value: Any) -> Any:
+    """Plain JSON value with a single spelling: integral floats become ints, tuples lists."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"non-finite number {value!r} cannot be part of a key")
+        return int(value) if value.is_integer() else value
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    raise TypeError(f"{type(value).__name__} value {value!r} is not JSON-serialisable")
+
+
+def canonical_json(value: Any) -> str:
+    """Sorted-key compact JSON with 1.0 and 1 spelled the same, so digests agree everywhere."""
+    return json.dumps(_canonical(value), sort_keys=True, separators=(",", ":"))
+
+
+def digest(value: Any, length: int = 16) -> str:
+    """Short stable key: the first ``length`` hex digits of sha256 of the canonical JSON."""
+    return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()[:length]
+
+
+def _freeze(value: Any) -> Any:
+    """Hashable form of a knob value (lists become tuples, recursively)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    return value
+
+
+def _thaw(value: Any) -> Any:
+    """JSON-like form of a frozen knob value (tuples back to lists)."""
+    if isinstance(value, tuple):
+        return [_thaw(v) for v in value]
+    return value
+
+
+# --------------------------------------------------------------------------------------------
+# Values
+
+
+@dataclass(frozen=True)
+class DesignPoint:
+    """One VLM configuration: encoder family + knobs at a resolution, an LLM and a prompt length.
+
+    Frozen and hashable; ``key`` is a digest of the canonical JSON, identical across runs and
+    machines (it depends on nothing but these five fields).
+    """
+
+    encoder: str
+    knobs: tuple[tuple[str, Any], ...]
+    resolution: int
+    llm: str
+    text_tokens: int
+
+    @classmethod
+    def make(cls, encoder: str, knobs: Optional[Mapping[str, Any]], resolution: int, llm: str,
+             text_tokens: int) -> "DesignPoint":
+        """Build from a plain knob dict (sorted and frozen here)."""
+        frozen = tuple(sorted((str(k), _freeze(v)) for k, v in (knobs or {}).items()))
+        return cls(str(encoder), frozen, int(resolution), str(llm), int(text_tokens))
+
+    def knob_dict(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self.knobs}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"encoder": self.encoder, "knobs": self.knob_dict(), "resolution": self.resolution,
+                "llm": self.llm, "text_tokens": self.text_tokens}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "DesignPoint":
+        return cls.make(data["encoder"], data.get("knobs") or {}, data["resolution"], data["llm"],
+                        data["text_tokens"])
+
+    @property
+    def key(self) -> str:
+        return digest(self.to_dict())
+
+    def label(self) -> str:
+        knobs = ",".join(f"{k}={_thaw(v)}" for k, v in self.knobs)
+        return f"{self.encoder}[{knobs}]@{self.resolution}+{self.llm}/{self.text_tokens}t"
+
+
+@dataclass(frozen=True)
+class EncoderEntry:
+    """One encoder family of a space with its own knob grid and resolutions."""
+
+    family: str
+    knobs: tuple[tuple[str, tuple[Any, ...]], ...]  # knob -> candidate values, sorted by knob
+    resolutions: tuple[int, ...]
+    label: str = ""
+
+    def knob_grid(self) -> list[dict[str, Any]]:
+        """Every knob combination of this entry (cartesian product), as plain dicts."""
+        names = [k for k, _ in self.knobs]
+        return [dict(zip(names, combo)) for combo in itertools.product(*(vals for _, vals in self.knobs))]
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """Limits a design point must respect to be swept (None: no limit)."""
+
+    max_visual_tokens: Optional[int] = None  # tokens the encoder hands the LLM
+    max_params_m: Optional[float] = None  # encoder parameters, millions (training form)
+
+    def active(self) -> bool:
+        return self.max_visual_tokens is not None or self.max_params_m is not None
+
+
+@dataclass(frozen=True)
+class Space:
+    """A validated search space (what :func:`load_space` returns)."""
+
+    name: str
+    encoders: tuple[EncoderEntry, ...]
+    llms: tuple[str, ...]
+    text_tokens: tuple[int, ...]
+    constraints: Constraints = field(default_factory=Constraints)
+    exclude: tuple[tuple[tuple[str, Any], ...], ...] = ()
+    measure: tuple[tuple[str, Any], ...] = ()  # MeasureSettings defaults for this space
+    description: str = ""
+    source: Optional[str] = None  # the file it came from, for messages
+
+    def measure_defaults(self) -> dict[str, Any]:
+        return {k: _thaw(v) for k, v in self.measure}
+
+    def exclusions(self) -> list[dict[str, Any]]:
+        return [{k: _thaw(v) for k, v in ex} for ex in self.exclude]
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """What planning needs to know about an encoder at a resolution without timing it."""
+
+    out_channels: int
+    visual_tokens: int
+    params_m: float  # training (unfolded) form
+
+
+# --------------------------------------------------------------------------------------------
+# Encoder inspection on the meta device (no memory, no weights)
+
+
+@functools.lru_cache(maxsize=256)
+def _meta_encoder(family: str, frozen_knobs: tuple[tuple[str, Any], ...]) -> Any:
+    import torch
+
+    from explorer.models import build_encoder
+
+    knobs = {k: _thaw(v) for k, v in frozen_knobs}
+    try:
+        with torch.device("meta"):
+            return build_encoder(family, **knobs)
+    except (ValueError, TypeError):
+        raise
+    except Exception:  # a builder doing real arithmetic at build time: fall back to the CPU
+        return build_encoder(family, **knobs)
+
+
+def encoder_shape(family: str, knobs: Mapping[str, Any], resolution: int) -> EncoderShape:
+    """Output channels, visual tokens and parameters, from a meta-device build (cached).
+
+    Raises the builder's ``ValueError``/``TypeError`` for a bad knob or resolution.
+    """
+    enc = _meta_encoder(family, tuple(sorted((k, _freeze(v)) for k, v in knobs.items())))
+    return EncoderShape(out_channels=int(enc.out_channels), visual_tokens=int(enc.num_tokens(int(resolution))),
+                        params_m=enc.num_params() / 1e6)
+
+
+ShapeFn = Callable[[str, Mapping[str, Any], int], EncoderShape]
+
+
+# --------------------------------------------------------------------------------------------
+# Where named spaces live
+
+
+def _repo_spaces_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def spaces_dirs(extra: Iterable[Union[str, Path]] = ()) -> list[Path]:
+    """Folders searched for ``NAME.yaml``, first match wins.
+
+    Order: ``extra`` (e.g. ``spaces_dir=`` on the command line), ``$EXPLORER_SPACES_DIR``
+    (``os.pathsep``-separated), ``./search_spaces`` and the checkout's ``search_spaces/``.
+    """
+    dirs: list[Path] = [Path(p).expanduser() for p in extra]
+    env = os.environ.get("EXPLORER_SPACES_DIR")
+    if env:
+        dirs += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
+    dirs += [Path.cwd() / "search_spaces", _repo_spaces_dir()]
+    seen: list[Path] = []
+    for d in dirs:
+        d = d.resolve()
+        if d not in seen and d.is_dir():
+            seen.append(d)
+    return seen
+
+
+def list_spaces(extra: Iterable[Union[str, Path]] = ()) -> dict[str, Path]:
+    """Every named space found in :func:`spaces_dirs`: name -> file."""
+    found: dict[str, Path] = {}
+    for d in spaces_dirs(extra):
+        for path in sorted(d.glob("*.yaml")) + sorted(d.glob("*.yml")):
+            found.setdefault(path.stem, path)
+    return found
+
+
+def find_space_file(name: str, extra: Iterable[Union[str, Path]] = ()) -> Path:
+    spaces = list_spaces(extra)
+    if name not in spaces:
+        raise SpaceError(f"unknown space {name!r}; known spaces: {', '.join(sorted(spaces)) or '(none)'} "
+                         f"(searched {', '.join(str(d) for d in spaces_dirs(extra))})")
+    return spaces[name]
+
+
+# --------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _to_plain(data: Any) -> Any:
+    """DictConfig/ListConfig -> dicts/lists (interpolations resolved); plain data unchanged."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+    except ImportError:  # pragma: no cover - omegaconf is a dependency
+        return data
+    if isinstance(data, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(data, resolve=True)
+    return data
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+class _Checker:
+    """Collects errors, each prefixed with the source so the user knows which file to open."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.errors: list[str] = []
+
+    def error(self, key: str, value: Any, problem: str) -> None:
+        text = f"{self.source}: {key}={value!r}: {problem}"
+        if text not in self.errors:
+            self.errors.append(text)
+
+    def raise_if_any(self) -> None:
+        if self.errors:
+            raise SpaceError(self.errors)
+
+
+def _resolutions(chk: _Checker, key: str, raw: Any) -> tuple[int, ...]:
+    allowed = "a positive integer, a list of them, or {start, stop, step} (stop inclusive)"
+    if raw is None:
+        chk.error(key, raw, f"missing; give {allowed}")
+        return ()
+    if _is_int(raw):
+        raw = [raw]
+    if isinstance(raw, Mapping):
+        unknown = sorted(set(raw) - {"start", "stop", "step"})
+        if unknown:
+            chk.error(key, raw, f"unknown key(s) {unknown}; allowed: start, stop, step")
+            return ()
+        start, stop, step = raw.get("start"), raw.get("stop"), raw.get("step", 1)
+        for name, v in (("start", start), ("stop", stop), ("step", step)):
+            if not (_is_int(v) and v > 0):
+                chk.error(f"{key}.{name}", v, "a positive integer")
+                return ()
+        if stop < start:
+            chk.error(f"{key}.stop", stop, f"must be >= start={start}")
+            return ()
+        return tuple(range(start, stop + 1, step))
+    if not isinstance(raw, (list, tuple)):
+        chk.error(key, raw, allowed)
+        return ()
+    if not raw:
+        chk.error(key, raw, "empty list; give at least one resolution")
+    out: list[int] = []
+    for i, v in enumerate(raw):
+        if _is_int(v) and v > 0:
+            if v not in out:
+                out.append(v)
+        else:
+            chk.error(f"{key}[{i}]", v, "a positive integer number of pixels")
+    return tuple(out)
+
+
+def _knob_grid(chk: _Checker, key: str, raw: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, Mapping):
+        chk.error(key, raw, "a mapping knob -> list of values")
+        return ()
+    grid = []
+    for name in sorted(raw):
+        values = raw[name]
+        if not isinstance(values, (list, tuple)):
+            values = [values]
+        if not values:
+            chk.error(f"{key}.{name}", values, "empty list; give at least one value")
+            continue
+        frozen: list[Any] = []
+        for v in values:
+            fv = _freeze(v)
+            if fv not in frozen:
+                frozen.append(fv)
+        grid.append((str(name), tuple(frozen)))
+    return tuple(grid)
+
+
+def _encoder_entries(chk: _Checker, raw: Any, default_res: Any) -> tuple[EncoderEntry, ...]:
+    if raw is None:
+        chk.error("encoders", raw, "missing; give a mapping label -> {family, knobs, resolutions}")
+        return ()
+    items: list[tuple[str, str, Any]] = []  # (key for messages, label, entry)
+    if isinstance(raw, Mapping):
+        items = [(f"encoders.{label}", str(label), entry) for label, entry in raw.items()]
+    elif isinstance(raw, (list, tuple)):
+        items = [(f"encoders[{i}]", "", entry) for i, entry in enumerate(raw)]
+    else:
+        chk.error("encoders", raw, "a mapping label -> entry, or a list of entries")
+        return ()
+    if not items:
+        chk.error("encoders", raw, "empty; give at least one encoder family")
+    entries: list[EncoderEntry] = []
+    for key, label, entry in items:
+        if entry is None:
+            entry = {}
+        if isinstance(entry, str) and not label:
+            entry = {"family": entry}
+        if not isinstance(entry, Mapping):
+            chk.error(key, entry, f"a mapping with keys {', '.join(ENTRY_KEYS)}")
+            continue
+        unknown = sorted(set(entry) - set(ENTRY_KEYS))
+        if unknown:
+            chk.error(f"{key}.{unknown[0]}", entry[unknown[0]],
+                      f"unknown key; allowed: {', '.join(ENTRY_KEYS)} (knobs go under `knobs:`)")
+            continue
+        family = entry.get("family") or entry.get("name") or label
+        if not family or not isinstance(family, str):
+            chk.error(f"{key}.family", family, "the encoder family name (see `python -m explorer encoders`)")
+            continue
+        res_raw = entry.get("resolutions", None)
+        res_key = f"{key}.resolutions"
+        if res_raw is None:
+            res_raw, res_key = default_res, "resolutions"
+        resolutions = _resolutions(chk, res_key, res_raw)
+        knobs = _knob_grid(chk, f"{key}.knobs", entry.get("knobs"))
+        entries.append(EncoderEntry(family=family, knobs=knobs, resolutions=resolutions, label=label or family))
+    return tuple(entries)
+
+
+def _check_models(chk: _Checker, space: Space, shape_fn: Optional[ShapeFn]) -> None:
+    """Build every knob combination on the meta device: bad families, knobs and resolutions."""
+    try:
+        from explorer.models import list_encoders
+        from explorer.models import registry as _registry
+    except Exception as err:  # pragma: no cover - broken install
+        chk.errors.append(f"{chk.source}: cannot import the encoder zoo ({err})")
+        return
+    known = list_encoders()
+    shape = shape_fn or encoder_shape
+    for i, entry in enumerate(space.encoders):
+        key = f"encoders.{entry.label}"
+        if shape_fn is None and entry.family not in known:
+            chk.error(f"{key}.family", entry.family, f"unknown encoder; known: {', '.join(known)}")
+            continue
+        builder = getattr(_registry, "_BUILDERS", {}).get(entry.family)
+        allowed = _builder_knobs(builder)
+        if allowed is not None:
+            bad = [k for k, _ in entry.knobs if k not in allowed]
+            for k in bad:
+                chk.error(f"{key}.knobs.{k}", dict(entry.knobs)[k][0] if dict(entry.knobs)[k] else None,
+                          f"unknown knob for {entry.family}; allowed: {', '.join(sorted(allowed))}")
+            if bad:
+                continue
+        ok_combo = None
+        for combo in entry.knob_grid():
+            try:
+                shape(entry.family, combo, entry.resolutions[0] if entry.resolutions else 256)
+                ok_combo = combo
+            except (ValueError, TypeError) as err:
+                culprit = _culprit(str(err), combo)
+                if culprit is not None:
+                    values = dict(entry.knobs)[culprit]
+                    idx = values.index(_freeze(combo[culprit])) if _freeze(combo[culprit]) in values else 0
+                    chk.error(f"{key}.knobs.{culprit}[{idx}]", _thaw(combo[culprit]), str(err))
+                else:
+                    chk.error(f"{key}.knobs", combo, str(err))
+                break  # one message per entry: the first bad combination says it
+        if ok_combo is None:
+            continue
+        for j, res in enumerate(entry.resolutions):
+            try:
+                shape(entry.family, ok_combo, res)
+            except (ValueError, TypeError) as err:
+                chk.error(f"{key}.resolutions[{j}]", res, str(err))
+
+
+def _builder_knobs(builder: Any) -> Optional[set[str]]:
+    """Knob names a builder accepts, from its signature (None when it takes **kwargs)."""
+    if builder is None:
+        return None
+    import inspect
+
+    try:
+        params = inspect.signature(builder).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
+
+
+def _culprit(message: str, combo: Mapping[str, Any]) -> Optional[str]:
+    """The knob a builder's error names (``invalid NAME=...``), if it is one of the combo's."""
+    for name in sorted(combo, key=len, reverse=True):
+        if f"invalid {name}=" in message or f"'{name}'" in message:
+            return name
+    return None
+
+
+def _check_llms(chk: _Checker, llms: Sequence[str]) -> None:
+    try:
+        from explorer.models.llm import LLM_CATALOG, get_llm_spec
+    except Exception as err:  # pragma: no cover - broken install
+        chk.errors.append(f"{chk.source}: cannot import the LLM catalog ({err})")
+        return
+    for i, name in enumerate(llms):
+        try:
+            get_llm_spec(name)
+        except (ValueError, OSError) as err:
+            chk.error(f"llms[{i}]", name, f"{err}; catalog: {', '.join(LLM_CATALOG)} or a config.json path")
+
+
+def load_space(
+    source: Any,
+    *,
+    name: Optional[str] = None,
+    source_name: Optional[str] = None,
+    check_models: bool = True,
+    shape_fn: Optional[ShapeFn] = None,
+    spaces_dir: Iterable[Union[str, Path]] = (),
+) -> Space:
+    """Read and validate a space: a YAML path, a space name, a dict or an OmegaConf node.
+
+    ``check_models`` builds every knob combination on the meta device and resolves every LLM,
+    so bad knob values and unknown names fail here (tests with fake encoders turn it off, or pass
+    ``shape_fn``). Raises :class:`SpaceError` listing every problem.
+    """
+    if isinstance(source, Space):
+        return source
+    file_path: Optional[Path] = None
+    if isinstance(source, (str, Path)):
+        text = str(source)
+        path = Path(text)
+        if not path.suffix and os.sep not in text and not path.exists():
+            path = find_space_file(text, spaces_dir)
+        if not path.is_file():
+            raise SpaceError(f"{text}: no such space file")
+        file_path = path
+        try:
+            import yaml  # PyYAML comes with omegaconf
+
+            raw = yaml.safe_load(path.read_text())
+        except Exception as err:
+            raise SpaceError(f"{path}: not valid YAML ({err})") from None
+        if raw is None:
+            raw = {}
+    else:
+        try:
+            raw = _to_plain(source)
+        except Exception as err:
+            raise SpaceError(f"{source_name or 'space'}: cannot resolve the config ({err})") from None
+    src = source_name or (str(file_path) if file_path else "space")
+    chk = _Checker(src)
+    if not isinstance(raw, Mapping):
+        chk.error("(top level)", raw, f"a mapping with keys {', '.join(SPACE_KEYS)}")
+        chk.raise_if_any()
+    unknown = sorted(set(raw) - set(SPACE_KEYS))
+    for key in unknown:
+        chk.error(key, raw[key], f"unknown key; allowed: {', '.join(SPACE_KEYS)}")
+
+    space_name = name or raw.get("name") or (file_path.stem if file_path else "space")
+    if not isinstance(space_name, str) or not space_name.replace("-", "_").replace(".", "_").isidentifier():
+        chk.error("name", space_name, "letters, digits, '_', '-' or '.' (it names the results folder)")
+
+    entries = _encoder_entries(chk, raw.get("encoders"), raw.get("resolutions"))
+
+    llms_raw = raw.get("llms")
+    llms: list[str] = []
+    if isinstance(llms_raw, str):
+        llms_raw = [llms_raw]
+    if not isinstance(llms_raw, (list, tuple)) or not llms_raw:
+        chk.error("llms", llms_raw, "a non-empty list of LLM catalog names or config.json paths")
+    else:
+        for i, v in enumerate(llms_raw):
+            if isinstance(v, str) and v.strip():
+                if v not in llms:
+                    llms.append(v)
+            else:
+                chk.error(f"llms[{i}]", v, "an LLM catalog name or a config.json path")
+
+    tt_raw = raw.get("text_tokens", [0])
+    if _is_int(tt_raw):
+        tt_raw = [tt_raw]
+    text_tokens: list[int] = []
+    if not isinstance(tt_raw, (list, tuple)) or not tt_raw:
+        chk.error("text_tokens", tt_raw, "a non-empty list of integers >= 0 (prompt tokens after the image)")
+    else:
+        for i, v in enumerate(tt_raw):
+            if _is_int(v) and v >= 0:
+                if v not in text_tokens:
+                    text_tokens.append(v)
+            else:
+                chk.error(f"text_tokens[{i}]", v, "an integer >= 0")
+
+    constraints = Constraints()
+    c_raw = raw.get("constraints") or {}
+    if not isinstance(c_raw, Mapping):
+        chk.error("constraints", c_raw, "a mapping; allowed keys: max_visual_tokens, max_params_m")
+    else:
+        allowed = [f.name for f in fields(Constraints)]
+        kw: dict[str, Any] = {}
+        for key, v in c_raw.items():
+            if key not in allowed:
+                chk.error(f"constraints.{key}", v, f"unknown constraint; allowed: {', '.join(allowed)}")
+            elif v is None:
+                continue
+            elif key == "max_visual_tokens" and not (_is_int(v) and v > 0):
+                chk.error(f"constraints.{key}", v, "a positive integer")
+            elif key == "max_params_m" and not (_is_number(v) and v > 0):
+                chk.error(f"constraints.{key}", v, "a positive number of millions of parameters")
+            else:
+                kw[key] = v
+        constraints = Constraints(**kw)
+
+    knob_names = {k for e in entries for k, _ in e.knobs}
+    ex_raw = raw.get("exclude") or []
+    exclude: list[tuple[tuple[str, Any], ...]] = []
+    if not isinstance(ex_raw, (list, tuple)):
+        chk.error("exclude", ex_raw, "a list of partial points (mappings)")
+    else:
+        ok_keys = sorted(set(POINT_FIELDS) | knob_names)
+        for i, ex in enumerate(ex_raw):
+            if not isinstance(ex, Mapping) or not ex:
+                chk.error(f"exclude[{i}]", ex, f"a non-empty mapping with keys from: {', '.join(ok_keys)}")
+                continue
+            bad = [k for k in ex if k not in ok_keys]
+            for k in bad:
+                chk.error(f"exclude[{i}].{k}", ex[k], f"unknown key; allowed: {', '.join(ok_keys)}")
+            if not bad:
+                exclude.append(tuple(sorted((str(k), _freeze(v)) for k, v in ex.items())))
+
+    measure_raw = raw.get("measure") or {}
+    measure: tuple[tuple[str, Any], ...] = ()
+    if not isinstance(measure_raw, Mapping):
+        chk.error("measure", measure_raw, "a mapping of measurement settings (MeasureSettings fields)")
+    else:
+        allowed_m = _measure_fields()
+        for key, v in measure_raw.items():
+            if allowed_m is not None and key not in allowed_m:
+                chk.error(f"measure.{key}", v, f"unknown measurement setting; allowed: {', '.join(allowed_m)}")
+        measure = tuple(sorted((str(k), _freeze(v)) for k, v in measure_raw.items()))
+
+    description = raw.get("description") or ""
+    chk.raise_if_any()
+    space = Space(name=str(space_name), encoders=entries, llms=tuple(llms), text_tokens=tuple(text_tokens),
+                  constraints=constraints, exclude=tuple(exclude), measure=measure,
+                  description=str(description), source=src)
+    if check_models or shape_fn is not None:
+        _check_models(chk, space, shape_fn)
+        if check_models:
+            _check_llms(chk, space.llms)
+        chk.raise_if_any()
+    if check_models or shape_fn is not None or not space.constraints.active():
+        enumerate_points(space, shape_fn=shape_fn)  # an empty product is an error here already
+    return space
+
+
+def _measure_fields() -> Optional[list[str]]:
+    """MeasureSettings field names, or None while the measurement package is unavailable."""
+    try:
+        from explorer.measure.settings import MeasureSettings
+    except Exception:
+        return None
+    return [f.name for f in fields(MeasureSettings)]
+
+
+# --------------------------------------------------------------------------------------------
+# Enumeration
+
+
+def _matches(point: DesignPoint, exclusion: Sequence[tuple[str, Any]], label: str) -> bool:
+    knobs = dict(point.knobs)
+    for key, want in exclusion:
+        if key == "encoder":
+            have_any: Any = (point.encoder, label)
+            if want not in have_any:
+                return False
+            continue
+        if key in POINT_FIELDS:
+            have = getattr(point, key)
+        elif key in knobs:
+            have = knobs[key]
+        else:
+            return False
+        if _canonical(_thaw(have)) != _canonical(_thaw(want)):
+            return False
+    return True
+
+
+def enumerate_points(space: Space, *, shape_fn: Optional[ShapeFn] = None,
+                     check_empty: bool = True) -> list[DesignPoint]:
+    """Every design point of ``space`` in a stable order, without duplicates.
+
+    Order: encoder entry, knob combination, resolution, LLM, text tokens. Exclusions drop points
+    matching all of their keys (``encoder`` matches the family or the entry's label);
+    constraints use :func:`encoder_shape` (meta-device build; ``shape_fn`` replaces it in tests).
+    """
+    shape = shape_fn or encoder_shape
+    points: list[DesignPoint] = []
+    seen: set[DesignPoint] = set()
+    excluded = 0
+    constrained = 0
+    c = space.constraints
+    for entry in space.encoders:
+        for combo in entry.knob_grid():
+            for res in entry.resolutions:
+                if c.active():
+                    s = shape(entry.family, {k: _thaw(v) for k, v in combo.items()}, res)
+                    if (c.max_visual_tokens is not None and s.visual_tokens > c.max_visual_tokens) or (
+                            c.max_params_m is not None and s.params_m > c.max_params_m):
+                        constrained += len(space.llms) * len(space.text_tokens)
+                        continue
+                for llm in space.llms:
+                    for tt in space.text_tokens:
+                        p = DesignPoint.make(entry.family, {k: _thaw(v) for k, v in combo.items()}, res, llm, tt)
+                        if any(_matches(p, ex, entry.label) for ex in space.exclude):
+                            excluded += 1
+                            continue
+                        if p not in seen:
+                            seen.add(p)
+                            points.append(p)
+    if check_empty and not points:
+        src = space.source or space.name
+        raise SpaceError(f"{src}: the space has no design points: {excluded} excluded by `exclude`, "
+                         f"{constrained} dropped by `constraints` ({space.constraints}); relax them")
+    return points

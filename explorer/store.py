@@ -1,0 +1,437 @@
+"""The results database: every measurement, design point and accuracy behind one SQLAlchemy URL.
+
+SQLite in the results folder by default (``sqlite:///results/<space>/store.db``); any SQLAlchemy
+URL (PostgreSQL) when several machines share a sweep. Optuna may keep its study tables in the
+same database: this module only owns ``measurements``, ``points`` and ``accuracy``.
+
+Why it looks like this:
+
+- Each measurement is written in its own short transaction, so a sweep killed at any moment
+  loses at most the measurement in flight and resumes from what is committed.
+- A measurement row is identified by ``(kind, key, env_key)``: the factor (encoder, projector or
+  prefill), the digest of that factor's own inputs and the measuring environment. Values from
+  different environments live side by side and are never mixed silently.
+- SQLite runs in WAL mode with a busy timeout, and write transactions start with
+  ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing on a lock upgrade.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+
+from sqlalchemy import (JSON, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint,
+                        create_engine, event, select)
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from explorer.space import DesignPoint, canonical_json
+
+__all__ = ["KINDS", "STATUSES", "AccuracyRecord", "MeasurementRecord", "PointRecord", "Store", "resolve_url",
+           "utcnow"]
+
+KINDS = ("encoder", "projector", "prefill")
+STATUSES = ("ok", "failed", "timeout", "oom")
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+
+
+def utcnow() -> datetime:
+    """Naive UTC timestamp (what every timestamp column holds)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+class _Base(DeclarativeBase):
+    # Own metadata: optuna (or anyone else) may create tables in the same database.
+    metadata = MetaData()
+
+
+class _Measurement(_Base):
+    __tablename__ = "measurements"
+    __table_args__ = (UniqueConstraint("kind", "key", "env_key", name="uq_measurement"),
+                      Index("ix_measurements_env", "env_key", "kind"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(64))
+    env_key: Mapped[str] = mapped_column(String(64))
+    environment: Mapped[Any] = mapped_column(JSON)
+    inputs: Mapped[Any] = mapped_column(JSON)
+    payload: Mapped[Optional[Any]] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime] = mapped_column(DateTime)
+    duration_s: Mapped[float] = mapped_column(Float)
+
+
+class _Point(_Base):
+    __tablename__ = "points"
+    __table_args__ = (UniqueConstraint("space", "point_key", name="uq_point"),
+                      Index("ix_points_key", "point_key"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    space: Mapped[str] = mapped_column(String(200))
+    point_key: Mapped[str] = mapped_column(String(64))
+    point: Mapped[Any] = mapped_column(JSON)
+    encoder: Mapped[str] = mapped_column(String(200))
+    knobs: Mapped[str] = mapped_column(Text)  # canonical JSON, for matching accuracy rows
+    resolution: Mapped[int] = mapped_column(Integer)
+    llm: Mapped[str] = mapped_column(String(500))
+    text_tokens: Mapped[int] = mapped_column(Integer)
+    visual_tokens: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    encoder_key: Mapped[str] = mapped_column(String(64))
+    projector_key: Mapped[str] = mapped_column(String(64))
+    prefill_key: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class _Accuracy(_Base):
+    __tablename__ = "accuracy"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    point_key: Mapped[Optional[str]] = mapped_column(String(64), nullable=True, index=True)
+    encoder: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    knobs: Mapped[Optional[str]] = mapped_column(Text, nullable=True)  # canonical JSON; NULL = default knobs
+    resolution: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
+    llm: Mapped[Optional[str]] = mapped_column(String(500), nullable=True)
+    metric: Mapped[str] = mapped_column(String(100))
+    value: Mapped[float] = mapped_column(Float)
+    source: Mapped[str] = mapped_column(String(500))
+    details: Mapped[Optional[Any]] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+# --------------------------------------------------------------------------------------------
+# Plain values handed out by the store
+
+
+@dataclass(frozen=True)
+class MeasurementRecord:
+    """One stored measurement (payload is ``cost.to_dict()`` when status is ok)."""
+
+    kind: str
+    key: str
+    env_key: str
+    environment: dict[str, Any]
+    inputs: dict[str, Any]
+    status: str
+    payload: Optional[dict[str, Any]] = None
+    error: Optional[str] = None
+    started_at: Optional[datetime] = None
+    finished_at: Optional[datetime] = None
+    duration_s: float = 0.0
+    id: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class PointRecord:
+    """A design point of a space and the keys of its three measurements."""
+
+    space: str
+    point: DesignPoint
+    encoder_key: str
+    projector_key: str
+    prefill_key: str
+    visual_tokens: Optional[int] = None
+    created_at: Optional[datetime] = None
+
+    @property
+    def key(self) -> str:
+        return self.point.key
+
+
+@dataclass(frozen=True)
+class AccuracyRecord:
+    """An accuracy value for a point (by key) or for (encoder, knobs, resolution, llm)."""
+
+    value: float
+    source: str
+    metric: str = "avg"
+    point_key: Optional[str] = None
+    encoder: Optional[str] = None
+    knobs: Optional[dict[str, Any]] = None
+    resolution: Optional[int] = None
+    llm: Optional[str] = None
+    details: Optional[dict[str, Any]] = None
+    created_at: Optional[datetime] = None
+    id: Optional[int] = None
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def resolve_url(target: Union[str, Path]) -> str:
+    """A SQLAlchemy URL for a URL, a ``.db`` file or a results folder (``<dir>/store.db``)."""
+    text = str(target)
+    if "://" in text:
+        return text
+    path = Path(text).expanduser()
+    if path.suffix not in (".db", ".sqlite", ".sqlite3"):
+        path = path / "store.db"
+    return f"sqlite:///{path}"
+
+
+def _json_default(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "item"):  # numpy / torch scalars
+        return value.item()
+    return str(value)
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON round-trip: what the database will give back, with odd types made plain."""
+    if value is None:
+        return None
+    return json.loads(json.dumps(value, default=_json_default, allow_nan=True))
+
+
+class Store:
+    """The results database behind one URL (see the module docstring).
+
+    ``Store("results/fastvithd")``, ``Store("x.db")`` and ``Store("postgresql://...")`` all work.
+    Creating a store creates the tables it owns if they are missing.
+    """
+
+    def __init__(self, url: Union[str, Path], *, create: bool = True, echo: bool = False):
+        self.url = resolve_url(url)
+        parsed = make_url(self.url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            db = parsed.database
+            if db and db != ":memory:" and not db.startswith("file:"):
+                if not create and not Path(db).exists():
+                    raise FileNotFoundError(f"no results database at {db}")
+                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        self.engine: Engine = create_engine(self.url, **kwargs)
+        if self.is_sqlite:
+            self._install_sqlite_hooks(self.engine)
+        self._write_engine = self.engine.execution_options(explorer_begin="IMMEDIATE")
+        if create:
+            self._retry(lambda: _Base.metadata.create_all(self._write_engine))
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _install_sqlite_hooks(engine: Engine) -> None:
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # Take transaction control away from pysqlite so BEGIN is emitted by us (below).
+            dbapi_conn.isolation_level = None
+            cur = dbapi_conn.cursor()
+            cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+            try:
+                cur.execute("PRAGMA journal_mode=WAL")
+            except Exception:  # read-only media or an in-memory database: keep the default
+                pass
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.close()
+
+        @event.listens_for(engine, "begin")
+        def _on_begin(conn: Any) -> None:
+            mode = conn.get_execution_options().get("explorer_begin", "")
+            conn.exec_driver_sql(f"BEGIN {mode}".strip())
+
+    def _retry(self, fn: Any, attempts: int = 5) -> Any:
+        """Run ``fn``; retry a few times on 'database is locked' (another writer)."""
+        for i in range(attempts):
+            try:
+                return fn()
+            except OperationalError as err:
+                if "locked" not in str(err).lower() or i == attempts - 1:
+                    raise
+                time.sleep(0.2 * (i + 1))
+        return None  # pragma: no cover
+
+    def _write(self) -> Session:
+        return Session(self._write_engine, expire_on_commit=False)
+
+    def _read(self) -> Session:
+        return Session(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Store({self.url!r})"
+
+    # -- measurements ---------------------------------------------------------------------------
+
+    def save_measurement(self, rec: MeasurementRecord) -> int:
+        """Insert or replace the row for ``(kind, key, env_key)`` in one transaction; returns its id."""
+        if rec.kind not in KINDS:
+            raise ValueError(f"invalid kind={rec.kind!r}: one of {', '.join(KINDS)}")
+        if rec.status not in STATUSES:
+            raise ValueError(f"invalid status={rec.status!r}: one of {', '.join(STATUSES)}")
+        now = utcnow()
+        values = dict(environment=_jsonable(rec.environment), inputs=_jsonable(rec.inputs),
+                      payload=_jsonable(rec.payload), status=rec.status, error=rec.error,
+                      started_at=rec.started_at or now, finished_at=rec.finished_at or now,
+                      duration_s=float(rec.duration_s))
+
+        def attempt() -> int:
+            with self._write() as s, s.begin():
+                row = s.scalars(select(_Measurement).where(
+                    _Measurement.kind == rec.kind, _Measurement.key == rec.key,
+                    _Measurement.env_key == rec.env_key)).one_or_none()
+                if row is None:
+                    row = _Measurement(kind=rec.kind, key=rec.key, env_key=rec.env_key, **values)
+                    s.add(row)
+                else:
+                    for name, v in values.items():
+                        setattr(row, name, v)
+                s.flush()
+                return int(row.id)
+
+        try:
+            return int(self._retry(attempt))
+        except IntegrityError:  # another worker inserted the same row meanwhile: update it
+            return int(self._retry(attempt))
+
+    @staticmethod
+    def _to_record(row: _Measurement) -> MeasurementRecord:
+        return MeasurementRecord(kind=row.kind, key=row.key, env_key=row.env_key, environment=row.environment or {},
+                                 inputs=row.inputs or {}, status=row.status, payload=row.payload, error=row.error,
+                                 started_at=row.started_at, finished_at=row.finished_at,
+                                 duration_s=row.duration_s or 0.0, id=row.id)
+
+    def get_measurement(self, kind: str, key: str, env_key: str) -> Optional[MeasurementRecord]:
+        with self._read() as s:
+            row = s.scalars(select(_Measurement).where(
+                _Measurement.kind == kind, _Measurement.key == key, _Measurement.env_key == env_key)).one_or_none()
+            return None if row is None else self._to_record(row)
+
+    def measurement_status(self, env_key: str) -> dict[tuple[str, str], str]:
+        """``(kind, key) -> status`` of everything measured in one environment (for resuming)."""
+        with self._read() as s:
+            rows = s.execute(select(_Measurement.kind, _Measurement.key, _Measurement.status)
+                             .where(_Measurement.env_key == env_key)).all()
+        return {(k, key): st for k, key, st in rows}
+
+    def measurements(self, *, env_key: Optional[str] = None, kind: Optional[str] = None,
+                     keys: Optional[Iterable[str]] = None) -> list[MeasurementRecord]:
+        """Stored measurements, oldest first, optionally filtered."""
+        stmt = select(_Measurement).order_by(_Measurement.id)
+        if env_key is not None:
+            stmt = stmt.where(_Measurement.env_key == env_key)
+        if kind is not None:
+            stmt = stmt.where(_Measurement.kind == kind)
+        wanted = set(keys) if keys is not None else None
+        with self._read() as s:
+            out = [self._to_record(r) for r in s.scalars(stmt)]
+        return out if wanted is None else [r for r in out if r.key in wanted]
+
+    def latencies_ms(self, kind: str) -> dict[str, float]:
+        """``key -> median latency`` of ok measurements in any environment (for time estimates)."""
+        out: dict[str, float] = {}
+        for rec in self.measurements(kind=kind):
+            lat = (rec.payload or {}).get("latency") if rec.status == "ok" else None
+            if isinstance(lat, Mapping) and lat.get("median_ms") is not None:
+                out[rec.key] = float(lat["median_ms"])
+        return out
+
+    def environments(self) -> dict[str, dict[str, Any]]:
+        """``env_key -> environment`` with the time of its latest measurement under ``_last``."""
+        out: dict[str, dict[str, Any]] = {}
+        with self._read() as s:
+            rows = s.execute(select(_Measurement.env_key, _Measurement.environment, _Measurement.finished_at)
+                             .order_by(_Measurement.id)).all()
+        for env_key, env, finished in rows:
+            out[env_key] = {**(env or {}), "_last": finished}
+        return out
+
+    # -- points -------------------------------------------------------------------------------
+
+    def save_points(self, records: Sequence[PointRecord]) -> int:
+        """Add the points of a space that are not stored yet (one transaction); returns how many."""
+        if not records:
+            return 0
+        spaces = {r.space for r in records}
+
+        def attempt() -> int:
+            with self._write() as s, s.begin():
+                have = set(s.execute(select(_Point.space, _Point.point_key).where(_Point.space.in_(spaces))).all())
+                added = 0
+                now = utcnow()
+                for r in records:
+                    if (r.space, r.key) in have:
+                        continue
+                    have.add((r.space, r.key))
+                    p = r.point
+                    s.add(_Point(space=r.space, point_key=r.key, point=p.to_dict(), encoder=p.encoder,
+                                 knobs=canonical_json(p.knob_dict()), resolution=p.resolution, llm=p.llm,
+                                 text_tokens=p.text_tokens, visual_tokens=r.visual_tokens,
+                                 encoder_key=r.encoder_key, projector_key=r.projector_key,
+                                 prefill_key=r.prefill_key, created_at=now))
+                    added += 1
+                return added
+
+        return int(self._retry(attempt))
+
+    def points(self, space: Optional[str] = None) -> list[PointRecord]:
+        stmt = select(_Point).order_by(_Point.id)
+        if space is not None:
+            stmt = stmt.where(_Point.space == space)
+        with self._read() as s:
+            return [PointRecord(space=r.space, point=DesignPoint.from_dict(r.point), encoder_key=r.encoder_key,
+                                projector_key=r.projector_key, prefill_key=r.prefill_key,
+                                visual_tokens=r.visual_tokens, created_at=r.created_at) for r in s.scalars(stmt)]
+
+    def spaces(self) -> list[str]:
+        with self._read() as s:
+            return sorted(s.scalars(select(_Point.space).distinct()))
+
+    # -- accuracy -----------------------------------------------------------------------------
+
+    def add_accuracy(self, value: float, source: str, *, point: Optional[DesignPoint] = None,
+                     point_key: Optional[str] = None, encoder: Optional[str] = None,
+                     knobs: Optional[Mapping[str, Any]] = None, resolution: Optional[int] = None,
+                     llm: Optional[str] = None, metric: str = "avg",
+                     details: Optional[Mapping[str, Any]] = None) -> int:
+        """Store an accuracy; it applies to ``point``/``point_key``, or to every point matching
+        the given (encoder, knobs, resolution, llm) fields (``knobs=None`` = default knobs)."""
+        if point is not None:
+            point_key = point.key
+        if point_key is None and encoder is None:
+            raise ValueError("add_accuracy needs a point, a point_key or at least an encoder to match")
+        row = _Accuracy(point_key=point_key, encoder=encoder,
+                        knobs=None if knobs is None else canonical_json(dict(knobs)), resolution=resolution,
+                        llm=llm, metric=metric, value=float(value), source=source,
+                        details=_jsonable(dict(details) if details else None), created_at=utcnow())
+
+        def attempt() -> int:
+            with self._write() as s, s.begin():
+                s.add(row)
+                s.flush()
+                return int(row.id)
+
+        return int(self._retry(attempt))
+
+    def accuracy(self) -> list[AccuracyRecord]:
+        with self._read() as s:
+            rows = list(s.scalars(select(_Accuracy).order_by(_Accuracy.id)))
+            return [AccuracyRecord(value=r.value, source=r.source, metric=r.metric, point_key=r.point_key,
+                                   encoder=r.encoder, knobs=None if r.knobs is None else json.loads(r.knobs),
+                                   resolution=r.resolution, llm=r.llm, details=r.details,
+                                   created_at=r.created_at, id=r.id) for r in rows]
+
+    def iter_tables(self) -> Iterator[str]:
+        """Names of the tables this store owns."""
+        yield from _Base.metadata.tables
