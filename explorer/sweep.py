@@ -265,6 +265,13 @@ def plan_sweep(
         points = enumerate_points(space, shape_fn=shape)
     else:
         points = list(dict.fromkeys(points))
+    # Points grouped by LLM (stable, in order of first appearance): each point still completes
+    # as soon as its own three measurements are done, and one LLM's prefills run back to back,
+    # so the measuring process reuses the LLM it built last instead of rebuilding it.
+    llm_rank: dict[str, int] = {}
+    for p in points:
+        llm_rank.setdefault(p.llm, len(llm_rank))
+    points = sorted(points, key=lambda p: llm_rank[p.llm])
 
     llm_cache: dict[str, tuple[int, dict[str, Any], float]] = {}
     shape_cache: dict[tuple[str, str, int], EncoderShape] = {}

@@ -20,8 +20,12 @@ never compared unknowingly):
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -75,10 +79,30 @@ def tensor_bytes(*objs: Any) -> int:
     return total
 
 
+@contextlib.contextmanager
+def _quiet_native_stderr() -> Iterator[None]:
+    """Silence the profiler's native start/stop banners (they land on fd 2 over progress bars)."""
+    try:
+        saved = os.dup(2)
+    except OSError:
+        yield
+        return
+    try:
+        sys.stderr.flush()
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def _cpu_alloc_peak(fn: Callable[[], Any]) -> int:
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+    with _quiet_native_stderr(), profile(activities=[ProfilerActivity.CPU], profile_memory=True,
+                                         record_shapes=False) as prof:
         fn()
     events = prof.profiler.kineto_results.events()  # type: ignore[union-attr]
     # "[memory]" events carry signed byte counts (+alloc, -free); CPU-only profiling sees host memory only.

@@ -20,6 +20,8 @@ Qwen2/Llama forward with ``logits_to_keep=1`` (checked in tests, on the meta dev
 """
 from __future__ import annotations
 
+import functools
+
 import math
 import os
 import warnings
@@ -208,10 +210,20 @@ def combine_scaled(base: Timing, part: Timing, scale: float) -> Timing:
     )
 
 
+@functools.lru_cache(maxsize=1)
+def _timing_model(spec: LLMSpec, device: str, dtype: str, num_layers: Optional[int]) -> nn.Module:
+    """The last LLM built for timing, kept: a sweep times one LLM at several prompt lengths in a row.
+
+    One entry only, so at most one timing model stays resident (weights are random and never
+    change, so reuse cannot alter a result).
+    """
+    return build_llm(spec, device=device, dtype=dtype, num_layers=num_layers)
+
+
 def time_whole_prefill(spec: LLMSpec, tokens: int, settings: MeasureSettings) -> Timing:
     """Latency of the whole model's prefill (batch = settings.batch_size)."""
     device = settings.resolve_device()
-    model = build_llm(spec, device=device, dtype=settings.dtype)
+    model = _timing_model(spec, str(device), settings.dtype, None)
     ids = _prompt(spec, tokens, settings.batch_size, device)
     return time_callable(_forward_fn(model, ids, settings.compile), settings, module=model)
 
@@ -224,7 +236,7 @@ def time_sampled_prefill(spec: LLMSpec, tokens: int, settings: MeasureSettings, 
     the model passed to them, scaled to the remaining depth.
     """
     device = settings.resolve_device()
-    model = build_llm(spec, device=device, dtype=settings.dtype, num_layers=k)
+    model = _timing_model(spec, str(device), settings.dtype, k)
     ids = _prompt(spec, tokens, settings.batch_size, device)
     whole_k = time_callable(_forward_fn(model, ids, settings.compile), settings, module=model)
     layers_k = time_callable(_layers_fn(model, ids, settings.compile), settings, module=model)

@@ -220,6 +220,7 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
             if n >= settings.min_iters and converged(samples, settings.target_rel_ci):
                 ok = True
                 break
-            if n >= settings.max_iters or time.perf_counter() - start >= settings.max_time_s:
+            # The time cap ends the protocol only once min_iters samples exist; max_iters always does.
+            if n >= settings.max_iters or (n >= settings.min_iters and time.perf_counter() - start >= settings.max_time_s):
                 break
     return summarize(samples, noisy=not ok)
