@@ -65,20 +65,31 @@ def _open(source: Union[str, Path, Store]) -> tuple[Store, bool]:
     return Store(text, create=False), True
 
 
-def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: str = "latest") -> pd.DataFrame:
+def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: str = "latest",
+         accuracy_metric: Optional[str] = "avg5", accuracy_csv: Optional[Union[str, Path]] = None) -> pd.DataFrame:
     """The results table of a results folder, a ``.db`` path, a SQLAlchemy URL or a Store.
 
     ``space`` keeps one space's points (default: all points, each once). ``env`` picks the
     environment the numbers come from: ``"latest"`` (the environment of the most recent
     measurement of these points; a warning names any others), ``"all"`` (one row per point and
     environment that measured it) or an environment key.
+
+    Accuracy: values stored in the database (training runs) come first; rows still without one
+    take the user's ``accuracy_csv``, then the published tables (``results/reference/``) for
+    ``accuracy_metric`` (``None`` leaves published numbers out). See :mod:`explorer.reference`.
     """
     store, owned = _open(source)
     try:
-        return frame_from_store(store, space=space, env=env)
+        df = frame_from_store(store, space=space, env=env)
     finally:
         if owned:
             store.close()
+    if accuracy_metric is None and accuracy_csv is None:
+        return df
+    from .reference import attach_accuracy
+
+    return attach_accuracy(df, metric=accuracy_metric or "avg5", user_csv=accuracy_csv,
+                           published=accuracy_metric is not None)
 
 
 def _accuracy_for(point: PointRecord, by_key: dict[str, AccuracyRecord],

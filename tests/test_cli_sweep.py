@@ -214,6 +214,10 @@ def test_kill_and_resume_a_real_sweep(tmp_path):
     done = explorer(args[3:], tmp_path, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     assert f"{len(first)} already stored" in done.stdout and "0 failed" in done.stdout
+    page = out / "pareto.html"  # the sweep ends with its interactive Pareto page
+    assert f"interactive Pareto report: {page}" in done.stdout
+    html = page.read_text()
+    assert html.count("plotly.js v") >= 1 and '<script src="http' not in html and "Pareto frontier" in html
     second = _rows(db)
     assert len(second) == 6 and len({(r[1], r[2], r[3]) for r in second}) == 6  # each measurement once
     assert second[: len(first)] == first  # committed rows untouched: same ids and timestamps

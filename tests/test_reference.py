@@ -72,3 +72,28 @@ def test_bad_inputs_are_named(tmp_path):
         attach_accuracy(rows(("fastvithd", {}, 256, "qwen2-0.5b")), user_csv=pct)
     with pytest.raises(ValueError, match="does not exist"):
         attach_accuracy(rows(("fastvithd", {}, 256, "qwen2-0.5b")), user_csv=tmp_path / "missing.csv")
+
+
+
+def test_results_load_joins_user_and_published_accuracy(tmp_path):
+    """results.load fills accuracy from a user's CSV (and the published tables) with its source."""
+    import sweep_fakes as F
+    from explorer import results
+    from explorer.measure.settings import MeasureSettings
+    from explorer.space import load_space
+    from explorer.store import Store
+    from explorer.sweep import run_sweep
+
+    raw = {"name": "toy", "encoders": {"toy": {"knobs": {"width": [1, 2]}}}, "resolutions": [64],
+           "llms": ["llm-a"], "text_tokens": [0]}
+    sp = load_space(raw, shape_fn=F.shape, check_models=False)
+    run_sweep(sp, MeasureSettings(device="cpu"), Store(tmp_path / "r"), isolation="inline", progress=False,
+              log=lambda *_: None, **F.FAKES)
+    csv = tmp_path / "acc.csv"
+    csv.write_text('encoder,resolution,llm,value,knobs,source\ntoy,64,llm-a,42.5,"{""width"": 2}",my-eval\n')
+    df = results.load(tmp_path / "r", accuracy_csv=csv).set_index("knobs")
+    assert df.loc['{"width":2}', "accuracy"] == 42.5
+    assert df.loc['{"width":2}', "accuracy_source"] == "user:my-eval"
+    assert np.isnan(df.loc['{"width":1}', "accuracy"])
+    plain = results.load(tmp_path / "r", accuracy_metric=None)
+    assert plain["accuracy"].isna().all()

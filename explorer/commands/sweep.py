@@ -102,6 +102,8 @@ def run_from_config(cfg: DictConfig) -> int:
         _err(f"invalid search space\n{err}")
         return 2
     print(report.format(store), flush=True)
+    if cfg.get("report", True):
+        _write_pareto_page(store, out / "pareto.html", space.name, cfg.get("accuracy"))
     if report.interrupted or report.remaining:
         how = "interrupted" if report.interrupted else "stopped early"
         cmd = "python -m explorer sweep " + " ".join(shlex.quote(a) for a in _STATE["argv"])
@@ -109,6 +111,26 @@ def run_from_config(cfg: DictConfig) -> int:
               f"resume with the same command:\n  {cmd}", flush=True)
         return 130 if report.interrupted else 0
     return 0
+
+
+def _write_pareto_page(store: Store, path: Path, space_name: str, accuracy: Any) -> None:
+    """The sweep's closing page; a failure here never costs the measurements, only the page."""
+    from explorer import results
+    from explorer.reference import load_references
+    from explorer.report import write_report
+
+    metric = accuracy.get("metric") if accuracy is not None else "avg5"
+    csv = accuracy.get("csv") if accuracy is not None else None
+    try:
+        df = results.load(store, space=space_name, accuracy_metric=metric, accuracy_csv=csv)
+        if not (df["status"] == "ok").any():
+            print("no complete design point yet: pareto.html not written", flush=True)
+            return
+        page = write_report(df, path, title=f"explorer sweep: {space_name}", reference=load_references())
+    except Exception as err:  # noqa: BLE001 - report the reason, keep the exit status of the sweep
+        print(f"pareto.html not written: {type(err).__name__}: {err}", file=sys.stderr, flush=True)
+        return
+    print(f"interactive Pareto report: {page}", flush=True)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="sweep")

@@ -58,12 +58,22 @@ class SweepOptions:
 
 
 @dataclass
+class AccuracyOptions:
+    """``accuracy.*``: where rows without a trained accuracy take one from (explorer.reference)."""
+
+    metric: Optional[str] = "avg5"  # published metric joined on default-knob rows; null = none
+    csv: Optional[str] = None  # a user's accuracy CSV (same long format as results/reference/)
+
+
+@dataclass
 class SweepAppConfig:
     """The whole config of ``python -m explorer sweep``."""
 
     space: Any = None  # filled by +space=NAME (validated by explorer.space.load_space)
     measure: Any = field(default_factory=MeasureOverrides)
     sweep: SweepOptions = field(default_factory=SweepOptions)
+    accuracy: AccuracyOptions = field(default_factory=AccuracyOptions)
+    report: bool = True  # write <out>/pareto.html at the end
     out: Optional[str] = None
     store: Optional[str] = None
     device: Optional[str] = None
