@@ -139,12 +139,16 @@ def test_layer_sampled_agrees_with_whole_model():
                    max_position=1024)
     settings = MeasureSettings(device="cpu", threads=1, warmup_s=0.3, warmup_iters=2, min_iters=7,
                                max_iters=40, max_time_s=4.0, target_rel_ci=0.03)
-    ratios = []
-    for _attempt in range(2):  # shared machine: one retry if the first pair was disturbed
+    # Interleaved pairs, compared on the fastest median of each method: on a shared machine, load
+    # only ever slows a measurement down, so the minimum is the least disturbed estimate.
+    wholes: list[float] = []
+    sampleds: list[float] = []
+    for _attempt in range(3):
         whole = measure_prefill(spec, 192, settings, method="whole", cross_check=False)
         sampled = measure_prefill(spec, 192, settings, method="sampled", sample_layers=2, cross_check=False)
         assert whole.method == "whole-model" and sampled.method == "layer-sampled(k=2)"
-        ratios.append(sampled.latency.median_ms / whole.latency.median_ms)
-        if abs(ratios[-1] - 1) <= 0.15:
+        wholes.append(whole.latency.median_ms)
+        sampleds.append(sampled.latency.median_ms)
+        if abs(min(sampleds) / min(wholes) - 1) <= 0.15:
             break
-    assert abs(ratios[-1] - 1) <= 0.15, ratios
+    assert abs(min(sampleds) / min(wholes) - 1) <= 0.15, (wholes, sampleds)

@@ -1,0 +1,127 @@
+"""``python -m explorer train +space=NAME train.points=pareto|all|<keys>``: Hydra wrapper.
+
+The work lives in :mod:`explorer.train.points` (select, plan, train, store); this module turns
+the composed config into those calls and maps problems to exit codes (2: bad input, no traceback).
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from explorer.commands.sweep import _space_source
+from explorer.conf.schema import BROKEN_SPACES, prepare_argv, register_schemas
+
+_STATE: dict[str, Any] = {"exit": 0}
+
+
+@dataclass
+class TrainOptions:
+    points: Any = "pareto"
+    max_points: Optional[int] = None
+    per_llm: bool = False
+    dry_run: bool = False
+    output_root: Optional[str] = None
+    config: Any = field(default_factory=dict)  # TrainConfig overrides, validated by TrainConfig
+
+
+@dataclass
+class TrainAppConfig:
+    space: Any = None
+    train: TrainOptions = field(default_factory=TrainOptions)
+    out: Optional[str] = None
+    store: Optional[str] = None
+    spaces_dir: Optional[str] = None
+    space_file: Optional[str] = None
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()
+
+
+def run_from_config(cfg: DictConfig) -> int:
+    from explorer import results
+    from explorer.space import SpaceError, load_space
+    from explorer.store import Store, resolve_url
+    from explorer.train.points import base_config, plan_targets, select_points, train_targets
+
+    choice, source = _space_source(cfg)
+    node = cfg.get("space")
+    if node is None:
+        _err("no search space chosen: add +space=NAME (the sweep whose points to train) or space_file=PATH")
+        return 2
+    opts = cfg.train
+    try:
+        space = load_space(node, name=None if node.get("name") else choice, source_name=source)
+        overrides = OmegaConf.to_container(opts.config, resolve=True) or {}
+        base = base_config({k: v for k, v in dict(overrides).items() if v is not None})
+        base.validate()
+    except (SpaceError, ValueError) as err:
+        _err(str(err))
+        return 2
+    out = Path(cfg.out) if cfg.get("out") else Path("results") / space.name
+    url = cfg.store or resolve_url(out)
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        _err(f"no results database at {url}: run `python -m explorer sweep +space={space.name}` first")
+        return 2
+    store = Store(url)
+    df = results.load(store, space=space.name, accuracy_metric=None)
+    try:
+        rows = select_points(df, opts.points)
+    except ValueError as err:
+        _err(str(err))
+        return 2
+    rows = rows.sort_values("ttft_ms", na_position="last")
+    targets = plan_targets(rows, per_llm=bool(opts.per_llm))
+    if opts.max_points is not None:
+        targets = targets[: int(opts.max_points)]
+    print(f"{len(rows)} design point(s) selected ({opts.points}) -> {len(targets)} training run(s):")
+    for t in targets:
+        print(f"  {t.label}  (serves {len(t.point_keys)} point(s))")
+    if opts.dry_run:
+        return 0
+    root = Path(opts.output_root) if opts.output_root else out / "train"
+    try:
+        train_targets(targets, base, store, root)
+    except ValueError as err:
+        _err(str(err))
+        return 2
+    print(f"accuracy stored in {url}; `python -m explorer plot {out}` shows it on the frontier")
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="train")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        code = run_from_config(cfg)
+    except KeyboardInterrupt:
+        code = 130
+    _STATE["exit"] = code
+
+
+def main(argv: list[str]) -> int:
+    from hydra.core.config_store import ConfigStore
+
+    register_schemas()
+    ConfigStore.instance().store(name="train_schema", node=TrainAppConfig)
+    args, chosen = prepare_argv(list(argv))
+    for name in chosen:
+        if name in BROKEN_SPACES:
+            _err(BROKEN_SPACES[name])
+            return 2
+    _STATE["exit"] = 0
+    saved = sys.argv
+    sys.argv = ["python -m explorer train", *args]
+    try:
+        _hydra_main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code if code else int(_STATE["exit"])
+    finally:
+        sys.argv = saved
+    return int(_STATE["exit"])
