@@ -97,3 +97,22 @@ def test_bad_train_config_is_named_before_training(tmp_path):
     with pytest.raises(ValueError, match="lr"):
         train_targets(targets, bad, store, tmp_path / "runs", log=lambda *_: None, run=fake_run(calls))
     assert calls == []  # validated before the first run
+
+
+def test_train_command_errors_are_clear(tmp_path):
+    import subprocess
+    import sys
+
+    space = tmp_path / "tinyproxy.yaml"
+    space.write_text("name: tinyproxy\nencoders:\n  fastvithd:\n    knobs: {width_mult: [0.25], depth_mult: [0.25]}\n"
+                     "resolutions: [64]\nllms: [qwen2-0.5b]\ntext_tokens: [4]\n")
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "explorer", "train", f"space_file={space}", f"out={tmp_path / 'r'}",
+                               *args], capture_output=True, text=True, timeout=120)
+
+    missing = run()
+    assert missing.returncode == 2 and "run `python -m explorer sweep" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    bad = run("+train.config.max_stepz=3")
+    assert bad.returncode == 2 and "max_stepz" in bad.stderr and "Traceback" not in bad.stderr
