@@ -7,6 +7,7 @@ to describe other configurations. Every joined value keeps its provenance in
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from typing import Iterable, Optional, Union
@@ -27,6 +28,27 @@ def _canonical_knobs(value: object) -> str:
     if not isinstance(value, dict):
         raise ValueError(f"invalid knobs={value!r}: a JSON object such as {{\"width_mult\": 0.5}}")
     return json.dumps(value, sort_keys=True)
+
+
+@functools.lru_cache(maxsize=256)
+def _same_as_default(encoder: str, knobs_json: str) -> bool:
+    """True when spelled-out knobs resolve to the family's default architecture
+    (``width_mult: 1.0`` is the released FastViTHD, so published numbers apply to it)."""
+    if knobs_json == "{}":
+        return True
+    try:
+        import torch
+
+        from .models import build_encoder
+
+        with torch.device("meta"):
+            given = build_encoder(encoder, **json.loads(knobs_json)).describe()
+            default = build_encoder(encoder).describe()
+    except Exception:  # unknown family or knobs: not provably the default
+        return False
+    given.pop("knobs", None)
+    default.pop("knobs", None)
+    return given == default
 
 
 def read_accuracy_csv(path: Union[str, Path], origin: str = "user") -> pd.DataFrame:
@@ -108,7 +130,10 @@ def attach_accuracy(
     for idx, row in out.iterrows():
         if not overwrite and pd.notna(row["accuracy"]):
             continue
-        key = (row["encoder"], _canonical_knobs(row.get("knobs")), int(row["resolution"]), row["llm"])
+        knobs = _canonical_knobs(row.get("knobs"))
+        key = (row["encoder"], knobs, int(row["resolution"]), row["llm"])
+        if key not in lookup and knobs != "{}" and _same_as_default(row["encoder"], knobs):
+            key = (row["encoder"], "{}", int(row["resolution"]), row["llm"])
         if key in lookup:
             out.at[idx, "accuracy"], out.at[idx, "accuracy_source"] = lookup[key]
     return out

@@ -40,6 +40,8 @@ def test_published_accuracy_joins_default_configs_only():
     assert np.isnan(out.loc[1, "accuracy"])  # a scaled encoder has no published number
     assert np.isnan(out.loc[2, "accuracy"])  # the figure is Qwen2-0.5B only
     assert out.loc[3, "accuracy"] == 47.3
+    spelled = attach_accuracy(rows(("fastvithd", {"width_mult": 1.0, "depth_mult": 1.0}, 512, "qwen2-0.5b")))
+    assert spelled.loc[0, "accuracy"] == 52.5  # explicit default knobs are the released model
     docvqa = attach_accuracy(df, metric="docvqa")
     assert docvqa.loc[2, "accuracy"] == 88.3
     assert docvqa.loc[2, "accuracy_source"] == "published:fastvlm-model-card"
