@@ -15,7 +15,8 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from explorer.conf.schema import (BROKEN_SPACES, SPACE_FILES, MeasureOverrides, measure_overrides, prepare_argv,
+from explorer.commands.sweep import _err, _space_source
+from explorer.conf.schema import (BROKEN_SPACES, MeasureOverrides, measure_overrides, prepare_argv,
                                   register_schemas)
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
@@ -70,34 +71,6 @@ def register_search_schema() -> None:
     ConfigStore.instance().store(name="search_schema", node=SearchAppConfig)
 
 
-def _err(text: str) -> None:
-    sys.stderr.write(f"error: {text}\n")
-    sys.stderr.flush()
-
-
-def _space_choice(cfg: DictConfig) -> tuple[Optional[str], str]:
-    """(chosen space name, where it came from) for messages."""
-    choice: Optional[str] = None
-    overridden = False
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        hc = HydraConfig.get()
-        choice = hc.runtime.choices.get("space")
-        overridden = any(o.lstrip("+~").startswith("space.") for o in hc.overrides.task)
-    except Exception:  # composed outside Hydra's app (tests)
-        pass
-    path = SPACE_FILES.get(choice) if choice else None
-    if path is not None:
-        try:
-            text = str(path.relative_to(Path.cwd()))
-        except ValueError:
-            text = str(path)
-    else:
-        text = f"space {choice!r}" if choice else "space"
-    return choice, text + (" (with command-line overrides)" if overridden else "")
-
-
 def _objectives(value: Any) -> Any:
     """``search.objectives`` as run_search takes it (a list node becomes a plain list)."""
     if value is None or isinstance(value, str):
@@ -114,7 +87,7 @@ def run_from_config(cfg: DictConfig) -> int:
     from explorer.store import Store, resolve_url
     from explorer.sweep import default_settings
 
-    choice, source = _space_choice(cfg)
+    choice, source = _space_source(cfg)
     if choice in BROKEN_SPACES:
         _err(BROKEN_SPACES[choice])
         return 2

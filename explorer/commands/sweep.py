@@ -113,7 +113,7 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0
 
 
-def _write_pareto_page(store: Store, path: Path, space_name: str, accuracy: Any) -> None:
+def _write_pareto_page(store: Any, path: Path, space_name: str, accuracy: Any) -> None:
     """The sweep's closing page; a failure here never costs the measurements, only the page."""
     from explorer import results
     from explorer.reference import load_references

@@ -13,7 +13,7 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from explorer.commands.sweep import _space_source
+from explorer.commands.sweep import _err, _space_source
 from explorer.conf.schema import BROKEN_SPACES, prepare_argv, register_schemas
 
 _STATE: dict[str, Any] = {"exit": 0}
@@ -37,11 +37,6 @@ class TrainAppConfig:
     store: Optional[str] = None
     spaces_dir: Optional[str] = None
     space_file: Optional[str] = None
-
-
-def _err(text: str) -> None:
-    sys.stderr.write(f"error: {text}\n")
-    sys.stderr.flush()
 
 
 def run_from_config(cfg: DictConfig) -> int:

@@ -7,7 +7,6 @@ stages (64x downsampling); MCi2 has four (32x). The knobs below are the design s
 """
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional, Sequence
 
