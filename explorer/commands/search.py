@@ -7,7 +7,6 @@ module turns a composed config into that call, prints the report and maps proble
 from __future__ import annotations
 
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -16,8 +15,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from explorer.commands.sweep import _err, _space_source
-from explorer.conf.schema import (BROKEN_SPACES, MeasureOverrides, measure_overrides, prepare_argv,
-                                  register_schemas)
+from explorer.conf.schema import (BROKEN_SPACES, MeasureOverrides, measure_overrides,
+                                  register_schemas, run_hydra_command)
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 
@@ -164,20 +163,4 @@ def main(argv: list[str]) -> int:
     """Entry point of ``python -m explorer search``: Hydra parses ``argv`` (overrides, ``--help``,
     ``--cfg job`` and ``--multirun`` over e.g. ``search.sampler=tpe,nsga2`` behave as in any Hydra app)."""
     register_search_schema()
-    args, chosen = prepare_argv(list(argv))
-    for name in chosen:
-        if name in BROKEN_SPACES:
-            _err(BROKEN_SPACES[name])
-            return 2
-    _STATE["exit"] = 0
-    _STATE["argv"] = list(argv)
-    saved = sys.argv
-    sys.argv = ["python -m explorer search", *args]
-    try:
-        _hydra_main()
-    except SystemExit as exc:  # Hydra exits on its own errors (unknown key, bad type, --help)
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        return code if code else int(_STATE["exit"])
-    finally:
-        sys.argv = saved
-    return int(_STATE["exit"])
+    return run_hydra_command("search", _hydra_main, argv, _STATE)

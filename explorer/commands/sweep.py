@@ -14,7 +14,8 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig
 
-from explorer.conf.schema import (BROKEN_SPACES, SPACE_FILES, measure_overrides, prepare_argv, register_schemas)
+from explorer.conf.schema import (BROKEN_SPACES, SPACE_FILES, measure_overrides, register_schemas,
+                                  run_hydra_command)
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 
@@ -146,20 +147,4 @@ def main(argv: list[str]) -> int:
     """Entry point of ``python -m explorer sweep``: Hydra parses ``argv`` (``--multirun``,
     ``--help``, ``--cfg job`` and overrides behave as in any Hydra app)."""
     register_schemas()
-    args, chosen = prepare_argv(list(argv))
-    for name in chosen:
-        if name in BROKEN_SPACES:
-            _err(BROKEN_SPACES[name])
-            return 2
-    _STATE["exit"] = 0
-    _STATE["argv"] = list(argv)
-    saved = sys.argv
-    sys.argv = ["python -m explorer sweep", *args]
-    try:
-        _hydra_main()
-    except SystemExit as exc:  # Hydra exits on its own errors (unknown key, missing space, --help)
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        return code if code else int(_STATE["exit"])
-    finally:
-        sys.argv = saved
-    return int(_STATE["exit"])
+    return run_hydra_command("sweep", _hydra_main, argv, _STATE)

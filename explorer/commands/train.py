@@ -5,7 +5,6 @@ the composed config into those calls and maps problems to exit codes (2: bad inp
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -14,7 +13,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from explorer.commands.sweep import _err, _space_source
-from explorer.conf.schema import BROKEN_SPACES, prepare_argv, register_schemas
+from explorer.conf.schema import register_schemas, run_hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0}
 
@@ -104,19 +103,4 @@ def main(argv: list[str]) -> int:
 
     register_schemas()
     ConfigStore.instance().store(name="train_schema", node=TrainAppConfig)
-    args, chosen = prepare_argv(list(argv))
-    for name in chosen:
-        if name in BROKEN_SPACES:
-            _err(BROKEN_SPACES[name])
-            return 2
-    _STATE["exit"] = 0
-    saved = sys.argv
-    sys.argv = ["python -m explorer train", *args]
-    try:
-        _hydra_main()
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        return code if code else int(_STATE["exit"])
-    finally:
-        sys.argv = saved
-    return int(_STATE["exit"])
+    return run_hydra_command("train", _hydra_main, argv, _STATE)

@@ -164,3 +164,33 @@ def measure_overrides(cfg: Any) -> dict[str, Any]:
             raise ValueError(f"device={device!r} and measure.device={values['device']!r} disagree; give one")
         values["device"] = device
     return values
+
+
+def run_hydra_command(prog: str, hydra_main: Any, argv: list[str], state: dict[str, Any]) -> int:
+    """Run one of explorer's ``@hydra.main`` apps on ``argv`` as ``python -m explorer <prog>``.
+
+    Shared by the sweep, search and train commands: spaces are registered and ``argv``
+    normalised first (:func:`prepare_argv`), a broken space file is reported without a traceback,
+    and Hydra's own exits (``--help``, unknown keys) become return codes. ``state["exit"]`` is the
+    code the app's body set; ``state["argv"]`` keeps the user's words for "resume with" messages.
+    """
+    import sys
+
+    args, chosen = prepare_argv(list(argv))
+    for name in chosen:
+        if name in BROKEN_SPACES:
+            sys.stderr.write(f"error: {BROKEN_SPACES[name]}\n")
+            sys.stderr.flush()
+            return 2
+    state["exit"] = 0
+    state["argv"] = list(argv)
+    saved = sys.argv
+    sys.argv = [f"python -m explorer {prog}", *args]
+    try:
+        hydra_main()
+    except SystemExit as exc:  # Hydra exits on its own errors (unknown key, bad type, --help)
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        return code if code else int(state["exit"])
+    finally:
+        sys.argv = saved
+    return int(state["exit"])
