@@ -597,12 +597,14 @@ class SearchReport:
         return pareto.pareto_front(rows[rows["feasible"]].reset_index(drop=True), list(self.objectives))
 
     def format(self, store: Optional[Store] = None) -> str:
+        from explorer.sweep import _fmt_duration
+
         s = self.states
         n_meas = sum(self.measured.values())
         lines = [f"search {self.study_name!r} ({self.sampler}, seed {self.seed}) on {self.space!r}: "
                  f"{self.trials_run} trials now, {self.trials_before + self.trials_run} of {self.trials_target} done "
                  f"(complete {s.get('COMPLETE', 0)}, failed {s.get('FAIL', 0)}, pruned {s.get('PRUNED', 0)}; "
-                 f"{self.infeasible} infeasible), {_fmt_s(self.elapsed_s)}",
+                 f"{self.infeasible} infeasible), {_fmt_duration(self.elapsed_s)}",
                  f"objectives: {', '.join(map(str, self.objectives))}"
                  + (f"; constraints: {', '.join(f'{k}={v:g}' for k, v in self.constraints.to_dict().items())}"
                     if self.constraints.active() else ""),
@@ -626,14 +628,6 @@ class SearchReport:
                 lines.append("no feasible measured point yet")
         lines.append(f"study {self.study_name!r} in {self.store_url}  (optuna-dashboard {self.store_url})")
         return "\n".join(lines)
-
-
-def _fmt_s(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,8 +14,8 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from explorer.commands.sweep import _err, _space_source
-from explorer.conf.schema import (BROKEN_SPACES, MeasureOverrides, measure_overrides,
+from explorer.commands.sweep import _chosen_space, _err
+from explorer.conf.schema import (MeasureOverrides, measure_overrides,
                                   register_schemas, run_hydra_command)
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
@@ -82,19 +82,14 @@ def _objectives(value: Any) -> Any:
 def run_from_config(cfg: DictConfig) -> int:
     """One search for a composed config; returns the exit code."""
     from explorer.search import SearchError, count_finished, prepare_search, run_search
-    from explorer.space import SpaceError, list_spaces, load_space
+    from explorer.space import SpaceError, load_space
     from explorer.store import Store, resolve_url
     from explorer.sweep import default_settings
 
-    choice, source = _space_source(cfg)
-    if choice in BROKEN_SPACES:
-        _err(BROKEN_SPACES[choice])
+    chosen = _chosen_space(cfg)
+    if chosen is None:
         return 2
-    node = cfg.get("space")
-    if node is None:
-        names = ", ".join(sorted(list_spaces([cfg.spaces_dir] if cfg.get("spaces_dir") else [])))
-        _err(f"no search space chosen: add +space=NAME (one of: {names}) or space_file=PATH")
-        return 2
+    choice, source, node = chosen
     opts, how = cfg.search, cfg.sweep
     kwargs = dict(trials=opts.trials, sampler=opts.sampler, seed=opts.seed, objectives=_objectives(opts.objectives),
                   constraints={"max_ttft_ms": opts.max_ttft_ms, "max_params_m": opts.max_params_m},

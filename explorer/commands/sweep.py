@@ -50,21 +50,32 @@ def _space_source(cfg: DictConfig) -> tuple[Optional[str], str]:
     return choice, text
 
 
-def run_from_config(cfg: DictConfig) -> int:
-    """One sweep for a composed config; returns the exit code."""
-    from explorer.space import SpaceError, list_spaces, load_space
-    from explorer.store import Store, resolve_url
-    from explorer.sweep import default_settings, plan_sweep, run_sweep
+def _chosen_space(cfg: DictConfig) -> Optional[tuple[Optional[str], str, Any]]:
+    """(space name, where it came from, its config node), or None after printing why there is none."""
+    from explorer.space import list_spaces
 
     choice, source = _space_source(cfg)
     if choice in BROKEN_SPACES:
         _err(BROKEN_SPACES[choice])
-        return 2
+        return None
     node = cfg.get("space")
     if node is None:
         names = ", ".join(sorted(list_spaces([cfg.spaces_dir] if cfg.get("spaces_dir") else [])))
         _err(f"no search space chosen: add +space=NAME (one of: {names}) or space_file=PATH")
+        return None
+    return choice, source, node
+
+
+def run_from_config(cfg: DictConfig) -> int:
+    """One sweep for a composed config; returns the exit code."""
+    from explorer.space import SpaceError, load_space
+    from explorer.store import Store, resolve_url
+    from explorer.sweep import default_settings, plan_sweep, run_sweep
+
+    chosen = _chosen_space(cfg)
+    if chosen is None:
         return 2
+    choice, source, node = chosen
     try:
         name = None if node.get("name") else choice
         space = load_space(node, name=name, source_name=source)
