@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from explorer.measure.costs import EncoderCost, PrefillCost, ProjectorCost
-from explorer.space import encoder_shape
+from explorer.data.space import encoder_shape
 from sweep_fakes import timing
 
 GOLDEN = Path(__file__).with_name("data") / "default_space_rows.json"

@@ -5,13 +5,18 @@ The counters count calls in the process that ran them (use ``isolation="inline"`
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from explorer.data.space import EncoderShape
+from explorer.engine.backend import FixedEnvironment, MeasureBackend
+from explorer.engine.options import SearchOptions, SweepOptions, options_from
+from explorer.engine.search import run_search
+from explorer.engine.sweep import run_sweep
 from explorer.measure.costs import EncoderCost, PrefillCost, ProjectorCost, Timing
-from explorer.space import EncoderShape
 
 CALLS: collections.Counter = collections.Counter()
 LLM_HIDDEN = {"llm-a": 32, "llm-b": 64}
@@ -90,5 +95,47 @@ def raise_oom(*args: Any, **kwargs: Any) -> Any:
     raise MemoryError("fake allocation failure")
 
 
-FAKES = dict(measure_encoder=measure_encoder, measure_projector=measure_projector, measure_prefill=measure_prefill,
-             shape_fn=shape, llm_info=llm_info, environment=FakeEnv(), gflops_fn=gflops)
+#: The fakes as one backend (what the engines take instead of explorer.measure's functions).
+BACKEND = MeasureBackend(measure_encoder=measure_encoder, measure_projector=measure_projector,
+                         measure_prefill=measure_prefill, encoder_shape=shape, llm_info=llm_info,
+                         environment=FixedEnvironment(FakeEnv()), encoder_gflops=gflops, real_models=False)
+
+_OPTION_NAMES = {f.name for f in dataclasses.fields(SweepOptions)}
+
+
+def backend(**changes: Any) -> MeasureBackend:
+    """BACKEND with some parts replaced (``environment`` may be an Environment-like value)."""
+    if "environment" in changes and not callable(changes["environment"]):
+        changes["environment"] = FixedEnvironment(changes["environment"])
+    return dataclasses.replace(BACKEND, **changes)
+
+
+def split(kw: dict[str, Any]) -> tuple[SweepOptions, MeasureBackend]:
+    """Keyword arguments of a test as (SweepOptions, backend): option names go to the options
+    (isolation inline and no progress bar unless given), everything else replaces backend parts."""
+    opts = {k: kw.pop(k) for k in list(kw) if k in _OPTION_NAMES}
+    opts.setdefault("isolation", "inline")
+    opts.setdefault("progress", False)
+    return SweepOptions(**opts), backend(**kw)
+
+
+def run(space: Any, settings: Any, store: Any, **kw: Any) -> Any:
+    """run_sweep with the fakes; ``kw`` as :func:`split` takes them."""
+    options, be = split(dict(kw))
+    return run_sweep(space, settings, store, options, be)
+
+
+_SEARCH_NAMES = {f.name for f in dataclasses.fields(SearchOptions)}
+
+
+def search(space: Any, settings: Any, store: Any, **kw: Any) -> Any:
+    """run_search with the fakes: search option names (``study_name`` for ``study``, ``constraints``
+    as a mapping of limits) go to SearchOptions, sweep option names to SweepOptions, the rest to the backend."""
+    kw = dict(kw)
+    values = {k: kw.pop(k) for k in list(kw) if k in _SEARCH_NAMES}
+    if "study_name" in kw:
+        values["study"] = kw.pop("study_name")
+    values.update(dict(kw.pop("constraints", None) or {}))
+    options = options_from(SearchOptions, values)
+    sweep_options, be = split(kw)
+    return run_search(space, settings, store, options, sweep_options, be)

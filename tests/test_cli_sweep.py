@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 import sweep_fakes as F
-from explorer import results
+from explorer.data import results
 from explorer.commands import export as export_cmd
 from explorer.commands import sweep as sweep_cmd
 from explorer.measure.settings import MeasureSettings
-from explorer.space import load_space
-from explorer.store import Store
-from explorer.sweep import run_sweep
+from explorer.data.space import load_space
+from explorer.data.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 TINY_LLM = {"model_type": "qwen2", "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -87,7 +86,7 @@ def test_error_paths_in_process(tmp_path, capsys, monkeypatch):
     assert sweep_cmd.main([]) == 2
     assert "no search space chosen" in capsys.readouterr().err
     assert sweep_cmd.main(["+space=fastvithd", "measure.threads=0"]) == 2
-    assert "invalid measurement setting: invalid threads=0" in capsys.readouterr().err
+    assert "error: invalid measure.threads=0" in capsys.readouterr().err
     assert sweep_cmd.main(["+space=fastvithd", "measure.threads=abc"]) == 1  # Hydra's own type check
     assert "could not be converted to Integer" in capsys.readouterr().err
     assert sweep_cmd.main(["+space=fastvithd", "space.resolutions=[0]"]) == 2
@@ -136,8 +135,7 @@ def test_multirun_dry_run(tmp_path):
 def test_export_csv_and_parquet_message(tmp_path, capsys):
     space = load_space({"name": "toy", "encoders": {"toy": {"knobs": {"width": [1, 2]}}}, "resolutions": [64],
                         "llms": ["llm-a"], "text_tokens": [0]}, shape_fn=F.shape, check_models=False)
-    run_sweep(space, MeasureSettings(device="cpu"), Store(tmp_path / "r"), isolation="inline", progress=False,
-              **F.FAKES)
+    F.run(space, MeasureSettings(device="cpu"), Store(tmp_path / "r"))
     assert export_cmd.main([str(tmp_path / "r")]) == 0
     frame = __import__("pandas").read_csv(tmp_path / "r" / "results.csv")
     assert list(frame.columns) == list(results.COLUMNS + results.EXTRA_COLUMNS) and len(frame) == 2
@@ -253,6 +251,6 @@ def test_ctrl_c_stops_cleanly_and_says_how_to_resume(tmp_path):
     assert proc.returncode == 130, stdout + stderr
     assert "stopping after the measurement in flight" in stderr and "Traceback" not in stderr
     assert "interrupted:" in stdout and "resume with the same command:" in stdout
-    assert f"python -m explorer sweep space_file={space} out={out}" in stdout
+    assert f"explorer sweep space_file={space} out={out}" in stdout
     rows = _rows(out / "store.db")
     assert 1 <= len(rows) < 6 and all(r[4] == "ok" for r in rows)  # the one in flight finished and was stored

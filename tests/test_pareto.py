@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from explorer.pareto import (
+from explorer.analysis.pareto import (
     DEFAULT_OBJECTIVES,
     Objective,
     best_under_budget,

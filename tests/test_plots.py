@@ -13,9 +13,9 @@ import plotly.graph_objects as go
 import pytest
 from plotly.offline import get_plotlyjs
 
-from explorer import plots, report
+from explorer.analysis import plots, report
 from explorer.commands import plot as plot_command
-from explorer.pareto import pareto_front
+from explorer.analysis.pareto import pareto_front
 from fastvlm_table import paper_table, reference_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -222,7 +222,7 @@ def test_plot_command_reports_bad_input(tmp_path, capsys):
 
 
 def test_plot_command_reads_databases_through_results_load(tmp_path, monkeypatch, capsys):
-    results = pytest.importorskip("explorer.results")
+    results = pytest.importorskip("explorer.data.results")
     seen = []
     monkeypatch.setattr(results, "load", lambda source: seen.append(source) or paper_table())
     out = tmp_path / "r.html"

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from explorer.models import list_encoders
-from explorer.reference import attach_accuracy, available_metrics, load_references
+from explorer.data.reference import attach_accuracy, available_metrics, load_references
 
 
 def rows(*specs):
@@ -80,17 +80,15 @@ def test_bad_inputs_are_named(tmp_path):
 def test_results_load_joins_user_and_published_accuracy(tmp_path):
     """results.load fills accuracy from a user's CSV (and the published tables) with its source."""
     import sweep_fakes as F
-    from explorer import results
+    from explorer.data import results
     from explorer.measure.settings import MeasureSettings
-    from explorer.space import load_space
-    from explorer.store import Store
-    from explorer.sweep import run_sweep
+    from explorer.data.space import load_space
+    from explorer.data.store import Store
 
     raw = {"name": "toy", "encoders": {"toy": {"knobs": {"width": [1, 2]}}}, "resolutions": [64],
            "llms": ["llm-a"], "text_tokens": [0]}
     sp = load_space(raw, shape_fn=F.shape, check_models=False)
-    run_sweep(sp, MeasureSettings(device="cpu"), Store(tmp_path / "r"), isolation="inline", progress=False,
-              log=lambda *_: None, **F.FAKES)
+    F.run(sp, MeasureSettings(device="cpu"), Store(tmp_path / "r"))
     csv = tmp_path / "acc.csv"
     csv.write_text('encoder,resolution,llm,value,knobs,source\ntoy,64,llm-a,42.5,"{""width"": 2}",my-eval\n')
     df = results.load(tmp_path / "r", accuracy_csv=csv).set_index("knobs")

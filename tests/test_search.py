@@ -18,12 +18,13 @@ import pytest
 from optuna.trial import TrialState
 
 import sweep_fakes as F
-from explorer import pareto, results
+from explorer.analysis import pareto
+from explorer.data import results
 from explorer.measure.costs import EncoderCost, PrefillCost
-from explorer.search import Dimension, ParamSpace, SearchConstraints, SearchError, run_search
-from explorer.space import DesignPoint, enumerate_points, load_space
-from explorer.store import Store
-from explorer.sweep import run_sweep
+from explorer.engine.backend import FixedEnvironment, MeasureBackend
+from explorer.engine.search import Dimension, ParamSpace, SearchError
+from explorer.data.space import DesignPoint, enumerate_points, load_space
+from explorer.data.store import Store
 
 # --------------------------------------------------------------------------------------------
 # Fakes with structure: TTFT and accuracy both rise with resolution, width and the LLM
@@ -68,10 +69,8 @@ def accuracy(point: DesignPoint) -> float:
             + LLM_BONUS[point.llm] + 0.7 * math.sin(7 * w + r / 97 + d))
 
 
-STRUCTURED = dict(measure_encoder=measure_encoder, measure_projector=F.measure_projector,
-                  measure_prefill=measure_prefill, shape_fn=F.shape, llm_info=llm_info,
-                  environment=F.FakeEnv(), gflops_fn=F.gflops, isolation="inline", progress=False)
-SIMPLE = dict(F.FAKES, isolation="inline", progress=False)
+STRUCTURED = dict(measure_encoder=measure_encoder, measure_prefill=measure_prefill, llm_info=llm_info)
+SIMPLE: dict[str, Any] = {}
 
 
 def grid_space(big: bool = False) -> Any:
@@ -149,7 +148,7 @@ def test_param_space_single_and_multi_entry() -> None:
 
 def test_runs_n_trials_and_keeps_the_study_in_the_store(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
-    report = run_search(toy_space(), None, url, trials=8, seed=0, **SIMPLE)
+    report = F.search(toy_space(), None, url, trials=8, seed=0, **SIMPLE)
     assert report.trials_run == 8 and report.states == {"COMPLETE": 8}
     assert optuna.get_all_study_names(url) == [report.study_name]
     assert report.study_name.startswith("toyspace-tpe-")
@@ -173,16 +172,16 @@ def test_runs_n_trials_and_keeps_the_study_in_the_store(tmp_path: Path) -> None:
 def test_resume_adds_only_the_missing_trials(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     space = toy_space()
-    first = run_search(space, None, url, trials=5, **SIMPLE)
-    second = run_search(space, None, url, trials=9, **SIMPLE)
+    first = F.search(space, None, url, trials=5, **SIMPLE)
+    second = F.search(space, None, url, trials=9, **SIMPLE)
     assert (second.trials_before, second.trials_run) == (5, 4)
     assert second.study_name == first.study_name
     assert len(load(url, first.study_name).trials) == 9
     F.CALLS.clear()
-    third = run_search(space, None, url, trials=9, **SIMPLE)
+    third = F.search(space, None, url, trials=9, **SIMPLE)
     assert third.trials_run == 0 and sum(F.CALLS.values()) == 0
     # another sampler is another study in the same database
-    other = run_search(space, None, url, trials=3, sampler="random", **SIMPLE)
+    other = F.search(space, None, url, trials=3, sampler="random", **SIMPLE)
     assert other.study_name != first.study_name and other.trials_run == 3
     assert len(optuna.get_all_study_names(url)) == 2
 
@@ -190,11 +189,11 @@ def test_resume_adds_only_the_missing_trials(tmp_path: Path) -> None:
 def test_abandoned_running_trials_are_failed_and_redone(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     space = toy_space()
-    first = run_search(space, None, url, trials=3, **SIMPLE)
+    first = F.search(space, None, url, trials=3, **SIMPLE)
     study = load(url, first.study_name)
     zombie = study.ask()  # a search killed with SIGKILL leaves a RUNNING trial behind
     zombie.set_user_attr("worker", {"host": __import__("socket").gethostname(), "pid": 2 ** 22 + 12345})
-    again = run_search(space, None, url, trials=5, **SIMPLE)
+    again = F.search(space, None, url, trials=5, **SIMPLE)
     assert again.trials_run == 2
     states = [t.state for t in load(url, first.study_name).trials]
     assert TrialState.RUNNING not in states and states.count(TrialState.FAIL) == 1
@@ -212,11 +211,11 @@ def test_ctrl_c_fails_the_trial_in_flight_and_resume_redoes_it(tmp_path: Path) -
             raise KeyboardInterrupt
         return F.measure_encoder(*args, **kwargs)
 
-    stopped = run_search(space, None, url, trials=8, **{**SIMPLE, "measure_encoder": interrupt_third})
+    stopped = F.search(space, None, url, trials=8, **{**SIMPLE, "measure_encoder": interrupt_third})
     assert stopped.interrupted and stopped.trials_run < 8
     trials = load(url, stopped.study_name).trials
     assert trials[-1].state == TrialState.FAIL and "interrupted" in trials[-1].user_attrs
-    again = run_search(space, None, url, trials=8, **SIMPLE)
+    again = F.search(space, None, url, trials=8, **SIMPLE)
     assert again.trials_before == stopped.trials_run and again.trials_before + again.trials_run == 8
     assert not again.interrupted
 
@@ -225,7 +224,7 @@ def test_cached_measurements_cost_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     space = toy_space()
     F.CALLS.clear()
-    report = run_search(space, None, url, trials=25, seed=3, **SIMPLE)
+    report = F.search(space, None, url, trials=25, seed=3, **SIMPLE)
     trial_keys = [t.user_attrs["point_key"] for t in load(url, report.study_name).trials]
     assert len(set(trial_keys)) < len(trial_keys)  # TPE proposed some points twice ...
     assert report.cached_trials >= len(trial_keys) - len(set(trial_keys))  # ... which were free
@@ -233,9 +232,9 @@ def test_cached_measurements_cost_nothing(tmp_path: Path) -> None:
     encoders = {(p.encoder, p.knobs, p.resolution) for p in points}
     assert F.CALLS["encoder"] == len(encoders) == report.measured["encoder"]  # factorised, each once
     # after a full sweep, a new search measures nothing at all
-    run_sweep(space, None, Store(url), **{k: v for k, v in SIMPLE.items()})
+    F.run(space, None, Store(url))
     F.CALLS.clear()
-    fresh = run_search(space, None, url, trials=10, sampler="random", **SIMPLE)
+    fresh = F.search(space, None, url, trials=10, sampler="random", **SIMPLE)
     assert sum(F.CALLS.values()) == 0 and sum(fresh.measured.values()) == 0
     assert fresh.cached_trials == 10
 
@@ -250,7 +249,7 @@ def optuna_constraint(t: optuna.trial.FrozenTrial) -> float:
 def test_constraints_mark_infeasible_trials(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     limit = 250.0
-    report = run_search(toy_space(), None, url, trials=16, seed=1, constraints={"max_ttft_ms": limit}, **SIMPLE)
+    report = F.search(toy_space(), None, url, trials=16, seed=1, constraints={"max_ttft_ms": limit}, **SIMPLE)
     study = load(url, report.study_name)
     slow = [t for t in study.trials if t.user_attrs["metrics"]["ttft_ms"] > limit]
     fast = [t for t in study.trials if t.user_attrs["metrics"]["ttft_ms"] <= limit]
@@ -264,7 +263,7 @@ def test_constraints_mark_infeasible_trials(tmp_path: Path) -> None:
     front = report.frontier().front
     assert len(front) and (front["ttft_ms"] <= limit).all()
     # a changed constraint is a different search: a new default study, the old one untouched
-    other = run_search(toy_space(), None, url, trials=2, constraints=SearchConstraints(max_ttft_ms=500.0), **SIMPLE)
+    other = F.search(toy_space(), None, url, trials=2, constraints={"max_ttft_ms": 500.0}, **SIMPLE)
     assert other.study_name != report.study_name
 
 
@@ -272,7 +271,7 @@ def test_failed_measurements_become_fail_trials(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     space = toy_space(encoders={"toy": {"knobs": {"width": [0.5, 1.0], "fail": [False, True]}}})
     F.CALLS.clear()
-    report = run_search(space, None, url, trials=14, sampler="random", seed=0, log=lambda s: None, **SIMPLE)
+    report = F.search(space, None, url, trials=14, sampler="random", seed=0, **SIMPLE)
     study = load(url, report.study_name)
     failed = [t for t in study.trials if t.state == TrialState.FAIL]
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
@@ -284,7 +283,7 @@ def test_failed_measurements_become_fail_trials(tmp_path: Path) -> None:
     # failed points count as evaluated, and a stored failure is not measured again
     assert {t.user_attrs["point_key"] for t in failed} <= set(report.point_keys)
     failed_keys = {t.user_attrs["point_key"] for t in failed}
-    again = run_search(space, None, url, trials=20, sampler="random", seed=0, log=lambda s: None, **SIMPLE)
+    again = F.search(space, None, url, trials=20, sampler="random", seed=0, **SIMPLE)
     assert again.trials_run == 6
     repeats = [t for t in load(url, report.study_name).trials[14:] if t.user_attrs["point_key"] in failed_keys]
     assert all(t.state == TrialState.FAIL and t.user_attrs.get("cached") for t in repeats)
@@ -293,7 +292,7 @@ def test_failed_measurements_become_fail_trials(tmp_path: Path) -> None:
 def test_excluded_points_are_pruned_without_measuring(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
     space = toy_space(exclude=[{"resolution": 640}, {"width": 1.25}])
-    report = run_search(space, None, url, trials=20, sampler="random", seed=2, **SIMPLE)
+    report = F.search(space, None, url, trials=20, sampler="random", seed=2, **SIMPLE)
     study = load(url, report.study_name)
     pruned = [t for t in study.trials if t.state == TrialState.PRUNED]
     assert pruned and all("not in the space" in t.user_attrs["skip_reason"] for t in pruned)
@@ -309,7 +308,7 @@ def test_accuracy_objective_and_points_without_accuracy(tmp_path: Path) -> None:
         for p in enumerate_points(space, shape_fn=F.shape):
             if p.resolution <= 384:
                 st.add_accuracy(50 + p.resolution / 100 + p.knob_dict()["width"], "fake", point=p)
-    report = run_search(space, None, url, trials=12, sampler="random", seed=0, **SIMPLE)
+    report = F.search(space, None, url, trials=12, sampler="random", seed=0, **SIMPLE)
     assert [str(o) for o in report.objectives] == ["ttft_ms:min", "accuracy:max"]
     study = load(url, report.study_name)
     for t in study.trials:
@@ -321,7 +320,7 @@ def test_accuracy_objective_and_points_without_accuracy(tmp_path: Path) -> None:
 
 def test_pure_latency_objectives_visual_tokens(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
-    report = run_search(toy_space(), None, url, trials=10, sampler="nsga2", population_size=4,
+    report = F.search(toy_space(), None, url, trials=10, sampler="nsga2", population_size=4,
                         objectives="ttft_ms:min,visual_tokens:max", **SIMPLE)
     assert report.states == {"COMPLETE": 10} and report.notes == []
     front = report.frontier().front
@@ -347,20 +346,20 @@ def test_bad_input_is_rejected_before_any_work(tmp_path: Path, kwargs: dict[str,
     db = tmp_path / "sub" / "store.db"
     F.CALLS.clear()
     args = {**SIMPLE, **kwargs}
-    with pytest.raises(SearchError, match=f"invalid {key}="):
-        run_search(toy_space(), None, str(db), **args)
+    with pytest.raises(ValueError, match=f"invalid {key}="):
+        F.search(toy_space(), None, str(db), **args)
     assert not db.exists() and sum(F.CALLS.values()) == 0
 
 
 def test_a_study_made_for_another_search_is_refused(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/store.db"
-    run_search(toy_space(), None, url, trials=2, study_name="mine", **SIMPLE)
+    F.search(toy_space(), None, url, trials=2, study_name="mine", **SIMPLE)
     with pytest.raises(SearchError, match="invalid search.study='mine'.*objectives"):
-        run_search(toy_space(), None, url, trials=2, study_name="mine", objectives="ttft_ms:min,visual_tokens:max",
+        F.search(toy_space(), None, url, trials=2, study_name="mine", objectives="ttft_ms:min,visual_tokens:max",
                    **SIMPLE)
     optuna.create_study(study_name="foreign", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
     with pytest.raises(SearchError, match="not created by explorer search"):
-        run_search(toy_space(), None, url, trials=2, study_name="foreign", objectives="ttft_ms", **SIMPLE)
+        F.search(toy_space(), None, url, trials=2, study_name="foreign", objectives="ttft_ms", **SIMPLE)
 
 
 # --------------------------------------------------------------------------------------------
@@ -368,7 +367,7 @@ def test_a_study_made_for_another_search_is_refused(tmp_path: Path) -> None:
 
 
 def any_encoder(name: str, knobs: dict[str, Any], resolution: int, settings: Any, time: bool = True) -> EncoderCost:
-    from explorer.space import encoder_shape
+    from explorer.data.space import encoder_shape
 
     s = encoder_shape(name, knobs, resolution)
     ms = 0.01 * s.params_m * s.visual_tokens
@@ -385,13 +384,14 @@ def any_prefill(llm: str, tokens: int, settings: Any, time: bool = True) -> Pref
 
 @pytest.fixture
 def fake_cli(monkeypatch: pytest.MonkeyPatch) -> Any:
-    import explorer.search as search_mod
+    import explorer.engine.search as search_mod
 
     real = search_mod.run_search
+    backend = MeasureBackend(measure_encoder=any_encoder, measure_projector=F.measure_projector,
+                             measure_prefill=any_prefill, environment=FixedEnvironment(F.FakeEnv()))
 
-    def run(*args: Any, **kwargs: Any) -> Any:
-        return real(*args, **kwargs, measure_encoder=any_encoder, measure_projector=F.measure_projector,
-                    measure_prefill=any_prefill, environment=F.FakeEnv())
+    def run(space: Any, settings: Any, store: Any, options: Any, sweep: Any) -> Any:
+        return real(space, settings, store, options, sweep, backend)
 
     monkeypatch.setattr(search_mod, "run_search", run)
     from explorer.commands.search import main
@@ -451,7 +451,7 @@ def recovery(sampler: str, trials: int, seed: int, workdir: Path, big: bool = Fa
     with Store(str(full_store)) as st:
         if fresh:
             add_accuracy(st, space)
-            run_sweep(space, None, st, **STRUCTURED)
+            F.run(space, None, st, **STRUCTURED)
         full = results.frame_from_store(st, space=space.name, env="fake-env")
     objectives = pareto.DEFAULT_OBJECTIVES
     reference = pareto.reference_point_from(full, objectives)
@@ -459,7 +459,7 @@ def recovery(sampler: str, trials: int, seed: int, workdir: Path, big: bool = Fa
     hv_full = pareto.hypervolume(exhaustive, objectives, reference)
     with Store(str(workdir / f"{space.name}-{sampler}-{seed}-{trials}-{population_size}.db")) as st:
         add_accuracy(st, space)
-        report = run_search(space, None, st, trials=trials, sampler=sampler, seed=seed,
+        report = F.search(space, None, st, trials=trials, sampler=sampler, seed=seed,
                             population_size=population_size, **STRUCTURED)
         front = report.frontier(st).front
     hv = pareto.hypervolume(front, objectives, reference)

@@ -7,7 +7,7 @@ import pytest
 from omegaconf import OmegaConf
 
 import sweep_fakes as F
-from explorer.space import (DesignPoint, Space, SpaceError, canonical_json, digest, enumerate_points, list_spaces,
+from explorer.data.space import (DesignPoint, Space, SpaceError, canonical_json, digest, enumerate_points, list_spaces,
                             load_space)
 
 REPO = Path(__file__).resolve().parent.parent

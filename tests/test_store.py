@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from explorer.space import DesignPoint
-from explorer.store import MeasurementRecord, PointRecord, Store, resolve_url
+from explorer.data.space import DesignPoint
+from explorer.data.store import MeasurementRecord, PointRecord, Store, resolve_url
 
 
 def rec(key: str = "k1", status: str = "ok", env: str = "env-a", kind: str = "encoder", **kw) -> MeasurementRecord:

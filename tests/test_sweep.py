@@ -9,11 +9,12 @@ import pandas as pd
 import pytest
 
 import sweep_fakes as F
-from explorer import results
+from explorer.data import results
 from explorer.measure.settings import MeasureSettings
-from explorer.space import enumerate_points, load_space
-from explorer.store import Store
-from explorer.sweep import plan_sweep, run_sweep
+from explorer.data.space import enumerate_points, load_space
+from explorer.data.store import Store
+from explorer.engine.options import SweepOptions
+from explorer.engine.sweep import plan_sweep, run_sweep
 
 SETTINGS = MeasureSettings(device="cpu")
 
@@ -26,10 +27,7 @@ def space(**extra):
 
 
 def sweep(sp, store, **kw):
-    kw.setdefault("isolation", "inline")
-    kw.setdefault("progress", False)
-    args = {**F.FAKES, **kw}
-    return run_sweep(sp, SETTINGS, store, **args)
+    return F.run(sp, SETTINGS, store, **kw)
 
 
 @pytest.fixture(autouse=True)
@@ -200,15 +198,13 @@ def test_max_measurements_and_pending_rows(tmp_path):
 
 def test_plan_counts_and_estimate(tmp_path):
     store = Store(tmp_path / "r")
-    plan = plan_sweep(space(), SETTINGS, store, shape_fn=F.shape, llm_info=F.llm_info, environment=F.FakeEnv(),
-                      gflops_fn=F.gflops)
+    plan = plan_sweep(space(), SETTINGS, store, SweepOptions(), F.BACKEND)
     assert plan.counts() == {k: {"unique": 8, "stored": 0, "to_measure": 8} for k in ("encoder", "projector", "prefill")}
     text = plan.describe()
     assert "32 design points" in text and "unique measurements: 24" in text and "estimated time: about" in text
     assert plan.estimated_seconds() > 0 and set(plan.estimate_basis.values()) == {"model"}
     sweep(space(), store, max_measurements=5)
-    plan = plan_sweep(space(), SETTINGS, store, shape_fn=F.shape, llm_info=F.llm_info, environment=F.FakeEnv(),
-                      gflops_fn=F.gflops)
+    plan = plan_sweep(space(), SETTINGS, store, SweepOptions(), F.BACKEND)
     assert sum(v["stored"] for v in plan.counts().values()) == 5 and len(plan.todo) == 19
 
 
@@ -247,7 +243,7 @@ def test_end_to_end_with_the_real_measurements(tmp_path):
     settings = MeasureSettings(device="cpu", threads=1, warmup_s=0.0, warmup_iters=1, min_iters=2, max_iters=3,
                                max_time_s=0.2)
     store = Store(tmp_path / "r")
-    report = run_sweep(sp, settings, store, isolation="inline", progress=False)
+    report = run_sweep(sp, settings, store, SweepOptions(isolation="inline", progress=False))
     assert not report.failures and report.measured == {"encoder": 1, "projector": 1, "prefill": 1}
     by_kind = {m.kind: m for m in store.measurements()}
     enc = EncoderCost.from_dict(by_kind["encoder"].payload)

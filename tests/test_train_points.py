@@ -6,12 +6,11 @@ import dataclasses
 import pytest
 
 import sweep_fakes as F
-from explorer import results
+from explorer.data import results
 from explorer.measure.settings import MeasureSettings
-from explorer.pareto import pareto_front
-from explorer.space import load_space
-from explorer.store import Store
-from explorer.sweep import run_sweep
+from explorer.analysis.pareto import pareto_front
+from explorer.data.space import load_space
+from explorer.data.store import Store
 from explorer.train.points import base_config, plan_targets, select_points, train_targets
 from explorer.train.trainer import TrainConfig, TrainResult
 
@@ -21,8 +20,7 @@ def _swept(tmp_path):
            "llms": ["llm-a", "llm-b"], "text_tokens": [0]}
     sp = load_space(raw, shape_fn=F.shape, check_models=False)
     store = Store(tmp_path / "r")
-    run_sweep(sp, MeasureSettings(device="cpu"), store, isolation="inline", progress=False, log=lambda *_: None,
-              **F.FAKES)
+    F.run(sp, MeasureSettings(device="cpu"), store)
     return store
 
 

@@ -8,7 +8,7 @@ The notebooks are generated so that a review reads Python, not JSON: edit the ce
 
 Cell ids are derived from the notebook and cell position, so the output is byte-for-byte
 reproducible. Both notebooks call the same public functions as the CLI (``run_sweep``,
-``results.load``, ``attach_accuracy``, ``best_under_budget``, ``explorer.plots``); what they add is
+``results.load``, ``attach_accuracy``, ``best_under_budget``, ``explorer.analysis.plots``); what they add is
 presentation. docs/notebooks.md describes them.
 """
 from __future__ import annotations
@@ -50,13 +50,13 @@ import plotly.graph_objects as go
 from IPython.display import Markdown, display
 
 import explorer
-from explorer import plots
-from explorer.pareto import best_under_budget, pareto_front
-from explorer.reference import attach_accuracy, load_references
-from explorer.results import load
-from explorer.space import encoder_shape, enumerate_points, load_space
-from explorer.store import Store
-from explorer.sweep import default_settings, plan_sweep, run_sweep
+from explorer.analysis import plots
+from explorer.analysis.pareto import best_under_budget, pareto_front
+from explorer.data.reference import attach_accuracy, load_references
+from explorer.data.results import load
+from explorer.data.space import encoder_shape, enumerate_points, load_space
+from explorer.data.store import Store
+from explorer.engine.sweep import default_settings, plan_sweep, run_sweep
 
 
 def env_flag(name, default):

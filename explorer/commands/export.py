@@ -1,7 +1,7 @@
 """``python -m explorer export RESULTS [--format csv|parquet] [--out FILE]``: the results table as a file.
 
 RESULTS is a results folder (``results/fastvithd``), a ``.db`` file or a SQLAlchemy URL; the
-columns are those of :func:`explorer.results.load` (docs/results.md).
+columns are those of :func:`explorer.data.results.load` (docs/results.md).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def main(argv: list[str]) -> int:
                         help="environment of the numbers: latest (default), all, or an environment key")
     args = parser.parse_args(argv)
 
-    from explorer.results import export
+    from explorer.data.results import export
 
     fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "csv") or "csv"
     if fmt not in ("csv", "parquet"):

@@ -1,6 +1,6 @@
 """`python -m explorer plot SOURCE [--out report.html] [--png DIR]`: the interactive report.
 
-SOURCE is a results folder, a database path or SQLAlchemy URL (read by ``explorer.results.load``),
+SOURCE is a results folder, a database path or SQLAlchemy URL (read by ``explorer.data.results.load``),
 or, for convenience, a ``.csv`` / ``.parquet`` export of the results table.
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from explorer.pareto import pareto_front, parse_objectives
+from explorer.analysis.pareto import pareto_front, parse_objectives
 
 
 def load_table(source: str) -> pd.DataFrame:
@@ -23,12 +23,12 @@ def load_table(source: str) -> pd.DataFrame:
             raise ValueError(f"invalid source={source!r}: no such file")
         return pd.read_csv(path) if suffix == ".csv" else pd.read_parquet(path)
     try:
-        from explorer import results  # lazy: the data layer pulls in SQLAlchemy
+        from explorer.data import results  # lazy: the data layer pulls in SQLAlchemy
     except ModuleNotFoundError as err:
-        if err.name != "explorer.results":
+        if err.name != "explorer.data.results":
             raise
         raise ValueError(
-            f"invalid source={source!r}: reading a results folder or database needs explorer.results, "
+            f"invalid source={source!r}: reading a results folder or database needs explorer.data.results, "
             "which this installation lacks; pass a .csv export instead"
         ) from err
     return results.load(source)
@@ -37,7 +37,7 @@ def load_table(source: str) -> pd.DataFrame:
 def load_reference(spec: str) -> pd.DataFrame:
     """``published`` for the bundled published tables, else a CSV path (either accepted format)."""
     if spec == "published":
-        from explorer.reference import load_references
+        from explorer.data.reference import load_references
 
         return load_references()
     path = Path(spec)
@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    from explorer import report  # lazy: plotly only when the command runs
+    from explorer.analysis import report  # lazy: plotly only when the command runs
 
     try:
         objectives = parse_objectives(args.objectives) if args.objectives else None

@@ -1,8 +1,9 @@
 """``python -m explorer sweep +space=NAME [overrides]``: the Hydra wrapper around run_sweep.
 
-Everything a notebook needs lives in :mod:`explorer.sweep`; this module only turns a composed
-Hydra config into a call, prints the result and maps problems to exit codes (2 for a bad space
-or setting, printed without a traceback; 130 when interrupted).
+Everything a notebook needs lives in :mod:`explorer.engine.sweep`; this module only turns a composed
+Hydra config into ``run_sweep(space, settings, store, SweepOptions)``, prints the result and maps
+problems to exit codes (2 for a bad space, setting or option, printed without a traceback; 130
+when interrupted).
 """
 from __future__ import annotations
 
@@ -14,91 +15,44 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig
 
-from explorer.conf.schema import (BROKEN_SPACES, SPACE_FILES, measure_overrides, register_schemas,
-                                  run_hydra_command)
+from explorer.commands.common import chosen_space, error, results_location
+from explorer.conf.schema import measure_overrides, options_of, register_schemas, run_hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 
 
-def _err(text: str) -> None:
-    sys.stderr.write(f"error: {text}\n")
-    sys.stderr.flush()
-
-
-def _space_source(cfg: DictConfig) -> tuple[Optional[str], str]:
-    """(chosen space name, text naming where it came from) for messages."""
-    from hydra.core.hydra_config import HydraConfig
-
-    choice: Optional[str] = None
-    overridden = False
-    try:
-        hc = HydraConfig.get()
-        choice = hc.runtime.choices.get("space")
-        overridden = any(o.lstrip("+~").startswith("space.") for o in hc.overrides.task)
-    except Exception:  # composed outside Hydra's app (tests)
-        pass
-    path = SPACE_FILES.get(choice) if choice else None
-    if path is not None:
-        try:
-            text = str(path.relative_to(Path.cwd()))
-        except ValueError:
-            text = str(path)
-    else:
-        text = f"space {choice!r}" if choice else "space"
-    if overridden:
-        text += " (with command-line overrides)"
-    return choice, text
-
-
-def _chosen_space(cfg: DictConfig) -> Optional[tuple[Optional[str], str, Any]]:
-    """(space name, where it came from, its config node), or None after printing why there is none."""
-    from explorer.space import list_spaces
-
-    choice, source = _space_source(cfg)
-    if choice in BROKEN_SPACES:
-        _err(BROKEN_SPACES[choice])
-        return None
-    node = cfg.get("space")
-    if node is None:
-        names = ", ".join(sorted(list_spaces([cfg.spaces_dir] if cfg.get("spaces_dir") else [])))
-        _err(f"no search space chosen: add +space=NAME (one of: {names}) or space_file=PATH")
-        return None
-    return choice, source, node
-
-
 def run_from_config(cfg: DictConfig) -> int:
     """One sweep for a composed config; returns the exit code."""
-    from explorer.space import SpaceError, load_space
-    from explorer.store import Store, resolve_url
-    from explorer.sweep import default_settings, plan_sweep, run_sweep
+    from explorer.data.space import SpaceError, load_space
+    from explorer.data.store import Store
+    from explorer.engine.options import SweepOptions
+    from explorer.engine.sweep import default_settings, plan_sweep, run_sweep
 
-    chosen = _chosen_space(cfg)
+    chosen = chosen_space(cfg)
     if chosen is None:
         return 2
     choice, source, node = chosen
     try:
-        name = None if node.get("name") else choice
-        space = load_space(node, name=name, source_name=source)
+        options = options_of(SweepOptions, cfg.sweep)
+        space = load_space(node, name=None if node.get("name") else choice, source_name=source)
         settings = default_settings(space, **measure_overrides(cfg))
     except SpaceError as err:
-        _err(f"invalid search space\n{err}")
+        error(f"invalid search space\n{err}")
         return 2
     except ValueError as err:
-        _err(f"invalid measurement setting: {err}")
+        error(str(err))
         return 2
 
-    out = Path(cfg.out) if cfg.get("out") else Path("results") / space.name
-    url = cfg.store or resolve_url(out)
-    opts = cfg.sweep
-    if opts.dry_run:
+    out, url = results_location(cfg, space.name)
+    if options.dry_run:
         store = None
         db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
         if db is None or db.is_file():
             store = Store(url)
         try:
-            plan = plan_sweep(space, settings, store, resume=opts.resume, retry_failed=opts.retry_failed)
+            plan = plan_sweep(space, settings, store, options)
         except SpaceError as err:
-            _err(f"invalid search space\n{err}")
+            error(f"invalid search space\n{err}")
             return 2
         print(plan.describe())
         print(f"results would go to: {url}")
@@ -107,18 +61,16 @@ def run_from_config(cfg: DictConfig) -> int:
     print(f"sweep {space.name!r} from {source} -> {url}", flush=True)
     store = Store(url)
     try:
-        report = run_sweep(space, settings, store, resume=opts.resume, retry_failed=opts.retry_failed,
-                           timeout_s=opts.timeout_s, isolation=opts.isolation, progress=opts.progress,
-                           max_measurements=opts.max_measurements)
+        report = run_sweep(space, settings, store, options)
     except SpaceError as err:
-        _err(f"invalid search space\n{err}")
+        error(f"invalid search space\n{err}")
         return 2
     print(report.format(store), flush=True)
     if cfg.get("report", True):
         _write_pareto_page(store, out / "pareto.html", space.name, cfg.get("accuracy"))
     if report.interrupted or report.remaining:
         how = "interrupted" if report.interrupted else "stopped early"
-        cmd = "python -m explorer sweep " + " ".join(shlex.quote(a) for a in _STATE["argv"])
+        cmd = "explorer sweep " + " ".join(shlex.quote(a) for a in _STATE["argv"])
         print(f"{how}: {report.remaining} measurements still missing; every finished one is stored.\n"
               f"resume with the same command:\n  {cmd}", flush=True)
         return 130 if report.interrupted else 0
@@ -127,9 +79,9 @@ def run_from_config(cfg: DictConfig) -> int:
 
 def _write_pareto_page(store: Any, path: Path, space_name: str, accuracy: Any) -> None:
     """The sweep's closing page; a failure here never costs the measurements, only the page."""
-    from explorer import results
-    from explorer.reference import load_references
-    from explorer.report import write_report
+    from explorer.data import results
+    from explorer.data.reference import load_references
+    from explorer.analysis.report import write_report
 
     metric = accuracy.get("metric") if accuracy is not None else "avg5"
     csv = accuracy.get("csv") if accuracy is not None else None

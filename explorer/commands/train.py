@@ -12,7 +12,7 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from explorer.commands.sweep import _err, _space_source
+from explorer.commands.common import error as _err, space_source as _space_source
 from explorer.conf.schema import register_schemas, run_hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0}
@@ -39,9 +39,9 @@ class TrainAppConfig:
 
 
 def run_from_config(cfg: DictConfig) -> int:
-    from explorer import results
-    from explorer.space import SpaceError, load_space
-    from explorer.store import Store, resolve_url
+    from explorer.data import results
+    from explorer.data.space import SpaceError, load_space
+    from explorer.data.store import Store, resolve_url
     from explorer.train.points import base_config, plan_targets, select_points, train_targets
 
     choice, source = _space_source(cfg)

@@ -14,29 +14,57 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
 
-from explorer.space import list_spaces
+from omegaconf import OmegaConf
 
-__all__ = ["SweepOptions", "SweepAppConfig", "MeasureOverrides", "register_schemas", "register_spaces",
-           "prepare_argv", "measure_overrides", "SPACE_FILES"]
+from explorer.data.space import list_spaces
+
+__all__ = ["hydra_node", "MeasureOverrides", "SpaceAppConfig", "SweepAppConfig", "SearchAppConfig", "register_schemas",
+           "register_spaces", "prepare_argv", "measure_overrides", "options_of", "run_hydra_command", "SPACE_FILES",
+           "BROKEN_SPACES"]
 
 #: name -> file of every space registered in the `space` group by this process (for messages).
 SPACE_FILES: dict[str, Path] = {}
 #: name -> error of space files that could not be read (reported when chosen).
 BROKEN_SPACES: dict[str, str] = {}
 
+_NODES: dict[type, type] = {}
+
+
+def hydra_node(cls: type) -> type:
+    """The Hydra/OmegaConf node of a frozen options dataclass: the same fields, types and defaults,
+    mutable (Hydra writes command-line overrides into it) and without validation. The frozen class
+    stays the one declaration; :func:`options_of` turns a composed node back into it."""
+    if cls not in _NODES:
+        hints = typing.get_type_hints(cls)
+        specs = []
+        for f in dataclasses.fields(cls):
+            tp = hints.get(f.name, Any)
+            if typing.get_origin(tp) in (tuple, dict, list) or tp is tuple:
+                tp = Any
+            default = f.default if f.default is not dataclasses.MISSING else None
+            specs.append((f.name, tp, field(default=default)))
+        _NODES[cls] = dataclasses.make_dataclass(f"{cls.__name__}Node", specs)
+    return _NODES[cls]
+
+
+def options_of(cls: type, node: Any) -> Any:
+    """The validated frozen ``cls`` from a composed config section (unknown keys refused by name)."""
+    from explorer.engine.options import options_from
+
+    values = OmegaConf.to_container(node, resolve=True) if node is not None else {}
+    return options_from(cls, values)  # type: ignore[arg-type]
+
 
 def _measure_overrides_class() -> type:
-    """A dataclass with MeasureSettings' fields, each Optional and defaulting to None."""
+    """A node with MeasureSettings' fields, each Optional and defaulting to None (None: not set here,
+    so the space's ``measure:`` section and then MeasureSettings' default apply)."""
     from explorer.measure.settings import MeasureSettings
 
     hints = typing.get_type_hints(MeasureSettings)
     specs = []
     for f in dataclasses.fields(MeasureSettings):
         tp = hints.get(f.name, Any)
-        if typing.get_origin(tp) is Union:  # already Optional[...]
-            opt = tp
-        else:
-            opt = Optional[tp]  # type: ignore[valid-type]
+        opt = tp if typing.get_origin(tp) is Union else Optional[tp]  # type: ignore[valid-type]
         specs.append((f.name, opt, field(default=None)))
     return dataclasses.make_dataclass("MeasureOverrides", specs)
 
@@ -45,47 +73,64 @@ MeasureOverrides = _measure_overrides_class()
 
 
 @dataclass
-class SweepOptions:
-    """``sweep.*``: how the engine runs (see explorer.sweep.run_sweep)."""
-
-    dry_run: bool = False
-    resume: bool = True
-    retry_failed: bool = False
-    timeout_s: Optional[float] = 900.0
-    isolation: str = "auto"
-    progress: bool = True
-    max_measurements: Optional[int] = None
-
-
-@dataclass
 class AccuracyOptions:
-    """``accuracy.*``: where rows without a trained accuracy take one from (explorer.reference)."""
+    """``accuracy.*``: where rows without a trained accuracy take one from (explorer.data.reference)."""
 
     metric: Optional[str] = "avg5"  # published metric joined on default-knob rows; null = none
     csv: Optional[str] = None  # a user's accuracy CSV (same long format as results/reference/)
 
 
 @dataclass
-class SweepAppConfig:
-    """The whole config of ``python -m explorer sweep``."""
+class SpaceAppConfig:
+    """What every command over a space shares: the space, where results go, how to measure."""
 
-    space: Any = None  # filled by +space=NAME (validated by explorer.space.load_space)
+    space: Any = None  # filled by +space=NAME (validated by explorer.data.space.load_space)
     measure: Any = field(default_factory=MeasureOverrides)
-    sweep: SweepOptions = field(default_factory=SweepOptions)
-    accuracy: AccuracyOptions = field(default_factory=AccuracyOptions)
-    report: bool = True  # write <out>/pareto.html at the end
-    out: Optional[str] = None
-    store: Optional[str] = None
-    device: Optional[str] = None
-    spaces_dir: Optional[str] = None
-    space_file: Optional[str] = None
+    out: Optional[str] = None  # results folder; default results/<space name>
+    store: Optional[str] = None  # SQLAlchemy URL; default sqlite:///<out>/store.db
+    device: Optional[str] = None  # shortcut for measure.device
+    spaces_dir: Optional[str] = None  # an extra folder of NAME.yaml spaces for +space=NAME
+    space_file: Optional[str] = None  # a space YAML file anywhere (instead of +space=NAME)
+
+
+def _sweep_app() -> type:
+    from explorer.engine.options import SweepOptions
+
+    @dataclass
+    class SweepAppConfig(SpaceAppConfig):
+        """The whole config of ``explorer sweep``."""
+
+        sweep: Any = field(default_factory=hydra_node(SweepOptions))
+        accuracy: AccuracyOptions = field(default_factory=AccuracyOptions)
+        report: bool = True  # write <out>/pareto.html at the end
+
+    return SweepAppConfig
+
+
+def _search_app() -> type:
+    from explorer.engine.options import SearchOptions, SweepOptions
+
+    @dataclass
+    class SearchAppConfig(SpaceAppConfig):
+        """The whole config of ``explorer search`` (``sweep.*``: how each proposed point is measured)."""
+
+        search: Any = field(default_factory=hydra_node(SearchOptions))
+        sweep: Any = field(default_factory=hydra_node(SweepOptions))
+
+    return SearchAppConfig
+
+
+SweepAppConfig = _sweep_app()
+SearchAppConfig = _search_app()
 
 
 def register_schemas() -> None:
-    """Put the schemas in Hydra's ConfigStore (``sweep_schema`` is in sweep.yaml's defaults)."""
+    """Put the schemas in Hydra's ConfigStore (named in the commands' YAML defaults)."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="sweep_schema", node=SweepAppConfig)
+    cs = ConfigStore.instance()
+    cs.store(name="sweep_schema", node=SweepAppConfig)
+    cs.store(name="search_schema", node=SearchAppConfig)
 
 
 def register_spaces(extra_dirs: Iterable[Union[str, Path]] = (), files: Iterable[Union[str, Path]] = ()) -> dict[str, Path]:

@@ -10,6 +10,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import platform
 import re
 import shutil
@@ -18,6 +19,8 @@ from typing import Any, Iterator, Optional
 
 import torch
 
+from explorer.checks import OptionError, check_bool, check_choice, check_int, check_number, is_number, require
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -25,16 +28,14 @@ _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _DIGEST_FIELDS = ("dtype", "batch_size", "channels_last", "compile", "reparameterize")
 
 
-def _bad(field: str, value: Any, allowed: str) -> ValueError:
-    return ValueError(f"invalid {field}={value!r}: {allowed}")
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def usable_cores() -> int:
+    """Logical cores this process may run on (its CPU affinity where the OS tells it)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def _mps_available() -> bool:
@@ -69,29 +70,22 @@ class MeasureSettings:
 
     def validate(self) -> "MeasureSettings":
         """Raise ValueError naming the field, the value and what is allowed; returns self."""
-        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
-            raise _bad("device", self.device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
-        if self.dtype not in DTYPES:
-            raise _bad("dtype", self.dtype, f"one of {', '.join(map(repr, DTYPES))}")
-        if self.threads is not None and (not _is_int(self.threads) or self.threads <= 0):
-            raise _bad("threads", self.threads, "None (torch's default) or a positive integer")
-        if not _is_int(self.batch_size) or self.batch_size <= 0:
-            raise _bad("batch_size", self.batch_size, "a positive integer")
+        require(isinstance(self.device, str) and bool(_DEVICE_RE.fullmatch(self.device)), "measure.device", self.device,
+                "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+        check_choice("measure.dtype", self.dtype, DTYPES)
+        cores = usable_cores()
+        check_int("measure.threads", self.threads, low=1, high=cores, optional=True,
+                  none_means=f"torch's default; this machine has {cores} logical cores")
+        check_int("measure.batch_size", self.batch_size, low=1, high=4096)
         for name in ("channels_last", "compile", "reparameterize"):
-            if not isinstance(getattr(self, name), bool):
-                raise _bad(name, getattr(self, name), "True or False")
-        if not _is_number(self.warmup_s) or self.warmup_s < 0:
-            raise _bad("warmup_s", self.warmup_s, "a number of seconds >= 0")
-        if not _is_int(self.warmup_iters) or self.warmup_iters < 0:
-            raise _bad("warmup_iters", self.warmup_iters, "an integer >= 0")
-        if not _is_int(self.min_iters) or self.min_iters < 1:
-            raise _bad("min_iters", self.min_iters, "an integer >= 1")
-        if not _is_int(self.max_iters) or self.max_iters < self.min_iters:
-            raise _bad("max_iters", self.max_iters, f"an integer >= min_iters={self.min_iters}")
-        if not _is_number(self.max_time_s) or self.max_time_s <= 0:
-            raise _bad("max_time_s", self.max_time_s, "a number of seconds > 0")
-        if not _is_number(self.target_rel_ci) or not 0 < self.target_rel_ci < 1:
-            raise _bad("target_rel_ci", self.target_rel_ci, "a fraction in (0, 1), e.g. 0.02 for +-2%")
+            check_bool(f"measure.{name}", getattr(self, name))
+        check_number("measure.warmup_s", self.warmup_s, low=0, high=3600)
+        check_int("measure.warmup_iters", self.warmup_iters, low=0, high=100_000)
+        check_int("measure.min_iters", self.min_iters, low=1, high=100_000)
+        check_int("measure.max_iters", self.max_iters, low=self.min_iters, high=1_000_000)
+        check_number("measure.max_time_s", self.max_time_s, low=0, low_open=True, high=86_400)
+        require(is_number(self.target_rel_ci) and 0 < self.target_rel_ci < 1, "measure.target_rel_ci", self.target_rel_ci,
+                "a fraction in (0, 1), e.g. 0.02 for +-2%")
         device = self.resolve_device()
         self._check_device(device)
         return self
@@ -99,21 +93,21 @@ class MeasureSettings:
     def _check_device(self, device: torch.device) -> None:
         if self.compile and device.type == "cpu" and not any(
                 shutil.which(cc) for cc in ("g++", "c++", "clang++")):
-            raise _bad("compile", self.compile, "False on this machine: torch.compile on CPU needs a C++ "
+            raise OptionError("measure.compile", self.compile, "False on this machine: torch.compile on CPU needs a C++ "
                        "compiler (g++ or clang++) and none is on PATH")
         if device.type == "cuda":
             if not torch.cuda.is_available():
-                raise _bad("device", self.device, "a device this machine has: CUDA is not available "
+                raise OptionError("measure.device", self.device, "a device this machine has: CUDA is not available "
                            "(use 'cpu' or 'auto')")
             index = device.index or 0
             if index >= torch.cuda.device_count():
-                raise _bad("device", self.device, f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
+                raise OptionError("measure.device", self.device, f"cuda:0 .. cuda:{torch.cuda.device_count() - 1}")
             if self.dtype == "bfloat16" and not torch.cuda.is_bf16_supported():
-                raise _bad("dtype", self.dtype, f"'float32' or 'float16' on {torch.cuda.get_device_name(index)} "
+                raise OptionError("measure.dtype", self.dtype, f"'float32' or 'float16' on {torch.cuda.get_device_name(index)} "
                            "(no bfloat16 support)")
         elif device.type == "mps":
             if not _mps_available():
-                raise _bad("device", self.device, "a device this machine has: MPS is not available "
+                raise OptionError("measure.device", self.device, "a device this machine has: MPS is not available "
                            "(use 'cpu' or 'auto')")
 
     def resolve_device(self) -> torch.device:
@@ -125,7 +119,7 @@ class MeasureSettings:
                 return torch.device("mps")
             return torch.device("cpu")
         if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
-            raise _bad("device", self.device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+            raise OptionError("measure.device", self.device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
         if self.device == "cuda":
             return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
         return torch.device(self.device)
@@ -133,7 +127,7 @@ class MeasureSettings:
     @property
     def torch_dtype(self) -> torch.dtype:
         if self.dtype not in DTYPES:
-            raise _bad("dtype", self.dtype, f"one of {', '.join(map(repr, DTYPES))}")
+            raise OptionError("measure.dtype", self.dtype, f"one of {', '.join(map(repr, DTYPES))}")
         return DTYPES[self.dtype]
 
     def effective_threads(self) -> int:

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 
-from ..store import Store
+from explorer.data.store import Store
 from .trainer import TrainConfig, TrainResult, train
 
 SELECTIONS = ("pareto", "all")
@@ -47,7 +47,7 @@ class TrainTarget:
 def select_points(df: pd.DataFrame, selection: Union[str, Sequence[str]]) -> pd.DataFrame:
     """Rows of a results table to train: ``'pareto'`` (the TTFT frontier), ``'all'`` or point keys.
 
-    ``'pareto'`` uses :func:`explorer.pareto.pareto_front` with its defaults (minimise TTFT,
+    ``'pareto'`` uses :func:`explorer.analysis.pareto.pareto_front` with its defaults (minimise TTFT,
     maximise accuracy, or resolution where no accuracy is known yet): the cheapest configurations
     that could still be worth their latency.
     """
@@ -56,7 +56,7 @@ def select_points(df: pd.DataFrame, selection: Union[str, Sequence[str]]) -> pd.
     if isinstance(selection, str) and selection in SELECTIONS:
         if selection == "all":
             return df[df["status"] == "ok"] if "status" in df.columns else df
-        from ..pareto import pareto_front
+        from explorer.analysis.pareto import pareto_front
 
         front = pareto_front(df).front
         if front.empty:

@@ -116,7 +116,8 @@ ObjectivesLike = Union[None, str, Objective, Sequence[Union[Objective, str, tupl
 
 
 def parse_objectives(objectives: ObjectivesLike) -> tuple[Objective, ...]:
-    """Turn ``"ttft_ms:min,accuracy:max"``, ``[("ttft_ms", "min"), ...]`` or Objectives into a tuple.
+    """Turn ``"ttft_ms:min,accuracy:max"``, ``[("ttft_ms", "min"), ...]``, a mapping
+    ``{"ttft_ms": "minimize", "accuracy": "maximize"}`` or Objectives into a tuple.
 
     ``None`` gives :data:`DEFAULT_OBJECTIVES`. A bare column name means minimise.
     """
@@ -127,6 +128,8 @@ def parse_objectives(objectives: ObjectivesLike) -> tuple[Objective, ...]:
     items: Sequence[object]
     if isinstance(objectives, str):
         items = [part.strip() for part in objectives.split(",") if part.strip()]
+    elif isinstance(objectives, Mapping):  # column -> direction (iterating would drop the directions)
+        items = [(column, direction) for column, direction in objectives.items()]
     else:
         items = list(objectives)
     parsed: list[Objective] = []

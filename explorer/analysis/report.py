@@ -1,7 +1,7 @@
 """One self-contained HTML page (and optional PNGs) from a results table.
 
 The page carries plotly.js inline exactly once, so it opens offline, from an e-mail or an
-artifact store, years later. It holds every figure of :mod:`explorer.plots`, the frontier
+artifact store, years later. It holds every figure of :mod:`explorer.analysis.plots`, the frontier
 tables with hypervolumes, answers to budget questions, the environments the numbers came from
 and the rows that were left out, with the reason for each: a reader can tell what the figures
 do *not* show.
@@ -20,8 +20,8 @@ import plotly.graph_objects as go
 import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
-from explorer import plots
-from explorer.pareto import (
+from explorer.analysis import plots
+from explorer.analysis.pareto import (
     FrontierResult,
     ObjectivesLike,
     best_under_budget,
@@ -263,7 +263,7 @@ def write_report(
 ) -> Path:
     """Write the self-contained report page to ``path`` (parents created); returns the path.
 
-    ``objectives`` as for :func:`explorer.pareto.pareto_front`; ``group_by`` names the column(s)
+    ``objectives`` as for :func:`explorer.analysis.pareto.pareto_front`; ``group_by`` names the column(s)
     of the per-group frontiers (``'llm'`` by default, dropped when absent); ``reference`` adds
     published points to the accuracy figure; each of ``budgets`` (ms) adds a table of the best
     accuracy within that TTFT.

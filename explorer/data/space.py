@@ -36,7 +36,7 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 __all__ = [
     "Constraints",
@@ -100,19 +100,19 @@ def digest(value: Any, length: int = 16) -> str:
     return hashlib.sha256(canonical_json(value).encode("utf-8")).hexdigest()[:length]
 
 
-def _freeze(value: Any) -> Any:
+def freeze(value: Any) -> Any:
     """Hashable form of a knob value (lists become tuples, recursively)."""
     if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
+        return tuple(freeze(v) for v in value)
     if isinstance(value, Mapping):
-        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+        return tuple(sorted((str(k), freeze(v)) for k, v in value.items()))
     return value
 
 
-def _thaw(value: Any) -> Any:
+def thaw(value: Any) -> Any:
     """JSON-like form of a frozen knob value (tuples back to lists)."""
     if isinstance(value, tuple):
-        return [_thaw(v) for v in value]
+        return [thaw(v) for v in value]
     return value
 
 
@@ -138,11 +138,11 @@ class DesignPoint:
     def make(cls, encoder: str, knobs: Optional[Mapping[str, Any]], resolution: int, llm: str,
              text_tokens: int) -> "DesignPoint":
         """Build from a plain knob dict (sorted and frozen here)."""
-        frozen = tuple(sorted((str(k), _freeze(v)) for k, v in (knobs or {}).items()))
+        frozen = tuple(sorted((str(k), freeze(v)) for k, v in (knobs or {}).items()))
         return cls(str(encoder), frozen, int(resolution), str(llm), int(text_tokens))
 
     def knob_dict(self) -> dict[str, Any]:
-        return {k: _thaw(v) for k, v in self.knobs}
+        return {k: thaw(v) for k, v in self.knobs}
 
     def to_dict(self) -> dict[str, Any]:
         return {"encoder": self.encoder, "knobs": self.knob_dict(), "resolution": self.resolution,
@@ -158,7 +158,7 @@ class DesignPoint:
         return digest(self.to_dict())
 
     def label(self) -> str:
-        knobs = ",".join(f"{k}={_thaw(v)}" for k, v in self.knobs)
+        knobs = ",".join(f"{k}={thaw(v)}" for k, v in self.knobs)
         return f"{self.encoder}[{knobs}]@{self.resolution}+{self.llm}/{self.text_tokens}t"
 
 
@@ -203,10 +203,15 @@ class Space:
     source: Optional[str] = None  # the file it came from, for messages
 
     def measure_defaults(self) -> dict[str, Any]:
-        return {k: _thaw(v) for k, v in self.measure}
+        return {k: thaw(v) for k, v in self.measure}
 
     def exclusions(self) -> list[dict[str, Any]]:
-        return [{k: _thaw(v) for k, v in ex} for ex in self.exclude]
+        return [{k: thaw(v) for k, v in ex} for ex in self.exclude]
+
+    def product_size(self) -> int:
+        """Points of the full product, before exclusions and constraints (arithmetic, no enumeration)."""
+        per_llm = len(self.llms) * len(self.text_tokens)
+        return sum(math.prod(len(v) for _, v in e.knobs) * len(e.resolutions) * per_llm for e in self.encoders)
 
 
 @dataclass(frozen=True)
@@ -228,7 +233,7 @@ def _meta_encoder(family: str, frozen_knobs: tuple[tuple[str, Any], ...]) -> Any
 
     from explorer.models import build_encoder
 
-    knobs = {k: _thaw(v) for k, v in frozen_knobs}
+    knobs = {k: thaw(v) for k, v in frozen_knobs}
     try:
         with torch.device("meta"):
             return build_encoder(family, **knobs)
@@ -243,7 +248,7 @@ def encoder_shape(family: str, knobs: Mapping[str, Any], resolution: int) -> Enc
 
     Raises the builder's ``ValueError``/``TypeError`` for a bad knob or resolution.
     """
-    enc = _meta_encoder(family, tuple(sorted((k, _freeze(v)) for k, v in knobs.items())))
+    enc = _meta_encoder(family, tuple(sorted((k, freeze(v)) for k, v in knobs.items())))
     return EncoderShape(out_channels=int(enc.out_channels), visual_tokens=int(enc.num_tokens(int(resolution))),
                         params_m=enc.num_params() / 1e6)
 
@@ -256,7 +261,7 @@ ShapeFn = Callable[[str, Mapping[str, Any], int], EncoderShape]
 
 
 def _repo_spaces_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "search_spaces"
+    return Path(__file__).resolve().parents[2] / "search_spaces"
 
 
 def spaces_dirs(extra: Iterable[Union[str, Path]] = ()) -> list[Path]:
@@ -387,7 +392,7 @@ def _knob_grid(chk: _Checker, key: str, raw: Any) -> tuple[tuple[str, tuple[Any,
             continue
         frozen: list[Any] = []
         for v in values:
-            fv = _freeze(v)
+            fv = freeze(v)
             if fv not in frozen:
                 frozen.append(fv)
         grid.append((str(name), tuple(frozen)))
@@ -461,7 +466,7 @@ def _check_models(chk: _Checker, space: Space, shape_fn: Optional[ShapeFn]) -> N
             if bad:
                 continue
         ok_combo = None
-        for combo in entry.knob_grid():
+        for combo in _each_value_once(entry):
             try:
                 shape(entry.family, combo, entry.resolutions[0] if entry.resolutions else 256)
                 ok_combo = combo
@@ -469,8 +474,8 @@ def _check_models(chk: _Checker, space: Space, shape_fn: Optional[ShapeFn]) -> N
                 culprit = _culprit(str(err), combo)
                 if culprit is not None:
                     values = dict(entry.knobs)[culprit]
-                    idx = values.index(_freeze(combo[culprit])) if _freeze(combo[culprit]) in values else 0
-                    chk.error(f"{key}.knobs.{culprit}[{idx}]", _thaw(combo[culprit]), str(err))
+                    idx = values.index(freeze(combo[culprit])) if freeze(combo[culprit]) in values else 0
+                    chk.error(f"{key}.knobs.{culprit}[{idx}]", thaw(combo[culprit]), str(err))
                 else:
                     chk.error(f"{key}.knobs", combo, str(err))
                 break  # one message per entry: the first bad combination says it
@@ -481,6 +486,19 @@ def _check_models(chk: _Checker, space: Space, shape_fn: Optional[ShapeFn]) -> N
                 shape(entry.family, ok_combo, res)
             except (ValueError, TypeError) as err:
                 chk.error(f"{key}.resolutions[{j}]", res, str(err))
+
+
+def _each_value_once(entry: EncoderEntry) -> Iterator[dict[str, Any]]:
+    """Knob combinations that try every listed value at least once: the first value of each knob,
+    then each other value with the rest at their first. Linear in the values, where the product can
+    be astronomically large; a combination that fails only jointly is caught when it is planned."""
+    first = {k: vals[0] for k, vals in entry.knobs if vals}
+    if len(first) < len(entry.knobs):
+        return
+    yield dict(first)
+    for k, vals in entry.knobs:
+        for v in vals[1:]:
+            yield {**first, k: v}
 
 
 def _builder_knobs(builder: Any) -> Optional[set[str]]:
@@ -636,7 +654,7 @@ def load_space(
             for k in bad:
                 chk.error(f"exclude[{i}].{k}", ex[k], f"unknown key; allowed: {', '.join(ok_keys)}")
             if not bad:
-                exclude.append(tuple(sorted((str(k), _freeze(v)) for k, v in ex.items())))
+                exclude.append(tuple(sorted((str(k), freeze(v)) for k, v in ex.items())))
 
     measure_raw = raw.get("measure") or {}
     measure: tuple[tuple[str, Any], ...] = ()
@@ -647,7 +665,7 @@ def load_space(
         for key, v in measure_raw.items():
             if allowed_m is not None and key not in allowed_m:
                 chk.error(f"measure.{key}", v, f"unknown measurement setting; allowed: {', '.join(allowed_m)}")
-        measure = tuple(sorted((str(k), _freeze(v)) for k, v in measure_raw.items()))
+        measure = tuple(sorted((str(k), freeze(v)) for k, v in measure_raw.items()))
 
     description = raw.get("description") or ""
     chk.raise_if_any()
@@ -691,7 +709,7 @@ def _matches(point: DesignPoint, exclusion: Sequence[tuple[str, Any]], label: st
             have = knobs[key]
         else:
             return False
-        if _canonical(_thaw(have)) != _canonical(_thaw(want)):
+        if _canonical(thaw(have)) != _canonical(thaw(want)):
             return False
     return True
 
@@ -714,14 +732,14 @@ def enumerate_points(space: Space, *, shape_fn: Optional[ShapeFn] = None,
         for combo in entry.knob_grid():
             for res in entry.resolutions:
                 if c.active():
-                    s = shape(entry.family, {k: _thaw(v) for k, v in combo.items()}, res)
+                    s = shape(entry.family, {k: thaw(v) for k, v in combo.items()}, res)
                     if (c.max_visual_tokens is not None and s.visual_tokens > c.max_visual_tokens) or (
                             c.max_params_m is not None and s.params_m > c.max_params_m):
                         constrained += len(space.llms) * len(space.text_tokens)
                         continue
                 for llm in space.llms:
                     for tt in space.text_tokens:
-                        p = DesignPoint.make(entry.family, {k: _thaw(v) for k, v in combo.items()}, res, llm, tt)
+                        p = DesignPoint.make(entry.family, {k: thaw(v) for k, v in combo.items()}, res, llm, tt)
                         if any(_matches(p, ex, entry.label) for ex in space.exclude):
                             excluded += 1
                             continue
@@ -733,3 +751,28 @@ def enumerate_points(space: Space, *, shape_fn: Optional[ShapeFn] = None,
         raise SpaceError(f"{src}: the space has no design points: {excluded} excluded by `exclude`, "
                          f"{constrained} dropped by `constraints` ({space.constraints}); relax them")
     return points
+
+
+def admits(space: Space, point: DesignPoint, *, shape_fn: Optional[ShapeFn] = None) -> bool:
+    """Whether ``point`` is one of :func:`enumerate_points`' points, judged for this point alone
+    (no enumeration: what a search over a space too large to list needs)."""
+    c = space.constraints
+    for entry in space.encoders:
+        if entry.family != point.encoder or point.resolution not in entry.resolutions:
+            continue
+        knobs = dict(point.knobs)
+        if set(knobs) != {k for k, _ in entry.knobs}:
+            continue
+        if any(freeze(knobs[k]) not in vals for k, vals in entry.knobs):
+            continue
+        if point.llm not in space.llms or point.text_tokens not in space.text_tokens:
+            continue
+        if any(_matches(point, ex, entry.label) for ex in space.exclude):
+            continue
+        if c.active():
+            s = (shape_fn or encoder_shape)(point.encoder, point.knob_dict(), point.resolution)
+            if (c.max_visual_tokens is not None and s.visual_tokens > c.max_visual_tokens) or (
+                    c.max_params_m is not None and s.params_m > c.max_params_m):
+                continue
+        return True
+    return False

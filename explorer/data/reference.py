@@ -15,7 +15,7 @@ from typing import Iterable, Optional, Union
 import numpy as np
 import pandas as pd
 
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "results" / "reference"
+REFERENCE_DIR = Path(__file__).resolve().parents[2] / "results" / "reference"
 REQUIRED = ("encoder", "resolution", "llm", "value")
 DEFAULT_METRIC = "avg5"
 
@@ -39,7 +39,7 @@ def _same_as_default(encoder: str, knobs_json: str) -> bool:
     try:
         import torch
 
-        from .models import build_encoder
+        from explorer.models import build_encoder
 
         with torch.device("meta"):
             given = build_encoder(encoder, **json.loads(knobs_json)).describe()

@@ -13,8 +13,8 @@ from typing import Any, Mapping, Optional, Union
 
 import pandas as pd
 
-from explorer.space import canonical_json
-from explorer.store import AccuracyRecord, MeasurementRecord, PointRecord, Store
+from explorer.data.space import canonical_json
+from explorer.data.store import AccuracyRecord, MeasurementRecord, PointRecord, Store
 
 __all__ = ["COLUMNS", "EXTRA_COLUMNS", "load", "frame_from_store", "fastest_per_resolution", "export"]
 
@@ -76,7 +76,7 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
 
     Accuracy: values stored in the database (training runs) come first; rows still without one
     take the user's ``accuracy_csv``, then the published tables (``results/reference/``) for
-    ``accuracy_metric`` (``None`` leaves published numbers out). See :mod:`explorer.reference`.
+    ``accuracy_metric`` (``None`` leaves published numbers out). See :mod:`explorer.data.reference`.
     """
     store, owned = _open(source)
     try:

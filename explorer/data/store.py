@@ -30,7 +30,7 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from explorer.space import DesignPoint, canonical_json
+from explorer.data.space import DesignPoint, canonical_json
 
 __all__ = ["KINDS", "STATUSES", "AccuracyRecord", "MeasurementRecord", "PointRecord", "Store", "resolve_url",
            "utcnow"]

@@ -18,7 +18,7 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from explorer.pareto import OVERALL, FrontierResult, Objective, ObjectivesLike, group_label, pareto_front, status_ok
+from explorer.analysis.pareto import OVERALL, FrontierResult, Objective, ObjectivesLike, group_label, pareto_front, status_ok
 
 __all__ = [
     "hover_text",
@@ -188,7 +188,7 @@ def objectives_scatter(
     """Every valid design point on the first two objectives, with a frontier staircase per group.
 
     Dominated points are faint, frontier points solid; with several groups the overall frontier
-    is drawn dashed on top. ``result`` reuses a :func:`~explorer.pareto.pareto_front` result.
+    is drawn dashed on top. ``result`` reuses a :func:`~explorer.analysis.pareto.pareto_front` result.
     """
     if result is None:
         _require(df, [], "objectives_scatter")

@@ -1,0 +1,1 @@
+"""The analysis wing: Pareto frontiers, figures and the HTML report (data frames in, never measuring)."""

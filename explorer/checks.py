@@ -1,0 +1,103 @@
+"""The one validation path: every option, setting and knob is checked with these helpers.
+
+Each check raises :class:`OptionError` (a ``ValueError``) whose text names the field, the value
+and what is allowed, e.g. ``invalid measure.warmup_s=inf: a finite number >= 0``. Numbers are
+always finite here: ``inf`` and ``nan`` never pass a number check, and booleans never pass as
+numbers (``True`` is an ``int`` to Python, not to a user).
+
+Plain Python only, so every layer (models included) can use it without importing anything else.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Collection, Optional
+
+__all__ = ["OptionError", "is_int", "is_number", "require", "check_int", "check_number", "check_bool",
+           "check_choice", "check_text"]
+
+
+class OptionError(ValueError):
+    """A bad value for a named field; ``field``, ``value`` and ``allowed`` are kept for callers."""
+
+    def __init__(self, field: str, value: Any, allowed: str):
+        self.field, self.value, self.allowed = field, value, allowed
+        super().__init__(f"invalid {field}={value!r}: {allowed}")
+
+
+def is_int(value: Any) -> bool:
+    """An integer that is not a bool."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """A finite int or float that is not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def require(ok: bool, field: str, value: Any, allowed: str) -> None:
+    """Raise :class:`OptionError` unless ``ok``."""
+    if not ok:
+        raise OptionError(field, value, allowed)
+
+
+def _bounds_text(low: Optional[float], high: Optional[float], low_open: bool) -> str:
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low:g}")
+    if high is not None:
+        parts.append(f"<= {high:g}")
+    return " and ".join(parts)
+
+
+def check_int(field: str, value: Any, *, low: Optional[int] = None, high: Optional[int] = None,
+              optional: bool = False, none_means: str = "") -> Optional[int]:
+    """An integer within [low, high]; ``None`` passes when ``optional`` (``none_means`` says what it means)."""
+    if value is None and optional:
+        return None
+    ok = is_int(value) and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        bounds = _bounds_text(low, high, False)
+        text = "an integer" + (f" {bounds}" if bounds else "")
+        if optional:
+            text += f", or null{f' ({none_means})' if none_means else ''}"
+        raise OptionError(field, value, text)
+    return int(value)
+
+
+def check_number(field: str, value: Any, *, low: Optional[float] = None, high: Optional[float] = None,
+                 low_open: bool = False, optional: bool = False, none_means: str = "") -> Optional[float]:
+    """A finite number within its bounds (``low_open``: strictly above ``low``)."""
+    if value is None and optional:
+        return None
+    ok = is_number(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = _bounds_text(low, high, low_open)
+        text = "a finite number" + (f" {bounds}" if bounds else "")
+        if optional:
+            text += f", or null{f' ({none_means})' if none_means else ''}"
+        raise OptionError(field, value, text)
+    return float(value)
+
+
+def check_bool(field: str, value: Any) -> bool:
+    require(isinstance(value, bool), field, value, "true or false")
+    return bool(value)
+
+
+def check_choice(field: str, value: Any, choices: Collection[Any]) -> Any:
+    require(value in choices and not isinstance(value, bool), field, value,
+            "one of " + ", ".join(str(c) for c in choices))
+    return value
+
+
+def check_text(field: str, value: Any, *, optional: bool = False, none_means: str = "") -> Optional[str]:
+    """A non-empty string."""
+    if value is None and optional:
+        return None
+    if not (isinstance(value, str) and value.strip()):
+        raise OptionError(field, value, "a non-empty string" + (f", or null ({none_means})" if optional else ""))
+    return value

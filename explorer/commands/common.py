@@ -1,0 +1,74 @@
+"""What the commands share: error lines, the chosen space, where results go.
+
+Every command prints ``error: ...`` (no traceback) and returns 2 for bad input; these helpers
+keep that the same everywhere.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+from omegaconf import OmegaConf
+
+from explorer.conf.schema import BROKEN_SPACES, SPACE_FILES
+
+__all__ = ["error", "space_source", "chosen_space", "results_location"]
+
+
+def error(text: str) -> None:
+    """Print ``error: text`` on stderr."""
+    sys.stderr.write(f"error: {text}\n")
+    sys.stderr.flush()
+
+
+def space_source(cfg: Any) -> tuple[Optional[str], str]:
+    """(chosen space name, text naming where it came from) for messages."""
+    from hydra.core.hydra_config import HydraConfig
+
+    choice: Optional[str] = None
+    overridden = False
+    try:
+        hc = HydraConfig.get()
+        choice = hc.runtime.choices.get("space")
+        overridden = any(o.lstrip("+~").startswith("space.") for o in hc.overrides.task)
+    except Exception:  # composed outside Hydra's app (tests)
+        pass
+    path = SPACE_FILES.get(choice) if choice else None
+    if path is not None:
+        try:
+            text = str(path.relative_to(Path.cwd()))
+        except ValueError:
+            text = str(path)
+    else:
+        text = f"space {choice!r}" if choice else "space"
+    if overridden:
+        text += " (with command-line overrides)"
+    return choice, text
+
+
+def chosen_space(cfg: Any, what: str = "") -> Optional[tuple[Optional[str], str, Any]]:
+    """(space name, where it came from, its config node), or None after printing why there is none."""
+    from explorer.data.space import list_spaces
+
+    choice, source = space_source(cfg)
+    if choice in BROKEN_SPACES:
+        error(BROKEN_SPACES[choice])
+        return None
+    node = cfg.get("space")
+    names = ", ".join(sorted(list_spaces([cfg.spaces_dir] if cfg.get("spaces_dir") else [])))
+    if node is None:
+        error(f"no search space chosen{what}: add +space=NAME (one of: {names}) or space_file=PATH")
+        return None
+    if not OmegaConf.is_dict(node):
+        error(f"invalid space={node!r}: not a known space; one of: {names} (or space_file=PATH)")
+        return None
+    return choice, source, node
+
+
+def results_location(cfg: Any, space_name: str) -> tuple[Path, str]:
+    """(results folder, store URL) from ``out=`` and ``store=`` (default results/<space>/store.db)."""
+    from explorer.data.store import resolve_url
+
+    out = Path(cfg.out) if cfg.get("out") else Path("results") / space_name
+    return out, (cfg.get("store") or resolve_url(out))

@@ -1,0 +1,150 @@
+"""The sweep engine's loop: measure every pending job of a plan, committing each as it finishes.
+
+Every measurement is committed to the store in its own transaction as soon as it finishes;
+running the same sweep again measures only what is missing for the same environment. Failures
+(exceptions, out-of-memory, timeouts) are stored with their status and error and the sweep goes
+on. Ctrl-C stops after the measurement in flight; a second Ctrl-C stops at once.
+"""
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from typing import Any, Optional, Sequence, Union
+
+from explorer.data.space import Space
+from explorer.data.store import MeasurementRecord, Store, utcnow
+from explorer.engine.backend import MeasureBackend
+from explorer.engine.options import SweepOptions
+from explorer.engine.sweep.isolation import make_runner
+from explorer.engine.sweep.keys import KINDS, Job
+from explorer.engine.sweep.plan import SweepPlan, default_settings, plan_sweep, resolve_space
+from explorer.engine.sweep.report import SweepReport
+
+__all__ = ["run_sweep"]
+
+
+class _StopFlag:
+    """First SIGINT: finish the measurement in flight, then stop. Second: stop now."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: Any = None
+        self._installed = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        self._previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._handle)
+        self._installed = True
+
+    def _handle(self, _sig: int, _frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        sys.stderr.write("\nstopping after the measurement in flight (Ctrl-C again to stop now)\n")
+        sys.stderr.flush()
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous if self._previous is not None else signal.SIG_DFL)
+            self._installed = False
+
+
+def _progress_bar(todo: Sequence[Job], plan: SweepPlan, enabled: bool) -> Any:
+    """A tqdm bar weighted by each measurement's estimated seconds, so its ETA is meaningful
+    (a projector takes milliseconds, an encoder at 1024 px seconds); the count is in the postfix."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    total = sum(plan.estimates_s[j.key] for j in todo)
+    return tqdm(total=total, desc=f"sweep {plan.space.name}", unit="est-s", file=sys.stderr, dynamic_ncols=True,
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
+                mininterval=0.5)
+
+
+def _note(bar: Any, text: str) -> None:
+    if bar is not None:
+        bar.write(text, file=sys.stderr)
+    else:
+        print(text, file=sys.stderr, flush=True)
+
+
+def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[Store, str, None] = None,
+              options: SweepOptions = SweepOptions(), backend: MeasureBackend = MeasureBackend(),
+              plan: Optional[SweepPlan] = None) -> SweepReport:
+    """Measure every design point of ``space`` into ``store`` (see the module docstring).
+
+    ``space``: a Space, a space name or a YAML path. ``settings``: MeasureSettings (default: the
+    space's ``measure:`` section over the defaults). ``store``: a Store or URL (default
+    ``results/<space>/store.db``). ``options``: :class:`~explorer.engine.options.SweepOptions`.
+    ``backend``: what measures (:class:`~explorer.engine.backend.MeasureBackend`; fakes in tests).
+    ``plan``: a plan made already with :func:`plan_sweep` (the search engine plans each trial).
+    """
+    t0 = time.monotonic()
+    space = resolve_space(space, backend)
+    if settings is None:
+        settings = default_settings(space)
+    elif hasattr(settings, "validate"):
+        settings.validate()
+    st = store if isinstance(store, Store) else Store(store or f"results/{space.name}")
+    if plan is None:
+        plan = plan_sweep(space, settings, st, options, backend)
+    fns = {kind: backend.measure(kind) for kind in KINDS}
+    runner = make_runner(options.isolation, list(fns.values()), settings)
+
+    st.save_points(plan.point_records)
+    todo = list(plan.todo)
+    if options.max_measurements is not None:
+        todo = todo[: options.max_measurements]
+    unique = {k: v["unique"] for k, v in plan.counts().items()}
+    report = SweepReport(space=space.name, store_url=st.url, env_key=plan.env_key, environment=plan.environment,
+                         n_points=len(plan.points), unique=unique, measured={k: 0 for k in unique},
+                         skipped=len(plan.jobs) - len(plan.todo))
+    if not todo:
+        report.elapsed_s = time.monotonic() - t0
+        return report
+
+    stop = _StopFlag()
+    stop.install()
+    bar = _progress_bar(todo, plan, enabled=options.progress)
+    done = 0
+    try:
+        for job in todo:
+            if stop.requested:
+                break
+            if bar is not None:
+                bar.set_postfix_str(f"{done}/{len(todo)} {job.kind} {job.label}", refresh=True)
+            runner.ensure_started()
+            started = utcnow()
+            t_start = time.monotonic()
+            outcome = runner.run(fns[job.kind], job.call_args() + (settings,), options.timeout_s)
+            duration = time.monotonic() - t_start
+            st.save_measurement(MeasurementRecord(
+                kind=job.kind, key=job.key, env_key=plan.env_key, environment=plan.environment, inputs=job.inputs,
+                status=outcome.status, payload=outcome.payload, error=outcome.error, started_at=started,
+                finished_at=utcnow(), duration_s=duration))
+            done += 1
+            report.measured[job.kind] += 1
+            if outcome.status != "ok":
+                report.failures.append({"kind": job.kind, "key": job.key, "label": job.label,
+                                        "status": outcome.status, "error": outcome.error})
+                first = (outcome.error or "").splitlines()[0] if outcome.error else ""
+                _note(bar, f"{outcome.status}: {job.kind} {job.label}: {first}")
+            if bar is not None:
+                bar.update(plan.estimates_s[job.key])
+    except KeyboardInterrupt:
+        stop.requested = True
+    finally:
+        stop.restore()
+        if bar is not None:
+            bar.set_postfix_str(f"{done}/{len(todo)} done", refresh=True)
+            bar.close()
+        runner.close()
+    report.interrupted = stop.requested and done < len(todo)
+    report.remaining = len(plan.todo) - done
+    report.elapsed_s = time.monotonic() - t0
+    return report

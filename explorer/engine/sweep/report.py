@@ -1,0 +1,62 @@
+"""What a sweep did: counts, failures and the closing summary table."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from explorer.data.store import Store
+from explorer.engine.sweep.estimate import format_duration
+
+__all__ = ["SweepReport"]
+
+
+@dataclass
+class SweepReport:
+    """What a sweep did (the CLI prints it; notebooks can inspect it)."""
+
+    space: str
+    store_url: str
+    env_key: str
+    environment: dict[str, Any]
+    n_points: int
+    unique: dict[str, int]  # unique measurements per factor
+    measured: dict[str, int]  # measured in this run, per factor
+    skipped: int  # already stored for this environment
+    failures: list[dict[str, Any]] = field(default_factory=list)  # kind, key, label, status, error
+    interrupted: bool = False
+    elapsed_s: float = 0.0
+    remaining: int = 0  # measurements still missing when the run stopped
+
+    def frame(self, store: Optional[Store] = None) -> Any:
+        """The results table of this space and environment (see explorer.data.results.load)."""
+        from explorer.data import results
+
+        return results.load(store or self.store_url, space=self.space, env=self.env_key)
+
+    def summary(self, store: Optional[Store] = None) -> Any:
+        """Fastest point at each resolution, per LLM."""
+        from explorer.data import results
+
+        return results.fastest_per_resolution(self.frame(store))
+
+    def format(self, store: Optional[Store] = None) -> str:
+        n = sum(self.measured.values())
+        lines = [f"sweep {self.space!r}: {self.n_points} points, {n} measured now, {self.skipped} already stored, "
+                 f"{len(self.failures)} failed, {format_duration(self.elapsed_s)}"]
+        try:
+            table = self.summary(store)
+        except Exception as exc:  # a summary must never hide where the results are
+            table = None
+            lines.append(f"(no summary table: {exc})")
+        if table is not None and len(table):
+            lines.append("fastest point at each resolution, per LLM (TTFT = encoder + projector + prefill):")
+            lines.append(table.to_string(index=False))
+        elif table is not None:
+            lines.append("no complete points yet")
+        for f in self.failures[:10]:
+            first = (f.get("error") or "").splitlines()[0] if f.get("error") else ""
+            lines.append(f"  {f['status']}: {f['kind']} {f['label']}: {first}")
+        if len(self.failures) > 10:
+            lines.append(f"  ... and {len(self.failures) - 10} more failures (status column of the results)")
+        lines.append(f"results: {self.store_url}")
+        return "\n".join(lines)

@@ -1,0 +1,30 @@
+"""The redesigned engine leaves exactly the store rows the engine before it left.
+
+tests/data/default_space_rows.json was written by the pre-redesign sweep engine (see
+tests/engine_golden.py) on the default space with a deterministic backend; this sweep must store
+the same measurements (kind, key, environment, inputs, status, payload) and points.
+"""
+import json
+
+import engine_golden as G
+import sweep_fakes as F
+from explorer.data.space import load_space
+from explorer.data.store import Store
+from explorer.engine.backend import FixedEnvironment, MeasureBackend
+from explorer.engine.options import SweepOptions
+from explorer.engine.sweep import run_sweep
+from explorer.measure.settings import MeasureSettings
+
+
+def test_default_space_rows_equal_the_pre_redesign_engine():
+    backend = MeasureBackend(measure_encoder=G.measure_encoder, measure_projector=G.measure_projector,
+                             measure_prefill=G.measure_prefill, environment=FixedEnvironment(F.FakeEnv()))
+    store = Store("sqlite://")
+    report = run_sweep(load_space("fastvithd"), MeasureSettings(device="cpu"), store,
+                       SweepOptions(isolation="inline", progress=False), backend)
+    assert not report.failures
+    expected = json.loads(G.GOLDEN.read_text())
+    got = json.loads(json.dumps(G.store_rows(store)))
+    assert len(got["measurements"]) == len(expected["measurements"]) == 27
+    assert len(got["points"]) == len(expected["points"]) == 18
+    assert got == expected
