@@ -5,6 +5,7 @@ keep that the same everywhere.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -13,7 +14,7 @@ from omegaconf import OmegaConf
 
 from explorer.conf.schema import BROKEN_SPACES, SPACE_FILES
 
-__all__ = ["error", "space_source", "chosen_space", "results_location"]
+__all__ = ["error", "space_source", "chosen_space", "writable_folder", "results_location"]
 
 
 def error(text: str) -> None:
@@ -66,9 +67,35 @@ def chosen_space(cfg: Any, what: str = "") -> Optional[tuple[Optional[str], str,
     return choice, source, node
 
 
-def results_location(cfg: Any, space_name: str) -> tuple[Path, str]:
-    """(results folder, store URL) from ``out=`` and ``store=`` (default results/<space>/store.db)."""
+def writable_folder(field: str, path: Path) -> Path:
+    """``path`` as a folder this process can write into (made if missing), else OptionError."""
+    from explorer.checks import OptionError
+
+    if path.exists() and not path.is_dir():
+        raise OptionError(field, str(path), "a folder, but that path is a file")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OptionError(field, str(path), f"a folder that can be created ({err.strerror or err})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OptionError(field, str(path), "a folder this user can write into")
+    return path
+
+
+def results_location(cfg: Any, space_name: str, *, create: bool = True) -> tuple[Path, str]:
+    """(results folder, store URL) from ``out=`` and ``store=`` (default results/<space>/store.db).
+
+    ``store=`` must be a URL (a folder goes to ``out=``); with ``create`` the folder is made and
+    checked writable before any work, so a bad path fails in milliseconds, not after a sweep.
+    """
+    from explorer.checks import OptionError
     from explorer.data.store import resolve_url
 
     out = Path(cfg.out) if cfg.get("out") else Path("results") / space_name
-    return out, (cfg.get("store") or resolve_url(out))
+    store = cfg.get("store")
+    if store is not None and (not isinstance(store, str) or "://" not in store):
+        raise OptionError("store", store, "a database URL such as sqlite:///path/store.db or "
+                          "postgresql://user@host/db (a results folder goes to out=)")
+    if create:
+        writable_folder("out", out)
+    return out, (store or resolve_url(out))

@@ -43,31 +43,29 @@ def run_from_config(cfg: DictConfig) -> int:
         error(str(err))
         return 2
 
-    out, url = results_location(cfg, space.name)
-    if options.dry_run:
-        store = None
-        db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
-        if db is None or db.is_file():
-            store = Store(url)
-        try:
-            plan = plan_sweep(space, settings, store, options)
-        except SpaceError as err:
-            error(f"invalid search space\n{err}")
-            return 2
-        print(plan.describe())
-        print(f"results would go to: {url}")
-        return 0
-
-    print(f"sweep {space.name!r} from {source} -> {url}", flush=True)
-    store = Store(url)
     try:
-        report = run_sweep(space, settings, store, options)
+        out, url = results_location(cfg, space.name, create=not options.dry_run)
+        accuracy_csv = _accuracy_table(cfg.get("accuracy"))
+        if options.dry_run:
+            db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+            store = Store(url) if db is None or db.is_file() else None
+            print(plan_sweep(space, settings, store, options).describe())
+            print(f"results would go to: {url}")
+            return 0
+        plan_sweep(space, settings, None, options)  # the space's joint combinations, before a file is made
+        store = Store(url)
     except SpaceError as err:
         error(f"invalid search space\n{err}")
         return 2
+    except ValueError as err:  # StoreError, OptionError, a bad accuracy CSV
+        error(str(err))
+        return 2
+
+    print(f"sweep {space.name!r} from {source} -> {url}", flush=True)
+    report = run_sweep(space, settings, store, options)
     print(report.format(store), flush=True)
     if cfg.get("report", True):
-        _write_pareto_page(store, out / "pareto.html", space.name, cfg.get("accuracy"))
+        _write_pareto_page(store, out / "pareto.html", space.name, cfg.get("accuracy"), accuracy_csv)
     if report.interrupted or report.remaining:
         how = "interrupted" if report.interrupted else "stopped early"
         cmd = "explorer sweep " + " ".join(shlex.quote(a) for a in _STATE["argv"])
@@ -77,14 +75,31 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0
 
 
-def _write_pareto_page(store: Any, path: Path, space_name: str, accuracy: Any) -> None:
+def _accuracy_table(accuracy: Any) -> Optional[str]:
+    """Check ``accuracy.metric`` and the user's ``accuracy.csv`` before any work; returns the CSV path."""
+    from explorer.data.reference import load_references, read_accuracy_csv
+
+    if accuracy is None:
+        return None
+    metric, csv = accuracy.get("metric"), accuracy.get("csv")
+    known = set(load_references()["metric"])
+    if csv is not None:
+        known |= set(read_accuracy_csv(csv, origin="user", metric=metric)["metric"])
+    if metric is not None and metric not in known:
+        from explorer.checks import OptionError
+
+        raise OptionError("accuracy.metric", metric, f"one of {', '.join(sorted(known))} (the published tables"
+                          f"{' and accuracy.csv' if csv else ''}), or null for none")
+    return csv
+
+
+def _write_pareto_page(store: Any, path: Path, space_name: str, accuracy: Any, csv: Optional[str]) -> None:
     """The sweep's closing page; a failure here never costs the measurements, only the page."""
+    from explorer.analysis.report import write_report
     from explorer.data import results
     from explorer.data.reference import load_references
-    from explorer.analysis.report import write_report
 
     metric = accuracy.get("metric") if accuracy is not None else "avg5"
-    csv = accuracy.get("csv") if accuracy is not None else None
     try:
         df = results.load(store, space=space_name, accuracy_metric=metric, accuracy_csv=csv)
         if not (df["status"] == "ok").any():

@@ -15,19 +15,27 @@ from typing import Iterable, Optional, Union
 import numpy as np
 import pandas as pd
 
+from explorer.data.space import canonical_json
+
 REFERENCE_DIR = Path(__file__).resolve().parents[2] / "results" / "reference"
 REQUIRED = ("encoder", "resolution", "llm", "value")
 DEFAULT_METRIC = "avg5"
 
 
 def _canonical_knobs(value: object) -> str:
+    """Knobs in the store's one spelling (:func:`explorer.data.space.canonical_json`: sorted keys,
+    ``2.0`` written ``2``), so a CSV's ``{"width": 2.0}`` joins the store's ``{"width": 2}``."""
     if value is None or (isinstance(value, float) and np.isnan(value)) or value == "":
         return "{}"
     if isinstance(value, str):
-        value = json.loads(value)
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"invalid knobs={value!r}: not JSON ({err.msg}); a JSON object such as "
+                             '{"width_mult": 0.5}') from None
     if not isinstance(value, dict):
         raise ValueError(f"invalid knobs={value!r}: a JSON object such as {{\"width_mult\": 0.5}}")
-    return json.dumps(value, sort_keys=True)
+    return canonical_json(value)
 
 
 @functools.lru_cache(maxsize=256)
@@ -51,17 +59,25 @@ def _same_as_default(encoder: str, knobs_json: str) -> bool:
     return given == default
 
 
-def read_accuracy_csv(path: Union[str, Path], origin: str = "user") -> pd.DataFrame:
-    """Read one accuracy CSV (long format) and check it before anything joins it."""
+def read_accuracy_csv(path: Union[str, Path], origin: str = "user", metric: Optional[str] = None) -> pd.DataFrame:
+    """Read one accuracy CSV (long format) and check every row before anything joins it.
+
+    Errors name the file, the row (as a spreadsheet numbers it: the header is row 1) and the
+    column. With ``metric``, rows of another metric are refused (they would never join).
+    """
     path = Path(path)
+    where = f"accuracy csv {str(path)!r}"
     if not path.is_file():
-        raise ValueError(f"accuracy csv {str(path)!r} does not exist")
-    df = pd.read_csv(path)
+        raise ValueError(f"{where} does not exist")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise ValueError(f"{where} is not a readable CSV ({str(err).splitlines()[0]})") from None
     if "value" not in df.columns and "accuracy" in df.columns:
         df = df.rename(columns={"accuracy": "value"})
     missing = [c for c in REQUIRED if c not in df.columns]
     if missing:
-        raise ValueError(f"accuracy csv {str(path)!r} lacks column(s) {missing}; needed: {list(REQUIRED)}"
+        raise ValueError(f"{where} lacks column(s) {missing}; needed: {list(REQUIRED)}"
                          " (plus optional metric, knobs, source)")
     df = df.copy()
     if "metric" not in df.columns:
@@ -69,13 +85,31 @@ def read_accuracy_csv(path: Union[str, Path], origin: str = "user") -> pd.DataFr
     if "source" not in df.columns:
         df["source"] = path.stem
     df["origin"] = origin
+
+    def bad(i: int, column: str, value: object, allowed: str) -> ValueError:
+        return ValueError(f"{where}, row {i + 2}, column {column}: invalid value {value!r}: {allowed}")
+
+    for i, row in df.iterrows():
+        for column in ("encoder", "llm"):
+            if not isinstance(row[column], str) or not row[column].strip():
+                raise bad(int(i), column, row[column], "a non-empty name")
+        res = pd.to_numeric(row["resolution"], errors="coerce")
+        if pd.isna(res) or float(res) != int(res) or int(res) <= 0:
+            raise bad(int(i), "resolution", row["resolution"], "a positive integer number of pixels")
+        value = pd.to_numeric(row["value"], errors="coerce")
+        if pd.isna(value) or not 0 <= float(value) <= 100:
+            raise bad(int(i), "value", row["value"], "a percentage in [0, 100]")
+        if "knobs" in df.columns:
+            try:
+                _canonical_knobs(row["knobs"])
+            except ValueError as err:
+                raise bad(int(i), "knobs", row["knobs"], str(err).split(": ", 1)[-1]) from None
+        if metric is not None and row["metric"] != metric:
+            raise bad(int(i), "metric", row["metric"], f"the metric being joined, {metric!r} (accuracy.metric); "
+                      f"rows of another metric never join: set accuracy.metric or drop them")
     df["knobs"] = [_canonical_knobs(k) for k in df["knobs"]] if "knobs" in df.columns else "{}"
-    df["resolution"] = df["resolution"].astype(int)
-    bad = df[~pd.to_numeric(df["value"], errors="coerce").between(0, 100)]
-    if len(bad):
-        raise ValueError(f"accuracy csv {str(path)!r}: value must be a percentage in [0, 100]; "
-                         f"row {int(bad.index[0]) + 2} has {bad['value'].iloc[0]!r}")
-    df["value"] = df["value"].astype(float)
+    df["resolution"] = pd.to_numeric(df["resolution"]).astype(int)
+    df["value"] = pd.to_numeric(df["value"]).astype(float)
     return df
 
 

@@ -32,11 +32,18 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from explorer.data.space import DesignPoint, canonical_json
 
-__all__ = ["KINDS", "STATUSES", "AccuracyRecord", "MeasurementRecord", "PointRecord", "Store", "resolve_url",
-           "utcnow"]
+__all__ = ["KINDS", "STATUSES", "SCHEMA_VERSION", "StoreError", "AccuracyRecord", "MeasurementRecord", "PointRecord",
+           "Store", "resolve_url", "utcnow"]
 
 KINDS = ("encoder", "projector", "prefill")
-STATUSES = ("ok", "failed", "timeout", "oom")
+STATUSES = ("ok", "failed", "timeout", "oom", "killed")
+#: Version of the tables this module writes (kept in the ``explorer_meta`` table). A database of a
+#: newer version is refused rather than misread; version 1 databases had no meta table.
+SCHEMA_VERSION = 2
+
+
+class StoreError(ValueError):
+    """A results database that cannot be opened or is not one (names the URL and what is wrong)."""
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
@@ -88,6 +95,13 @@ class _Point(_Base):
     projector_key: Mapped[str] = mapped_column(String(64))
     prefill_key: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class _Meta(_Base):
+    __tablename__ = "explorer_meta"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
 
 
 class _Accuracy(_Base):
@@ -204,22 +218,72 @@ class Store:
 
     def __init__(self, url: Union[str, Path], *, create: bool = True, echo: bool = False):
         self.url = resolve_url(url)
-        parsed = make_url(self.url)
-        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        try:
+            parsed = make_url(self.url)
+            backend = parsed.get_backend_name()
+        except Exception as err:  # noqa: BLE001 - SQLAlchemy's ArgumentError and friends
+            raise StoreError(f"invalid store={self.url!r}: not a database URL ({err}); give a results folder, "
+                             "a .db file or a URL such as sqlite:///path/store.db or postgresql://host/db") from None
+        self.is_sqlite = backend == "sqlite"
         kwargs: dict[str, Any] = {"echo": echo}
         if self.is_sqlite:
             db = parsed.database
             if db and db != ":memory:" and not db.startswith("file:"):
-                if not create and not Path(db).exists():
+                path = Path(db).expanduser()
+                if not create and not path.exists():
                     raise FileNotFoundError(f"no results database at {db}")
-                Path(db).expanduser().parent.mkdir(parents=True, exist_ok=True)
+                if path.is_dir():
+                    raise StoreError(f"invalid store={self.url!r}: {db} is a folder, not a database file")
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise StoreError(f"invalid store={self.url!r}: cannot create the folder {path.parent} "
+                                     f"({err.strerror or err})") from None
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
-        self.engine: Engine = create_engine(self.url, **kwargs)
+        try:
+            self.engine: Engine = create_engine(self.url, **kwargs)
+        except Exception as err:  # noqa: BLE001 - a missing driver, a bad option
+            raise StoreError(f"invalid store={self.url!r}: {type(err).__name__}: {err}") from None
         if self.is_sqlite:
             self._install_sqlite_hooks(self.engine)
         self._write_engine = self.engine.execution_options(explorer_begin="IMMEDIATE")
-        if create:
-            self._retry(lambda: _Base.metadata.create_all(self._write_engine))
+        self._check_schema(create)
+
+    def _check_schema(self, create: bool) -> None:
+        """Connect, refuse what is not (or not yet) ours, and create missing tables when ``create``."""
+        from sqlalchemy import inspect
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            tables = set(inspect(self.engine).get_table_names())
+            ours = {t.name for t in _Base.metadata.sorted_tables}
+            version = None
+            if "explorer_meta" in tables:
+                with self._read() as s:
+                    row = s.get(_Meta, "schema_version")
+                    version = int(row.value) if row is not None else None
+            if version is not None and version > SCHEMA_VERSION:
+                raise StoreError(f"invalid store={self.url!r}: written by a newer explorer (schema version {version}; "
+                                 f"this one reads up to {SCHEMA_VERSION}); upgrade explorer")
+            if not create and not tables & ours:
+                raise StoreError(f"invalid store={self.url!r}: not an explorer results database (tables: "
+                                 f"{', '.join(sorted(tables)) or 'none'}); run `explorer sweep` to make one")
+            if create:
+                self._retry(lambda: _Base.metadata.create_all(self._write_engine))
+                if version is None:
+                    self._retry(self._write_version)
+        except StoreError:
+            self.engine.dispose()
+            raise
+        except (SQLAlchemyError, OSError) as err:
+            self.engine.dispose()
+            text = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+            raise StoreError(f"invalid store={self.url!r}: cannot open it ({text})") from None
+
+    def _write_version(self) -> None:
+        with self._write() as s, s.begin():
+            if s.get(_Meta, "schema_version") is None:
+                s.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
 
     # -- plumbing -----------------------------------------------------------------------------
 
