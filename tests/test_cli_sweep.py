@@ -136,20 +136,20 @@ def test_export_csv_and_parquet_message(tmp_path, capsys):
     space = load_space({"name": "toy", "encoders": {"toy": {"knobs": {"width": [1, 2]}}}, "resolutions": [64],
                         "llms": ["llm-a"], "text_tokens": [0]}, shape_fn=F.shape, check_models=False)
     F.run(space, MeasureSettings(device="cpu"), Store(tmp_path / "r"))
-    assert export_cmd.main([str(tmp_path / "r")]) == 0
+    assert export_cmd.main([f"source={tmp_path / 'r'}"]) == 0
     frame = __import__("pandas").read_csv(tmp_path / "r" / "results.csv")
     assert list(frame.columns) == list(results.COLUMNS + results.EXTRA_COLUMNS) and len(frame) == 2
-    assert export_cmd.main([str(tmp_path / "r" / "store.db"), "--out", str(tmp_path / "x.csv")]) == 0
+    assert export_cmd.main([f"source={tmp_path / 'r' / 'store.db'}", f"out={tmp_path / 'x.csv'}"]) == 0
     assert (tmp_path / "x.csv").is_file()
-    assert export_cmd.main([str(tmp_path / "nothing")]) == 2
+    assert export_cmd.main([f"source={tmp_path / 'nothing'}"]) == 2
     assert "no results database" in capsys.readouterr().err
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        assert export_cmd.main([str(tmp_path / "r"), "--format", "parquet"]) == 2
+        assert export_cmd.main([f"source={tmp_path / 'r'}", "format=parquet"]) == 2
         assert "needs pyarrow, which is not installed" in capsys.readouterr().err
     else:  # pragma: no cover - depends on the environment
-        assert export_cmd.main([str(tmp_path / "r"), "--format", "parquet"]) == 0
+        assert export_cmd.main([f"source={tmp_path / 'r'}", "format=parquet"]) == 0
 
 
 # -- real measurements ------------------------------------------------------------------------------

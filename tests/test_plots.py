@@ -203,8 +203,8 @@ def test_plot_command_from_a_csv(tmp_path, table, capsys):
     ref = tmp_path / "ref.csv"
     reference_table().to_csv(ref, index=False)
     out = tmp_path / "out" / "report.html"
-    code = plot_command.main([str(csv), "--out", str(out), "--reference", str(ref), "--budget", "200",
-                              "--title", "from csv"])
+    code = plot_command.main([f"source={csv}", f"out={out}", f"reference={ref}", "budgets=[200]",
+                              "title=from csv"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "4 of 11 valid rows are on the frontier" in printed and str(out) in printed
@@ -213,23 +213,23 @@ def test_plot_command_from_a_csv(tmp_path, table, capsys):
 
 
 def test_plot_command_reports_bad_input(tmp_path, capsys):
-    assert plot_command.main([str(tmp_path / "missing.csv")]) == 2
+    assert plot_command.main([f"source={tmp_path / 'missing.csv'}"]) == 2
     assert "no such file" in capsys.readouterr().err
     csv = tmp_path / "t.csv"
     paper_table().to_csv(csv, index=False)
-    assert plot_command.main([str(csv), "--objectives", "ttft_ms:up", "--out", str(tmp_path / "r.html")]) == 2
+    assert plot_command.main([f"source={csv}", "objectives=ttft_ms:up", f"out={tmp_path / 'r.html'}"]) == 2
     assert "direction='up'" in capsys.readouterr().err
 
 
 def test_plot_command_reads_databases_through_results_load(tmp_path, monkeypatch, capsys):
-    results = pytest.importorskip("explorer.data.results")
+    from explorer.data import results
     seen = []
     monkeypatch.setattr(results, "load", lambda source: seen.append(source) or paper_table())
     out = tmp_path / "r.html"
-    assert plot_command.main(["sqlite:///somewhere/store.db", "--out", str(out)]) == 0
+    assert plot_command.main(["source=sqlite:///somewhere/store.db", f"out={out}"]) == 0
     assert seen == ["sqlite:///somewhere/store.db"] and out.is_file()
     monkeypatch.undo()  # the real loader: a folder without a database is a clear error, not a traceback
-    assert plot_command.main([str(tmp_path / "no-such-folder"), "--out", str(out)]) == 2
+    assert plot_command.main([f"source={tmp_path / 'no-such-folder'}", f"out={out}"]) == 2
     assert "no-such-folder" in capsys.readouterr().err
 
 
@@ -239,7 +239,7 @@ def test_plot_command_through_the_dispatcher(tmp_path, monkeypatch, capsys):
     csv = tmp_path / "t.csv"
     paper_table().drop(columns="llm").to_csv(csv, index=False)  # no llm column: no grouping
     monkeypatch.chdir(tmp_path)
-    assert cli_main(["plot", str(csv)]) == 0
+    assert cli_main(["plot", f"source={csv}"]) == 0
     assert (tmp_path / "report.html").is_file()
 
 

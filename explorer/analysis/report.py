@@ -21,6 +21,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from explorer.analysis import plots
+from explorer.data.atomic import atomic_path
 from explorer.analysis.pareto import (
     FrontierResult,
     ObjectivesLike,
@@ -275,7 +276,8 @@ def write_report(
         raise ValueError(f"invalid path={str(out)!r}: it is a directory; give a file name such as report.html")
     page = render_report(df, title, objectives, group_by, reference, budgets)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(page, encoding="utf-8")
+    with atomic_path(out) as tmp:  # a full disk never leaves a truncated page behind
+        tmp.write_text(page, encoding="utf-8")
     return out
 
 

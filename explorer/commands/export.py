@@ -1,46 +1,82 @@
-"""``python -m explorer export RESULTS [--format csv|parquet] [--out FILE]``: the results table as a file.
+"""``explorer export source=RESULTS [format=csv|parquet] [out=FILE] [space=NAME] [env=...]``.
 
 RESULTS is a results folder (``results/fastvithd``), a ``.db`` file or a SQLAlchemy URL; the
-columns are those of :func:`explorer.data.results.load` (docs/results.md).
+columns are those of :func:`explorer.data.results.load` (docs/results.md). The file is written
+atomically.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Optional
+
+import hydra
+from omegaconf import DictConfig
+
+from explorer.checks import OptionError, check_choice, check_text
+from explorer.commands.common import error
+from explorer.conf.schema import hydra_node, options_of, run_hydra_command
+
+_STATE: dict[str, Any] = {"exit": 0}
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m explorer export", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", help="results folder, .db file or SQLAlchemy URL")
-    parser.add_argument("--format", choices=("csv", "parquet"), default=None,
-                        help="file format (default: from --out's suffix, else csv); parquet needs pyarrow")
-    parser.add_argument("--out", default=None, help="output file (default: <results folder>/results.<format>)")
-    parser.add_argument("--space", default=None, help="only this space's points (default: all)")
-    parser.add_argument("--env", default="latest",
-                        help="environment of the numbers: latest (default), all, or an environment key")
-    args = parser.parse_args(argv)
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and where (``out`` defaults to ``<results folder>/results.<format>``)."""
 
+    SECTION: ClassVar[str] = "export"
+
+    source: Optional[str] = None
+    format: Optional[str] = None  # csv | parquet; default from out's suffix, else csv
+    out: Optional[str] = None
+    space: Optional[str] = None  # only this space's points (default: all)
+    env: str = "latest"  # latest | all | an environment key
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            raise OptionError("source", None, "a results folder, a .db file or a database URL (source=...)")
+        check_text("source", self.source)
+        if self.format is not None:
+            check_choice("format", self.format, ("csv", "parquet"))
+        elif self.out is not None and Path(self.out).suffix.lstrip(".") not in ("csv", "parquet"):
+            raise OptionError("out", self.out, "a .csv or .parquet file, or give format=csv|parquet")
+        check_text("env", self.env)
+
+    def file_format(self) -> str:
+        return self.format or (Path(self.out).suffix.lstrip(".") if self.out else "csv")
+
+    def target(self) -> Path:
+        if self.out:
+            return Path(self.out)
+        if "://" in self.source:  # type: ignore[operator]
+            return Path(f"results.{self.file_format()}")
+        src = Path(self.source)  # type: ignore[arg-type]
+        return (src.parent if src.suffix in (".db", ".sqlite", ".sqlite3") else src) / f"results.{self.file_format()}"
+
+
+def run_from_config(cfg: DictConfig) -> int:
     from explorer.data.results import export
 
-    fmt = args.format or (Path(args.out).suffix.lstrip(".") if args.out else "csv") or "csv"
-    if fmt not in ("csv", "parquet"):
-        parser.error(f"cannot tell the format from --out {args.out!r}; give --format csv or --format parquet")
-    if args.out:
-        out = Path(args.out)
-    elif "://" in args.results:
-        out = Path(f"results.{fmt}")
-    else:
-        src = Path(args.results)
-        out = (src.parent if src.suffix in (".db", ".sqlite", ".sqlite3") else src) / f"results.{fmt}"
     try:
+        opts = options_of(ExportOptions, cfg)
         with warnings.catch_warnings():
             warnings.simplefilter("always")
-            written = export(args.results, out, fmt, space=args.space, env=args.env)
-    except (FileNotFoundError, RuntimeError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
+            written = export(opts.source, opts.target(), opts.file_format(), space=opts.space, env=opts.env)
+    except (FileNotFoundError, RuntimeError, ValueError, OSError) as err:
+        error(str(err))
         return 2
     print(f"wrote {written}")
     return 0
+
+
+@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="export")
+def _hydra_main(cfg: DictConfig) -> None:
+    _STATE["exit"] = run_from_config(cfg)
+
+
+def main(argv: list[str]) -> int:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="export_schema", node=hydra_node(ExportOptions))
+    return run_hydra_command("export", _hydra_main, argv, _STATE)

@@ -1,17 +1,24 @@
-"""`python -m explorer plot SOURCE [--out report.html] [--png DIR]`: the interactive report.
+"""``explorer plot source=SOURCE [out=report.html] [png=DIR] [...]``: the interactive report.
 
 SOURCE is a results folder, a database path or SQLAlchemy URL (read by ``explorer.data.results.load``),
 or, for convenience, a ``.csv`` / ``.parquet`` export of the results table.
 """
 from __future__ import annotations
 
-import argparse
-import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, ClassVar, Optional
 
+import hydra
 import pandas as pd
+from omegaconf import DictConfig
 
 from explorer.analysis.pareto import pareto_front, parse_objectives
+from explorer.checks import OptionError, check_number, check_text
+from explorer.commands.common import error
+from explorer.conf.schema import hydra_node, options_of, run_hydra_command
+
+_STATE: dict[str, Any] = {"exit": 0}
 
 
 def load_table(source: str) -> pd.DataFrame:
@@ -42,59 +49,83 @@ def load_reference(spec: str) -> pd.DataFrame:
         return load_references()
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"invalid --reference={spec!r}: not a file; give a CSV or 'published'")
+        raise ValueError(f"invalid reference={spec!r}: not a file; give a CSV or 'published'")
     return pd.read_csv(path)
 
 
-def _group_by(text: str) -> list[str] | None:
-    columns = [c.strip() for c in text.split(",") if c.strip()]
-    return None if not columns or columns == ["none"] else columns
+@dataclass(frozen=True)
+class PlotOptions:
+    """What the report shows (``objectives`` default ``ttft_ms:min,accuracy:max``; ``group_by``
+    a column, a list of columns or ``none``; ``budgets`` add 'best accuracy with TTFT <= MS' tables)."""
+
+    SECTION: ClassVar[str] = "plot"
+
+    source: Optional[str] = None
+    out: str = "report.html"
+    png: Optional[str] = None  # also write each figure as PNG into this folder (kaleido + Chromium)
+    title: Optional[str] = None
+    objectives: Any = None
+    group_by: Any = "llm"
+    reference: Optional[str] = None  # a CSV of published points, or 'published' for results/reference/
+    budgets: Any = ()
+
+    def __post_init__(self) -> None:
+        if self.source is None:
+            raise OptionError("source", None, "a results folder, database path or URL, or a .csv/.parquet table")
+        check_text("source", self.source)
+        check_text("out", self.out)
+        if self.objectives is not None:
+            try:
+                parse_objectives(self.objectives)
+            except ValueError as err:
+                raise OptionError("objectives", self.objectives, str(err)) from None
+        budgets = self.budgets if isinstance(self.budgets, (list, tuple)) else [self.budgets]
+        for b in budgets:
+            check_number("budgets", b, low=0, low_open=True)
+        object.__setattr__(self, "budgets", tuple(float(b) for b in budgets))
+        groups = self.group_by if isinstance(self.group_by, (list, tuple)) else [self.group_by]
+        for g in groups:
+            check_text("group_by", g)
+
+    def groups(self) -> Optional[list[str]]:
+        groups = list(self.group_by) if isinstance(self.group_by, (list, tuple)) else [self.group_by]
+        return None if groups in ([], ["none"]) else groups
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m explorer plot", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="results folder, database path or URL, or a .csv/.parquet table")
-    parser.add_argument("--out", default="report.html", help="HTML file to write (default: %(default)s)")
-    parser.add_argument("--png", metavar="DIR", help="also write each figure as DIR/<name>.png (needs kaleido "
-                        "and Chromium)")
-    parser.add_argument("--title", default=None, help="page title (default: from SOURCE)")
-    parser.add_argument("--objectives", default=None,
-                        help="e.g. 'ttft_ms:min,accuracy:max' (the default; without accuracy the frontier "
-                        "falls back to resolution:max)")
-    parser.add_argument("--group-by", default="llm", help="column(s) for per-group frontiers, comma-separated, "
-                        "or 'none' (default: %(default)s)")
-    parser.add_argument("--reference", default=None, help="published points for the accuracy figure: a CSV, or "
-                        "'published' for results/reference/")
-    parser.add_argument("--budget", type=float, action="append", default=[], metavar="MS",
-                        help="add a 'best accuracy with TTFT <= MS' table (repeatable)")
-    return parser
-
-
-def main(argv: list[str]) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def run_from_config(cfg: DictConfig) -> int:
     from explorer.analysis import report  # lazy: plotly only when the command runs
 
     try:
-        objectives = parse_objectives(args.objectives) if args.objectives else None
-        df = load_table(args.source)
-        reference = load_reference(args.reference) if args.reference else None
-        title = args.title or f"explorer report: {args.source}"
-        out = report.write_report(df, args.out, title=title, objectives=objectives,
-                                  group_by=_group_by(args.group_by), reference=reference, budgets=args.budget)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        opts = options_of(PlotOptions, cfg)
+        objectives = parse_objectives(opts.objectives) if opts.objectives is not None else None
+        df = load_table(opts.source)
+        reference = load_reference(opts.reference) if opts.reference else None
+        title = opts.title or f"explorer report: {opts.source}"
+        out = report.write_report(df, opts.out, title=title, objectives=objectives, group_by=opts.groups(),
+                                  reference=reference, budgets=list(opts.budgets))
+    except (ValueError, FileNotFoundError, OSError) as err:
+        error(str(err))
         return 2
-    result = pareto_front(df, objectives, report.resolve_group_by(df, _group_by(args.group_by)))
+    result = pareto_front(df, objectives, report.resolve_group_by(df, opts.groups()))
     print(result.summary())
     print(f"wrote {out}")
-    if args.png:
+    if opts.png:
         try:
-            files = report.write_pngs(df, args.png, objectives=objectives, group_by=_group_by(args.group_by),
-                                      reference=reference)
+            files = report.write_pngs(df, opts.png, objectives=objectives, group_by=opts.groups(), reference=reference)
         except report.StaticExportUnavailable as err:
-            print(f"error: {err}", file=sys.stderr)
+            error(str(err))
             return 1
-        print(f"wrote {len(files)} PNG file(s) to {args.png}")
+        print(f"wrote {len(files)} PNG file(s) to {opts.png}")
     return 0
+
+
+@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="plot")
+def _hydra_main(cfg: DictConfig) -> None:
+    _STATE["exit"] = run_from_config(cfg)
+
+
+def main(argv: list[str]) -> int:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="plot_schema", node=hydra_node(PlotOptions))
+    return run_hydra_command("plot", _hydra_main, argv, _STATE)

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Optional, Union
 import pandas as pd
 
 from explorer.data.space import canonical_json
+from explorer.data.atomic import atomic_path
 from explorer.data.store import AccuracyRecord, MeasurementRecord, PointRecord, Store
 
 __all__ = ["COLUMNS", "EXTRA_COLUMNS", "load", "frame_from_store", "fastest_per_resolution", "export"]
@@ -80,7 +81,7 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
     """
     store, owned = _open(source)
     try:
-        df = frame_from_store(store, space=space, env=env)
+        df = frame_from_store(store, space=space, env=env, strict=True)
     finally:
         if owned:
             store.close()
@@ -111,8 +112,13 @@ def _accuracy_for(point: PointRecord, by_key: dict[str, AccuracyRecord],
     return None
 
 
-def frame_from_store(store: Store, *, space: Optional[str] = None, env: str = "latest") -> pd.DataFrame:
-    """:func:`load` on an open store."""
+def frame_from_store(store: Store, *, space: Optional[str] = None, env: str = "latest",
+                     strict: bool = False) -> pd.DataFrame:
+    """:func:`load` on an open store (``strict``: an unknown ``space`` or ``env`` is an error, as in
+    :func:`load`, instead of an empty or all-pending table)."""
+    if strict and space is not None and space not in store.spaces():
+        known = store.spaces()
+        raise ValueError(f"invalid space={space!r}: not in {store.url}; its spaces: {', '.join(known) or 'none yet'}")
     records = store.points(space)
     if space is None:  # the same point in several spaces: one row
         seen: set[str] = set()
@@ -144,6 +150,9 @@ def frame_from_store(store: Store, *, space: Optional[str] = None, env: str = "l
                           f"({envs[0]}). Pass env='all' or an environment key ({', '.join(others)}) for the others.",
                           stacklevel=3)
     else:
+        if strict and env not in env_info:
+            raise ValueError(f"invalid env={env!r}: not an environment of {store.url}; use latest, all or one of "
+                             f"{', '.join(env_info) or 'none (nothing measured yet)'}")
         envs = [env]
 
     accuracy = store.accuracy()
@@ -265,14 +274,15 @@ def export(source: Union[str, Path, Store], out: Union[str, Path], fmt: Optional
     if fmt not in ("csv", "parquet"):
         raise ValueError(f"invalid format={fmt!r}: csv or parquet")
     frame = load(source, space=space, env=env)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "csv":
-        frame.to_csv(out, index=False)
-    else:
+    if fmt == "parquet":
         try:
             import pyarrow  # noqa: F401
         except ImportError:
             raise RuntimeError("Parquet export needs pyarrow, which is not installed: `pip install pyarrow` "
-                               "(or export CSV with --format csv)") from None
-        frame.to_parquet(out, index=False)
+                               "(or export CSV with format=csv)") from None
+    with atomic_path(out) as tmp:
+        if fmt == "csv":
+            frame.to_csv(tmp, index=False)
+        else:
+            frame.to_parquet(tmp, index=False)
     return out
