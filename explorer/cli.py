@@ -21,7 +21,8 @@ COMMANDS: dict[str, str] = {
 
 def usage() -> str:
     width = max(map(len, COMMANDS))
-    lines = ["usage: python -m explorer <command> [args]", "", "commands:"]
+    lines = ["usage: explorer <command> [key=value ...]   (or python -m explorer ...)", "",
+             "every command takes key=value options and --help (Hydra); commands:"]
     lines += [f"  {name:<{width}}  {text}" for name, text in COMMANDS.items()]
     return "\n".join(lines)
 
@@ -37,3 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module = importlib.import_module(f"explorer.commands.{command}")
     return int(module.main(rest) or 0)
+
+
+def console() -> None:
+    """The ``explorer`` console script."""
+    sys.exit(main())

@@ -140,7 +140,7 @@ def test_torch_counter_on_meta_allocates_nothing():
 
 def test_fastvithd_512_counters_agree():
     """FastViTHD (reparameterized) at 512: fvcore with our handlers vs FlopCounterMode, within 1%."""
-    models = pytest.importorskip("explorer.models")
+    from explorer import models
     model = models.build_encoder("fastvithd").reparameterize().eval()
     x = torch.randn(1, 3, 512, 512)
     a = count_flops(model, x)

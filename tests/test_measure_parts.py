@@ -45,7 +45,6 @@ def test_measure_projector():
 
 
 def test_measure_encoder_small_fastvithd():
-    pytest.importorskip("explorer.models")
     cost = measure_encoder("fastvithd", SMALL_ENCODER, 128, FAST)
     assert isinstance(cost, EncoderCost)
     assert cost.visual_tokens == 4  # ceil(128 / 64) ** 2
@@ -66,7 +65,6 @@ def test_measure_encoder_small_fastvithd():
 
 
 def test_reparameterize_setting_changes_params():
-    pytest.importorskip("explorer.models")
     folded = measure_encoder("fastvithd", SMALL_ENCODER, 64, FAST, time=False, counter="torch")
     train_form = measure_encoder("fastvithd", SMALL_ENCODER, 64, FAST.replace(reparameterize=False),
                                  time=False, counter="torch")
@@ -90,7 +88,6 @@ def test_ttft_breakdown_sums_parts():
 
 
 def test_measure_point_small():
-    pytest.importorskip("explorer.models")
     b = measure_point("fastvithd", SMALL_ENCODER, 128, SMALL_LLM, 12, FAST)
     assert b.visual_tokens == 4 and b.prefill_tokens == 16
     assert b.prefill_gflops == pytest.approx(prefill_flops(SMALL_LLM, 16))

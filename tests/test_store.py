@@ -103,7 +103,7 @@ def test_concurrent_writers(tmp_path):
 
 
 def test_optuna_tables_live_in_the_same_database(tmp_path):
-    optuna = pytest.importorskip("optuna")
+    import optuna
     store = Store(tmp_path / "x.db")
     store.save_measurement(rec())
     optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -66,7 +66,8 @@ def test_results_table_columns_and_ttft(tmp_path):
     assert row.ttft_ms == pytest.approx(12.8 + 0.1 + 24.0)
     assert row.ttft_gflops == pytest.approx(1.28 + 0.001 + 24 * 0.2)
     assert row.device == "fake" and row.threads == 1 and row.space == "toy" and row.env_key == "fake-env"
-    assert isinstance(row.measured_at, pd.Timestamp) and row.error is None or pd.isna(row.error)
+    assert isinstance(row.measured_at, pd.Timestamp)
+    assert row.error is None or pd.isna(row.error)
     # the same through a .db path and a URL
     assert len(results.load(tmp_path / "r" / "store.db")) == 32
     assert len(results.load(store.url)) == 32

@@ -143,7 +143,7 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
     shape_cache: dict[tuple[str, str, int], EncoderShape] = {}
     jobs: dict[str, Job] = {}
     params_m: dict[str, float] = {}
-    gflops_ref: dict[tuple[str, str], tuple[float, int]] = {}  # encoder config -> (gflops, tokens) at one resolution
+    gflops_ref: dict[tuple[str, str], tuple[float, int, float]] = {}  # config -> (gflops, tokens, params_m) counted once
     records: list[PointRecord] = []
 
     def add(job: Job, params: float) -> None:
@@ -216,19 +216,29 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
                      environment=env_dict, estimates_s=estimates, estimate_basis=basis)
 
 
-def _encoder_gflops_estimate(backend: MeasureBackend, cache: dict[tuple[str, str], tuple[float, int]], family: str,
-                             knobs: Mapping[str, Any], resolution: int, shape: EncoderShape) -> float:
-    """GFLOPs for the time model: one meta-device count per encoder config, scaled by tokens."""
-    est = float("nan")
-    if backend.encoder_gflops is not None:
-        cfg = (family, digest(knobs))
-        if cfg not in cache:
-            try:
-                cache[cfg] = (backend.encoder_gflops(family, knobs, resolution), shape.visual_tokens)
-            except Exception:  # the estimate is optional; the measurement will say the truth
-                cache[cfg] = (float("nan"), shape.visual_tokens)
-        g0, t0 = cache[cfg]
+#: Encoder configs whose FLOPs a plan counts on the meta device (about a second each); the rest
+#: are scaled from those of the same family, so planning a wide space stays quick.
+MAX_COUNTED_CONFIGS: int = 16
+
+
+def _encoder_gflops_estimate(backend: MeasureBackend, cache: dict[tuple[str, str], tuple[float, int, float]],
+                             family: str, knobs: Mapping[str, Any], resolution: int, shape: EncoderShape) -> float:
+    """GFLOPs for the time model: a meta-device count for the first configs of a space, scaled by
+    tokens to other resolutions; later configs take the median GFLOPs per (parameter x token) of
+    the counted configs of their family; with nothing counted, 2 x params x tokens."""
+    naive = 2 * shape.params_m * 1e6 * shape.visual_tokens / 1e9
+    cfg = (family, digest(knobs))
+    if cfg not in cache and backend.encoder_gflops is not None and len(cache) < MAX_COUNTED_CONFIGS:
+        try:
+            cache[cfg] = (backend.encoder_gflops(family, knobs, resolution), shape.visual_tokens, shape.params_m)
+        except Exception:  # the estimate is optional; the measurement will say the truth
+            cache[cfg] = (float("nan"), shape.visual_tokens, shape.params_m)
+    if cfg in cache:
+        g0, t0, _ = cache[cfg]
         est = g0 * shape.visual_tokens / max(1, t0)
-    if not math.isfinite(est):
-        est = 2 * shape.params_m * 1e6 * shape.visual_tokens / 1e9
-    return est
+        return est if math.isfinite(est) else naive
+    ratios = sorted(g / (p * t) for (fam, _), (g, t, p) in cache.items()
+                    if fam == family and math.isfinite(g) and t > 0 and p > 0)
+    if not ratios:
+        return naive
+    return ratios[len(ratios) // 2] * shape.params_m * shape.visual_tokens
