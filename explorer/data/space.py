@@ -38,6 +38,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
+from explorer.checks import is_int, is_number
+
 __all__ = [
     "Constraints",
     "DesignPoint",
@@ -315,14 +317,6 @@ def _to_plain(data: Any) -> Any:
     return data
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 class _Checker:
     """Collects errors, each prefixed with the source so the user knows which file to open."""
 
@@ -345,7 +339,7 @@ def _resolutions(chk: _Checker, key: str, raw: Any) -> tuple[int, ...]:
     if raw is None:
         chk.error(key, raw, f"missing; give {allowed}")
         return ()
-    if _is_int(raw):
+    if is_int(raw):
         raw = [raw]
     if isinstance(raw, Mapping):
         unknown = sorted(set(raw) - {"start", "stop", "step"})
@@ -354,7 +348,7 @@ def _resolutions(chk: _Checker, key: str, raw: Any) -> tuple[int, ...]:
             return ()
         start, stop, step = raw.get("start"), raw.get("stop"), raw.get("step", 1)
         for name, v in (("start", start), ("stop", stop), ("step", step)):
-            if not (_is_int(v) and v > 0):
+            if not (is_int(v) and v > 0):
                 chk.error(f"{key}.{name}", v, "a positive integer")
                 return ()
         if stop < start:
@@ -368,7 +362,7 @@ def _resolutions(chk: _Checker, key: str, raw: Any) -> tuple[int, ...]:
         chk.error(key, raw, "empty list; give at least one resolution")
     out: list[int] = []
     for i, v in enumerate(raw):
-        if _is_int(v) and v > 0:
+        if is_int(v) and v > 0:
             if v not in out:
                 out.append(v)
         else:
@@ -606,14 +600,14 @@ def load_space(
                 chk.error(f"llms[{i}]", v, "an LLM catalog name or a config.json path")
 
     tt_raw = raw.get("text_tokens", [0])
-    if _is_int(tt_raw):
+    if is_int(tt_raw):
         tt_raw = [tt_raw]
     text_tokens: list[int] = []
     if not isinstance(tt_raw, (list, tuple)) or not tt_raw:
         chk.error("text_tokens", tt_raw, "a non-empty list of integers >= 0 (prompt tokens after the image)")
     else:
         for i, v in enumerate(tt_raw):
-            if _is_int(v) and v >= 0:
+            if is_int(v) and v >= 0:
                 if v not in text_tokens:
                     text_tokens.append(v)
             else:
@@ -631,9 +625,9 @@ def load_space(
                 chk.error(f"constraints.{key}", v, f"unknown constraint; allowed: {', '.join(allowed)}")
             elif v is None:
                 continue
-            elif key == "max_visual_tokens" and not (_is_int(v) and v > 0):
+            elif key == "max_visual_tokens" and not (is_int(v) and v > 0):
                 chk.error(f"constraints.{key}", v, "a positive integer")
-            elif key == "max_params_m" and not (_is_number(v) and v > 0):
+            elif key == "max_params_m" and not (is_number(v) and v > 0):
                 chk.error(f"constraints.{key}", v, "a positive number of millions of parameters")
             else:
                 kw[key] = v

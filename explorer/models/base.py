@@ -11,11 +11,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from explorer.checks import require
+
 
 def check_knob(name: str, value: Any, ok: bool, allowed: str) -> None:
-    """Raise a ValueError that names the knob, the value and what is allowed."""
-    if not ok:
-        raise ValueError(f"invalid {name}={value!r}: {allowed}")
+    """Raise a ValueError that names the knob, the value and what is allowed (explorer.checks.require)."""
+    require(ok, name, value, allowed)
 
 
 class VisionEncoder(nn.Module):

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from explorer.checks import is_int
+
 from .base import VisionEncoder, check_knob
 from .registry import register_encoder
 
@@ -46,10 +48,6 @@ LAYER_SCALE_INIT = 1e-6
 EPS = 1e-6
 # ConvLLaVA's fifth stage: 6 blocks (scripts/stage_1.sh, released config.json).
 EXTRA_STAGE_DEPTH = 6
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _pad_to_multiple(x: torch.Tensor, multiple: int) -> torch.Tensor:
@@ -122,13 +120,13 @@ class ConvNeXtEncoder(VisionEncoder):
         check_knob(
             "depths", depths,
             isinstance(depths, (list, tuple)) and len(depths) == stages
-            and all(_is_int(d) and d >= 1 for d in depths),
+            and all(is_int(d) and d >= 1 for d in depths),
             f"a list of {stages} positive integers, one per stage for {what}",
         )
         check_knob(
             "widths", widths,
             isinstance(widths, (list, tuple)) and len(widths) == stages
-            and all(_is_int(w) and w >= 1 for w in widths),
+            and all(is_int(w) and w >= 1 for w in widths),
             f"a list of {stages} positive integers, one per stage for {what}",
         )
         self.name = name

@@ -13,6 +13,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
+from explorer.checks import is_int, is_number
+
 from .base import VisionEncoder, check_knob
 from .blocks import AttentionBlock, ConvStem, MobileOneBlock, PatchEmbed, RepCPE, RepMixerBlock
 from .registry import register_encoder
@@ -81,22 +83,22 @@ def resolve_config(
 ) -> FastViTConfig:
     """Turn user knobs into a validated architecture; every bad knob is named in the error."""
     n_base = len(base_depths)
-    check_knob("num_stages", num_stages, num_stages is None or (isinstance(num_stages, int) and 2 <= num_stages <= n_base),
+    check_knob("num_stages", num_stages, num_stages is None or (is_int(num_stages) and 2 <= num_stages <= n_base),
                f"an integer from 2 to {n_base} (each stage fewer halves the downsampling)")
-    check_knob("head_dim", head_dim, isinstance(head_dim, int) and head_dim > 0 and head_dim % 8 == 0,
+    check_knob("head_dim", head_dim, is_int(head_dim) and head_dim > 0 and head_dim % 8 == 0,
                "a positive multiple of 8")
-    check_knob("depth_mult", depth_mult, isinstance(depth_mult, (int, float)) and 0 < depth_mult <= 8,
+    check_knob("depth_mult", depth_mult, is_number(depth_mult) and 0 < depth_mult <= 8,
                "a number in (0, 8]")
-    check_knob("width_mult", width_mult, isinstance(width_mult, (int, float)) and 0 < width_mult <= 8,
+    check_knob("width_mult", width_mult, is_number(width_mult) and 0 < width_mult <= 8,
                "a number in (0, 8]")
     if depths is not None:
         check_knob("depths", depths, isinstance(depths, (list, tuple)) and len(depths) >= 2
-                   and all(isinstance(d, int) and d >= 1 for d in depths),
+                   and all(is_int(d) and d >= 1 for d in depths),
                    "a list of at least 2 integers >= 1, one per stage")
         check_knob("depth_mult", depth_mult, depth_mult == 1.0, "1.0 when explicit depths are given")
     if widths is not None:
         check_knob("widths", widths, isinstance(widths, (list, tuple)) and len(widths) >= 2
-                   and all(isinstance(w, int) and w >= 8 for w in widths),
+                   and all(is_int(w) and w >= 8 for w in widths),
                    "a list of at least 2 integers >= 8, one per stage")
         check_knob("width_mult", width_mult, width_mult == 1.0, "1.0 when explicit widths are given")
     if depths is not None and widths is not None:
@@ -116,7 +118,7 @@ def resolve_config(
         # Attention stays with the stages that had it: dropping final stages drops their attention.
         attention_stages = max(0, default_attention_stages - max(0, n_base - n))
     check_knob("attention_stages", attention_stages,
-               isinstance(attention_stages, int) and 0 <= attention_stages <= n - 1,
+               is_int(attention_stages) and 0 <= attention_stages <= n - 1,
                f"an integer from 0 to {n - 1} (the number of final stages using attention)")
     if width_mult != 1.0 and widths is not None:
         # Attention stages need whole heads: round those widths to a multiple of head_dim.
@@ -125,17 +127,17 @@ def resolve_config(
         check_knob("widths", list(widths), widths[i] % head_dim == 0,
                    f"attention stage {i + 1} width {widths[i]} must be a multiple of head_dim={head_dim}")
     mlp_ratio = default_mlp_ratio if mlp_ratio is None else mlp_ratio
-    check_knob("mlp_ratio", mlp_ratio, isinstance(mlp_ratio, (int, float)) and 0 < mlp_ratio <= 16,
+    check_knob("mlp_ratio", mlp_ratio, is_number(mlp_ratio) and 0 < mlp_ratio <= 16,
                "a number in (0, 16]")
     out_channels = 2 * widths[-1] if out_channels is None else out_channels
     check_knob("out_channels", out_channels,
-               isinstance(out_channels, int) and out_channels > 0 and out_channels % widths[-1] == 0,
+               is_int(out_channels) and out_channels > 0 and out_channels % widths[-1] == 0,
                f"a positive multiple of the last stage width ({widths[-1]}); conv_exp is grouped by it")
     multiscale_stages = tuple(multiscale_stages)
     check_knob("multiscale_stages", list(multiscale_stages),
-               all(isinstance(s, int) and 1 <= s < n for s in multiscale_stages) and len(set(multiscale_stages)) == len(multiscale_stages),
+               all(is_int(s) and 1 <= s < n for s in multiscale_stages) and len(set(multiscale_stages)) == len(multiscale_stages),
                f"distinct stage numbers from 1 to {n - 1} whose features are pooled into the output")
-    check_knob("layer_scale_init", layer_scale_init, isinstance(layer_scale_init, (int, float)) and layer_scale_init > 0,
+    check_knob("layer_scale_init", layer_scale_init, is_number(layer_scale_init) and layer_scale_init > 0,
                "a positive number")
     return FastViTConfig(
         depths=depths, widths=widths, attention_stages=attention_stages, mlp_ratio=float(mlp_ratio),

@@ -18,13 +18,12 @@ from typing import Any, Union
 import torch
 from torch import nn
 
+from explorer.checks import is_int, require
+
 ARCHS = ("qwen2", "llama")
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _check(field: str, value: Any, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {field}={value!r}: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -51,21 +50,21 @@ class LLMSpec:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot describe a real model."""
-        _check("arch", self.arch, self.arch in ARCHS, f"one of {', '.join(ARCHS)}")
+        require("arch", self.arch, self.arch in ARCHS, f"one of {', '.join(ARCHS)}")
         for f in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "max_position"):
             v = getattr(self, f)
-            _check(f, v, isinstance(v, int) and not isinstance(v, bool) and v > 0, "a positive integer")
-        _check("heads", self.heads, self.hidden % self.heads == 0,
+            require(f, v, is_int(v) and v > 0, "a positive integer")
+        require("heads", self.heads, self.hidden % self.heads == 0,
                f"a divisor of hidden={self.hidden}")
-        _check("kv_heads", self.kv_heads, self.heads % self.kv_heads == 0,
+        require("kv_heads", self.kv_heads, self.heads % self.kv_heads == 0,
                f"a divisor of heads={self.heads}")
-        _check("rope_theta", self.rope_theta, self.rope_theta > 0, "a positive number")
-        _check("rms_eps", self.rms_eps, self.rms_eps > 0, "a positive number")
+        require("rope_theta", self.rope_theta, self.rope_theta > 0, "a positive number")
+        require("rms_eps", self.rms_eps, self.rms_eps > 0, "a positive number")
         if self.arch == "qwen2":
-            _check("qkv_bias", self.qkv_bias, self.qkv_bias is True,
+            require("qkv_bias", self.qkv_bias, self.qkv_bias is True,
                    "True for arch 'qwen2' (transformers' Qwen2 always has q/k/v biases)")
         else:
-            _check("qkv_bias", self.qkv_bias, self.qkv_bias is False,
+            require("qkv_bias", self.qkv_bias, self.qkv_bias is False,
                    "False for arch 'llama' (its attention_bias would also bias o_proj)")
 
     @property
@@ -74,7 +73,7 @@ class LLMSpec:
 
     def with_layers(self, layers: int) -> "LLMSpec":
         """The same architecture truncated (or extended) to ``layers`` decoder layers."""
-        _check("layers", layers, isinstance(layers, int) and layers >= 1, "a positive integer")
+        require("layers", layers, isinstance(layers, int) and layers >= 1, "a positive integer")
         return dataclasses.replace(self, layers=layers)
 
     def layer_params(self) -> int:
@@ -140,7 +139,7 @@ LLM_CATALOG: dict[str, LLMSpec] = {
 
 def _spec_from_config(cfg: dict[str, Any], default_name: str) -> LLMSpec:
     model_type = cfg.get("model_type")
-    _check("model_type", model_type, model_type in ARCHS,
+    require("model_type", model_type, model_type in ARCHS,
            f"one of {', '.join(ARCHS)} (the architectures explorer can build)")
     required = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
     missing = [k for k in required if k not in cfg]
@@ -148,17 +147,17 @@ def _spec_from_config(cfg: dict[str, Any], default_name: str) -> LLMSpec:
         raise ValueError(f"invalid config: missing {', '.join(missing)} (a transformers config.json needs them)")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-    _check("rope_type", rope_type, rope_type == "default", "'default' (scaled RoPE variants are not modelled)")
+    require("rope_type", rope_type, rope_type == "default", "'default' (scaled RoPE variants are not modelled)")
     theta = rope.get("rope_theta") if isinstance(rope, dict) else None
     theta = theta or cfg.get("rope_theta") or (1e6 if model_type == "qwen2" else 1e4)
     heads = int(cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
     head_dim = cfg.get("head_dim")
-    _check("head_dim", head_dim, head_dim in (None, hidden // heads),
+    require("head_dim", head_dim, head_dim in (None, hidden // heads),
            f"hidden_size / num_attention_heads = {hidden // heads} (decoupled head sizes are not modelled)")
     if model_type == "llama":
-        _check("attention_bias", cfg.get("attention_bias", False), not cfg.get("attention_bias", False), "false")
-        _check("mlp_bias", cfg.get("mlp_bias", False), not cfg.get("mlp_bias", False), "false")
+        require("attention_bias", cfg.get("attention_bias", False), not cfg.get("attention_bias", False), "false")
+        require("mlp_bias", cfg.get("mlp_bias", False), not cfg.get("mlp_bias", False), "false")
     return LLMSpec(
         name=str(cfg.get("_name_or_path") or default_name),
         arch=model_type,
@@ -200,15 +199,15 @@ def get_llm_spec(name_or_path: Union[str, Path, LLMSpec]) -> LLMSpec:
 
 def _resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
-        _check("dtype", dtype, dtype in _DTYPES.values(), f"one of {', '.join(_DTYPES)}")
+        require("dtype", dtype, dtype in _DTYPES.values(), f"one of {', '.join(_DTYPES)}")
         return dtype
-    _check("dtype", dtype, dtype in _DTYPES, f"one of {', '.join(_DTYPES)}")
+    require("dtype", dtype, dtype in _DTYPES, f"one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 
 def _check_build_device(device: Union[str, torch.device]) -> torch.device:
     text = str(device)
-    _check("device", text, bool(re.fullmatch(r"cpu|meta|mps|cuda(:\d+)?", text)),
+    require("device", text, bool(re.fullmatch(r"cpu|meta|mps|cuda(:\d+)?", text)),
            "'cpu', 'meta', 'cuda', 'cuda:N' or 'mps'")
     return torch.device(text)
 
@@ -225,7 +224,7 @@ def build_llm(spec: Union[LLMSpec, str], device: Union[str, torch.device] = "cpu
     torch_dtype = _resolve_dtype(dtype)
     dev = _check_build_device(device)
     if num_layers is not None:
-        _check("num_layers", num_layers, isinstance(num_layers, int) and 0 <= num_layers,
+        require("num_layers", num_layers, isinstance(num_layers, int) and 0 <= num_layers,
                "a non-negative integer")
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging

@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from explorer.checks import is_int
+
 from .base import VisionEncoder, check_knob
 from .registry import register_encoder
 
@@ -70,10 +72,6 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu_tanh": _gelu_tanh,  # SigLIP (gelu_pytorch_tanh)
     "gelu": _gelu,  # exact erf GELU
 }
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class Attention(nn.Module):
@@ -171,20 +169,20 @@ class ViTEncoder(VisionEncoder):
         eps: float,
     ) -> None:
         super().__init__()
-        check_knob("depth", depth, _is_int(depth) and depth >= 1, "a positive integer number of blocks")
-        check_knob("width", width, _is_int(width) and width >= 1, "a positive integer")
-        check_knob("heads", heads, _is_int(heads) and heads >= 1, "a positive integer")
+        check_knob("depth", depth, is_int(depth) and depth >= 1, "a positive integer number of blocks")
+        check_knob("width", width, is_int(width) and width >= 1, "a positive integer")
+        check_knob("heads", heads, is_int(heads) and heads >= 1, "a positive integer")
         check_knob("width", width, width % heads == 0, f"a multiple of heads={heads}")
-        check_knob("mlp_dim", mlp_dim, _is_int(mlp_dim) and mlp_dim >= 1, "a positive integer")
-        check_knob("patch", patch, _is_int(patch) and patch >= 1, "a positive integer number of pixels")
+        check_knob("mlp_dim", mlp_dim, is_int(mlp_dim) and mlp_dim >= 1, "a positive integer")
+        check_knob("patch", patch, is_int(patch) and patch >= 1, "a positive integer number of pixels")
         check_knob(
             "native_resolution", native_resolution,
-            _is_int(native_resolution) and native_resolution >= patch,
+            is_int(native_resolution) and native_resolution >= patch,
             f"an integer number of pixels >= patch={patch}",
         )
         check_knob(
             "select_layer", select_layer,
-            _is_int(select_layer) and -(depth + 1) <= select_layer <= depth,
+            is_int(select_layer) and -(depth + 1) <= select_layer <= depth,
             f"an index into the {depth + 1} hidden states (embeddings + {depth} blocks): "
             f"{-(depth + 1)} .. {depth}",
         )
@@ -231,7 +229,7 @@ class ViTEncoder(VisionEncoder):
     def num_tokens(self, resolution: int) -> int:
         """``(R // patch)^2``: the stride-``patch`` conv floors; the class token is dropped."""
         check_knob(
-            "resolution", resolution, _is_int(resolution) and resolution >= self.patch,
+            "resolution", resolution, is_int(resolution) and resolution >= self.patch,
             f"an integer number of pixels >= patch={self.patch}",
         )
         side = resolution // self.patch
