@@ -49,18 +49,28 @@ def _bounds_text(low: Optional[float], high: Optional[float], low_open: bool) ->
     return " and ".join(parts)
 
 
+def _in_bounds(value: float, low: Optional[float], high: Optional[float], low_open: bool) -> bool:
+    if low is not None and (value <= low if low_open else value < low):
+        return False
+    return high is None or value <= high
+
+
+def _refuse(field: str, value: Any, kind: str, low: Optional[float], high: Optional[float], low_open: bool,
+            optional: bool, none_means: str) -> OptionError:
+    bounds = _bounds_text(low, high, low_open)
+    text = kind + (f" {bounds}" if bounds else "")
+    if optional:
+        text += f", or null{f' ({none_means})' if none_means else ''}"
+    return OptionError(field, value, text)
+
+
 def check_int(field: str, value: Any, *, low: Optional[int] = None, high: Optional[int] = None,
               optional: bool = False, none_means: str = "") -> Optional[int]:
     """An integer within [low, high]; ``None`` passes when ``optional`` (``none_means`` says what it means)."""
     if value is None and optional:
         return None
-    ok = is_int(value) and (low is None or value >= low) and (high is None or value <= high)
-    if not ok:
-        bounds = _bounds_text(low, high, False)
-        text = "an integer" + (f" {bounds}" if bounds else "")
-        if optional:
-            text += f", or null{f' ({none_means})' if none_means else ''}"
-        raise OptionError(field, value, text)
+    if not (is_int(value) and _in_bounds(value, low, high, False)):
+        raise _refuse(field, value, "an integer", low, high, False, optional, none_means)
     return int(value)
 
 
@@ -69,17 +79,8 @@ def check_number(field: str, value: Any, *, low: Optional[float] = None, high: O
     """A finite number within its bounds (``low_open``: strictly above ``low``)."""
     if value is None and optional:
         return None
-    ok = is_number(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        bounds = _bounds_text(low, high, low_open)
-        text = "a finite number" + (f" {bounds}" if bounds else "")
-        if optional:
-            text += f", or null{f' ({none_means})' if none_means else ''}"
-        raise OptionError(field, value, text)
+    if not (is_number(value) and _in_bounds(value, low, high, low_open)):
+        raise _refuse(field, value, "a finite number", low, high, low_open, optional, none_means)
     return float(value)
 
 

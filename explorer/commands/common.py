@@ -12,9 +12,9 @@ from typing import Any, Optional
 
 from omegaconf import OmegaConf
 
-from explorer.conf.schema import BROKEN_SPACES, SPACE_FILES
+from explorer.conf.schema import BROKEN_SPACES, SPACE_FILES, measure_overrides
 
-__all__ = ["error", "space_source", "chosen_space", "writable_folder", "results_location"]
+__all__ = ["error", "space_source", "chosen_space", "space_and_settings", "writable_folder", "results_location"]
 
 
 def error(text: str) -> None:
@@ -65,6 +65,28 @@ def chosen_space(cfg: Any, what: str = "") -> Optional[tuple[Optional[str], str,
         error(f"invalid space={node!r}: not a known space; one of: {names} (or space_file=PATH)")
         return None
     return choice, source, node
+
+
+def space_and_settings(cfg: Any) -> Optional[tuple[Any, Any, str]]:
+    """(Space, MeasureSettings, where the space came from) of a composed config, or None after
+    printing what is wrong (a bad space lists every problem; a bad setting names its field)."""
+    from explorer.data.space import SpaceError, load_space
+    from explorer.engine.sweep import default_settings
+
+    chosen = chosen_space(cfg)
+    if chosen is None:
+        return None
+    choice, source, node = chosen
+    try:
+        space = load_space(node, name=None if node.get("name") else choice, source_name=source)
+        settings = default_settings(space, **measure_overrides(cfg))
+    except SpaceError as err:
+        error(f"invalid search space\n{err}")
+        return None
+    except ValueError as err:
+        error(str(err))
+        return None
+    return space, settings, source
 
 
 def writable_folder(field: str, path: Path) -> Path:

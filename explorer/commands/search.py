@@ -13,38 +13,39 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from explorer.commands.common import chosen_space, error, results_location
-from explorer.conf.schema import measure_overrides, options_of, register_schemas, run_hydra_command
+from explorer.commands.common import error, results_location, space_and_settings
+from explorer.conf.schema import options_of, register_schemas, run_hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 
 
 def run_from_config(cfg: DictConfig) -> int:
     """One search for a composed config; returns the exit code."""
-    from explorer.data.space import SpaceError, load_space
+    from explorer.data.space import SpaceError
     from explorer.data.store import Store
     from explorer.engine.options import SearchOptions, SweepOptions
     from explorer.engine.search import SearchError, count_finished, prepare_search, run_search
-    from explorer.engine.sweep import default_settings
 
-    chosen = chosen_space(cfg)
-    if chosen is None:
-        return 2
-    choice, source, node = chosen
     try:
         options = options_of(SearchOptions, cfg.search)
         sweep = options_of(SweepOptions, cfg.sweep)
-        space = load_space(node, name=None if node.get("name") else choice, source_name=source)
-        settings = default_settings(space, **measure_overrides(cfg))
+    except ValueError as err:
+        error(str(err))
+        return 2
+    loaded = space_and_settings(cfg)
+    if loaded is None:
+        return 2
+    space, settings, source = loaded
+    try:
         prepare_search(space, settings, None, options)  # every option checked before a file is touched
+        _, url = results_location(cfg, space.name, create=not options.dry_run)
     except SpaceError as err:
         error(f"invalid search space\n{err}")
         return 2
-    except ValueError as err:  # SearchError, OptionError and bad settings
+    except ValueError as err:  # SearchError, OptionError, a bad out= or store=
         error(str(err))
         return 2
 
-    _, url = results_location(cfg, space.name)
     if options.dry_run:
         db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
         exists = db is None or db.is_file()
@@ -60,7 +61,11 @@ def run_from_config(cfg: DictConfig) -> int:
         return 0
 
     print(f"search {space.name!r} from {source} -> {url}", flush=True)
-    store = Store(url)
+    try:
+        store = Store(url)
+    except ValueError as err:  # StoreError: unreachable, foreign or newer database
+        error(str(err))
+        return 2
     try:
         report = run_search(space, settings, store, options, sweep)
         print(report.format(store), flush=True)

@@ -15,33 +15,28 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig
 
-from explorer.commands.common import chosen_space, error, results_location
-from explorer.conf.schema import measure_overrides, options_of, register_schemas, run_hydra_command
+from explorer.commands.common import error, results_location, space_and_settings
+from explorer.conf.schema import options_of, register_schemas, run_hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 
 
 def run_from_config(cfg: DictConfig) -> int:
     """One sweep for a composed config; returns the exit code."""
-    from explorer.data.space import SpaceError, load_space
+    from explorer.data.space import SpaceError
     from explorer.data.store import Store
     from explorer.engine.options import SweepOptions
-    from explorer.engine.sweep import default_settings, plan_sweep, run_sweep
+    from explorer.engine.sweep import plan_sweep, run_sweep
 
-    chosen = chosen_space(cfg)
-    if chosen is None:
-        return 2
-    choice, source, node = chosen
     try:
         options = options_of(SweepOptions, cfg.sweep)
-        space = load_space(node, name=None if node.get("name") else choice, source_name=source)
-        settings = default_settings(space, **measure_overrides(cfg))
-    except SpaceError as err:
-        error(f"invalid search space\n{err}")
-        return 2
     except ValueError as err:
         error(str(err))
         return 2
+    loaded = space_and_settings(cfg)
+    if loaded is None:
+        return 2
+    space, settings, source = loaded
 
     try:
         out, url = results_location(cfg, space.name, create=not options.dry_run)
