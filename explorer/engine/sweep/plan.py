@@ -14,6 +14,7 @@ from explorer.data.store import PointRecord, Store
 from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
 from explorer.engine.sweep.isolation import RETRIED_ON_RESUME
+from explorer.engine.sweep.footprint import LARGE_RESOLUTION, available_memory_bytes, largest_tensor_bytes
 from explorer.engine.sweep.estimate import estimate_seconds, format_duration
 from explorer.engine.sweep.keys import KINDS, Job, encoder_key, prefill_key, projector_key
 
@@ -187,6 +188,7 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
                                    visual_tokens=s.visual_tokens))
 
     ordered = list(jobs.values())
+    _check_fits(space, records, llm_cache, ordered, settings, backend)
     stored: dict[tuple[str, str], str] = store.measurement_status(env_key) if store is not None else {}
     if options.resume:
         def done(j: Job) -> bool:
@@ -219,6 +221,39 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
 #: Encoder configs whose FLOPs a plan counts on the meta device (about a second each); the rest
 #: are scaled from those of the same family, so planning a wide space stays quick.
 MAX_COUNTED_CONFIGS: int = 16
+
+
+def _check_fits(space: Space, records: Sequence[PointRecord], llms: Mapping[str, tuple[int, dict[str, Any], float]],
+                jobs: Sequence[Job], settings: Any, backend: MeasureBackend) -> None:
+    """Refuse, before any work, prompts beyond an LLM's positions and encoder inputs whose largest
+    tensor alone exceeds the device's memory (see :mod:`.footprint`)."""
+    src = space.source or space.name
+    problems: list[str] = []
+    seen: set[tuple[str, int]] = set()
+    for rec in records:
+        limit = llms[rec.point.llm][1].get("max_position")
+        tokens = (rec.visual_tokens or 0) + rec.point.text_tokens
+        if limit is not None and tokens > int(limit) and (rec.point.llm, tokens) not in seen:
+            seen.add((rec.point.llm, tokens))
+            problems.append(f"{src}: llm {rec.point.llm} at resolution {rec.point.resolution} with text_tokens "
+                            f"{rec.point.text_tokens}: a prompt of {tokens} tokens ({rec.visual_tokens} visual) is "
+                            f"beyond the LLM's {int(limit)} positions (max_position_embeddings)")
+            if len(problems) >= 5:
+                break
+    if backend.real_models:
+        free = available_memory_bytes(settings)
+        for job in jobs:
+            res = job.inputs.get("resolution", 0) if job.kind == "encoder" else 0
+            if free is None or res < LARGE_RESOLUTION:
+                continue
+            need = largest_tensor_bytes(job.inputs["encoder"], job.inputs["knobs"], res,
+                                        int(getattr(settings, "batch_size", 1)), str(getattr(settings, "dtype", "")))
+            if need > free:
+                problems.append(f"{src}: encoder {job.label}: one tensor of its forward pass alone takes "
+                                f"{need / 2**30:.1f} GiB, more than the {free / 2**30:.1f} GiB this device has free; "
+                                f"lower the resolution or the batch size")
+    if problems:
+        raise SpaceError(problems)
 
 
 def _encoder_gflops_estimate(backend: MeasureBackend, cache: dict[tuple[str, str], tuple[float, int, float]],
