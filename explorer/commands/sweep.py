@@ -58,6 +58,9 @@ def run_from_config(cfg: DictConfig) -> int:
 
     print(f"sweep {space.name!r} from {source} -> {url}", flush=True)
     report = run_sweep(space, settings, store, options)
+    if report.store_error is not None:
+        error(f"{report.store_error}\n{report.remaining} measurements still missing; every committed one is kept.")
+        return 1
     print(report.format(store), flush=True)
     if cfg.get("report", True):
         _write_pareto_page(store, out / "pareto.html", space.name, cfg.get("accuracy"), accuracy_csv)

@@ -647,7 +647,20 @@ def load_space(
             bad = [k for k in ex if k not in ok_keys]
             for k in bad:
                 chk.error(f"exclude[{i}].{k}", ex[k], f"unknown key; allowed: {', '.join(ok_keys)}")
-            if not bad:
+            if bad:
+                continue
+            listed: dict[str, list[Any]] = {"encoder": [e.family for e in entries] + [e.label for e in entries],
+                                            "resolution": [r for e in entries for r in e.resolutions],
+                                            "llm": list(llms), "text_tokens": list(text_tokens)}
+            for e in entries:
+                for k, vals in e.knobs:
+                    listed.setdefault(k, []).extend(vals)
+            for k, v in ex.items():
+                if not any(_canonical(thaw(freeze(v))) == _canonical(thaw(w)) for w in listed.get(k, [])):
+                    chk.error(f"exclude[{i}].{k}", v, "a value the space lists, or the entry matches no point; "
+                              f"listed: {', '.join(map(str, dict.fromkeys(map(str, listed.get(k, [])))))}")
+                    break
+            else:
                 exclude.append(tuple(sorted((str(k), freeze(v)) for k, v in ex.items())))
 
     measure_raw = raw.get("measure") or {}

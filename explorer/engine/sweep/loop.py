@@ -13,6 +13,8 @@ import threading
 import time
 from typing import Any, Optional, Sequence, Union
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from explorer.data.space import Space
 from explorer.data.store import MeasurementRecord, Store, utcnow
 from explorer.engine.backend import MeasureBackend
@@ -64,6 +66,12 @@ def _progress_bar(todo: Sequence[Job], plan: SweepPlan, enabled: bool) -> Any:
     return tqdm(total=total, desc=f"sweep {plan.space.name}", unit="est-s", file=sys.stderr, dynamic_ncols=True,
                 bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}{postfix}]",
                 mininterval=0.5)
+
+
+def _store_error_text(err: BaseException, url: str) -> str:
+    text = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
+    hint = "free disk space" if "full" in text.lower() or "space" in text.lower() else "make the database reachable"
+    return f"could not store a measurement in {url} ({text}); {hint} and run the same command to resume"
 
 
 def _note(bar: Any, text: str) -> None:
@@ -123,10 +131,14 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
             t_start = time.monotonic()
             outcome = runner.run(fns[job.kind], job.call_args() + (settings,), options.timeout_s)
             duration = time.monotonic() - t_start
-            st.save_measurement(MeasurementRecord(
-                kind=job.kind, key=job.key, env_key=plan.env_key, environment=plan.environment, inputs=job.inputs,
-                status=outcome.status, payload=outcome.payload, error=outcome.error, started_at=started,
-                finished_at=utcnow(), duration_s=duration))
+            try:
+                st.save_measurement(MeasurementRecord(
+                    kind=job.kind, key=job.key, env_key=plan.env_key, environment=plan.environment,
+                    inputs=job.inputs, status=outcome.status, payload=outcome.payload, error=outcome.error,
+                    started_at=started, finished_at=utcnow(), duration_s=duration))
+            except (SQLAlchemyError, OSError) as err:  # disk full, database gone: stop, keep what is stored
+                report.store_error = _store_error_text(err, st.url)
+                break
             done += 1
             report.measured[job.kind] += 1
             if outcome.status != "ok":

@@ -26,6 +26,7 @@ class SweepReport:
     interrupted: bool = False
     elapsed_s: float = 0.0
     remaining: int = 0  # measurements still missing when the run stopped
+    store_error: Optional[str] = None  # why the store stopped taking measurements (disk full, database gone)
 
     def frame(self, store: Optional[Store] = None) -> Any:
         """The results table of this space and environment (see explorer.data.results.load)."""
