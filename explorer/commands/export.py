@@ -79,4 +79,4 @@ def main(argv: list[str]) -> int:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="export_schema", node=hydra_node(ExportOptions))
-    return run_hydra_command("export", _hydra_main, argv, _STATE)
+    return run_hydra_command("export", _hydra_main, argv, _STATE, spaces=False)

@@ -128,4 +128,4 @@ def main(argv: list[str]) -> int:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="plot_schema", node=hydra_node(PlotOptions))
-    return run_hydra_command("plot", _hydra_main, argv, _STATE)
+    return run_hydra_command("plot", _hydra_main, argv, _STATE, spaces=False)

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig
 
-from explorer.commands.common import error, results_location, space_and_settings
+from explorer.commands.common import error, results_location, space_and_settings, writable_folder
 from explorer.conf.schema import options_of, register_schemas, run_hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
@@ -39,7 +39,7 @@ def run_from_config(cfg: DictConfig) -> int:
     space, settings, source = loaded
 
     try:
-        out, url = results_location(cfg, space.name, create=not options.dry_run)
+        out, url = results_location(cfg, space.name, create=False)
         accuracy_csv = _accuracy_table(cfg.get("accuracy"))
         if options.dry_run:
             db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
@@ -47,8 +47,11 @@ def run_from_config(cfg: DictConfig) -> int:
             print(plan_sweep(space, settings, store, options).describe())
             print(f"results would go to: {url}")
             return 0
-        plan_sweep(space, settings, None, options)  # the space's joint combinations, before a file is made
+        plan_sweep(space, settings, None, options)  # what only planning finds, before a file is made
+        if cfg.get("store") is None:  # the database goes into out=
+            writable_folder("out", out)
         store = Store(url)
+        writable_folder("out", out)  # pareto.html goes there
     except SpaceError as err:
         error(f"invalid search space\n{err}")
         return 2

@@ -211,17 +211,18 @@ def measure_overrides(cfg: Any) -> dict[str, Any]:
     return values
 
 
-def run_hydra_command(prog: str, hydra_main: Any, argv: list[str], state: dict[str, Any]) -> int:
+def run_hydra_command(prog: str, hydra_main: Any, argv: list[str], state: dict[str, Any], *,
+                      spaces: bool = True) -> int:
     """Run one of explorer's ``@hydra.main`` apps on ``argv`` as ``python -m explorer <prog>``.
 
     Shared by the sweep, search and train commands: spaces are registered and ``argv``
-    normalised first (:func:`prepare_argv`), a broken space file is reported without a traceback,
+    normalised first (:func:`prepare_argv`; ``spaces=False`` for commands without a space group), a broken space file is reported without a traceback,
     and Hydra's own exits (``--help``, unknown keys) become return codes. ``state["exit"]`` is the
     code the app's body set; ``state["argv"]`` keeps the user's words for "resume with" messages.
     """
     import sys
 
-    args, chosen = prepare_argv(list(argv))
+    args, chosen = prepare_argv(list(argv)) if spaces else (list(argv), [])
     for name in chosen:
         if name in BROKEN_SPACES:
             sys.stderr.write(f"error: {BROKEN_SPACES[name]}\n")
