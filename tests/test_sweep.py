@@ -258,3 +258,20 @@ def test_end_to_end_with_the_real_measurements(tmp_path):
     assert row.status == "ok" and row.ttft_ms == pytest.approx(
         enc.latency.median_ms + proj.latency.median_ms + row.prefill_latency_ms)
     assert row.encoder_params_m == pytest.approx(enc.params_m) and row.prefill_method == "whole-model"
+
+
+def test_a_killed_worker_is_stored_as_killed_and_resume_retries_it(tmp_path):
+    from explorer.engine.sweep.isolation import oom_kill_count
+
+    sp = space(encoders={"toy": {"knobs": {"width": [1]}}}, resolutions=[64], llms=["llm-a"], text_tokens=[0])
+    store = Store(tmp_path / "r")
+    before = oom_kill_count()
+    report = sweep(sp, store, isolation="process", timeout_s=60, measure_encoder=F.kill_self)
+    (fail,) = report.failures
+    if before is not None and (oom_kill_count() or 0) > before:  # pragma: no cover - the machine ran out of memory
+        pytest.skip("the OOM killer acted during the test")
+    assert fail["status"] == "killed" and "SIGKILL" in fail["error"]
+    assert {m.kind: m.status for m in store.measurements()}["encoder"] == "killed"
+    again = sweep(sp, store)  # no retry_failed: killed is not a verdict on the point, so it is measured again
+    assert again.measured["encoder"] == 1 and not again.failures
+    assert {m.kind: m.status for m in store.measurements()}["encoder"] == "ok"
