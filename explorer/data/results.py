@@ -31,7 +31,7 @@ COLUMNS: tuple[str, ...] = (
 #: Appended after COLUMNS: the space the point came from and the environment key of its values.
 EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key")
 
-_FAIL_ORDER = ("oom", "timeout", "failed")
+_FAIL_ORDER = ("oom", "killed", "timeout", "failed")
 
 
 def _nan() -> float:

@@ -8,6 +8,7 @@ from explorer.data.space import DesignPoint, Space
 from explorer.data.store import Store
 from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
+from explorer.engine.sweep.isolation import RETRIED_ON_RESUME
 
 __all__ = ["Evaluation", "PointEvaluator"]
 
@@ -54,6 +55,8 @@ class PointEvaluator:
         row = self.rows.get(key)
         if row is None:
             return False
+        if row["status"] in RETRIED_ON_RESUME:
+            return key in self.retried
         return row["status"] == "ok" or not (self.retry_failed and key not in self.retried)
 
     def evaluate(self, point: DesignPoint) -> Evaluation:

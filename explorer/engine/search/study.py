@@ -19,8 +19,9 @@ from explorer.engine.search.objectives import SearchError
 __all__ = ["SET_CONSTRAINT", "make_sampler", "optuna_storage", "default_study_name", "counts_toward_total",
            "fail_abandoned", "study_summary", "check_study", "count_finished"]
 
-#: Trial statuses of a measurement that failed (they count toward ``trials``).
-FAILED_STATUSES = ("failed", "timeout", "oom", "killed")
+#: Trial statuses of a measurement that failed (they count toward ``trials``); ``killed`` does not:
+#: the point is measured again, as a sweep's resume does.
+FAILED_STATUSES = ("failed", "timeout", "oom")
 #: optuna >= 5 takes constraints per trial (``Trial.set_constraint``); optuna 4 only through a
 #: sampler's ``constraints_func``, which then reads the ``constraint:<name>`` user attributes.
 SET_CONSTRAINT = hasattr(Trial, "set_constraint")
