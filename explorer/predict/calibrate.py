@@ -60,7 +60,11 @@ def fit_profile(observations: Sequence[Observation], base: DeviceProfile, dtype:
     options.validate()
     if not observations:
         raise ValueError("calibration needs at least one measurement")
-    arrays = [TraceArrays.of(o.trace) for o in observations]
+    parts = [TraceArrays.of(o.trace) for o in observations]
+    # all observations' records in one set of columns; `segment` says which observation each is
+    arrays = TraceArrays(cls=torch.cat([a.cls for a in parts]), flops=torch.cat([a.flops for a in parts]),
+                         bytes=torch.cat([a.bytes for a in parts]), count=torch.cat([a.count for a in parts]))
+    segment = torch.cat([torch.full((len(a.cls),), i, dtype=torch.long) for i, a in enumerate(parts)])
     measured = torch.tensor([math.log(o.seconds) for o in observations], dtype=torch.float64)
     prior_c, prior_m = _efficiencies(base)
     # unconstrained parameters: compute eff = sigmoid(u), memory eff = cap * sigmoid(v), overhead = exp(w)
@@ -74,8 +78,9 @@ def fit_profile(observations: Sequence[Observation], base: DeviceProfile, dtype:
 
     def loss() -> torch.Tensor:
         ce, me, oh = torch.sigmoid(u), _MEMORY_CAP * torch.sigmoid(v), torch.exp(w)
-        preds = torch.stack([roofline_seconds(a, peak=peak, bandwidth=bandwidth, compute_eff=ce, memory_eff=me,
-                                              overhead=oh)[0].sum() for a in arrays])
+        per_record = roofline_seconds(arrays, peak=peak, bandwidth=bandwidth, compute_eff=ce, memory_eff=me,
+                                      overhead=oh)[0]
+        preds = torch.zeros(len(parts), dtype=torch.float64).index_add(0, segment, per_record)
         fit = (((torch.log(preds) - measured) / options.noise_sigma) ** 2).sum()
         prior = ((((torch.log(ce) - log_prior_c) * compute_mask) / options.prior_sigma) ** 2).sum()
         prior = prior + (((torch.log(me) - log_prior_m) / options.prior_sigma) ** 2).sum()
