@@ -2,8 +2,6 @@
 device profiles (shipped, unknown, malformed), calibration, and predicted rows kept apart."""
 from __future__ import annotations
 
-import copy
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -12,7 +10,7 @@ import torch
 import yaml
 from torch import nn
 
-from explorer.predict import (OpTrace, ProfileError, check_single_source, list_profiles, load_profile,
+from explorer.predict import (ProfileError, check_single_source, list_profiles, load_profile,
                               mark_measured, predict_trace, profile_from_dict, side_by_side, trace_module)
 from explorer.predict.calibrate import FitOptions, fit_profile
 from explorer.predict.model import op_seconds

@@ -18,7 +18,7 @@ import math
 import statistics
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 
@@ -153,5 +153,6 @@ def calibrated_profile(observations: Sequence[Observation], base: DeviceProfile,
         "labels": [o.label for o in observations],
     }
     threads = environment.get("threads") if base.kind == "cpu" else base.threads
-    return prof.replace(name=name, interval_low=round(low, 4), interval_high=round(high, 4), interval_source=isrc,
+    description = base.description.split('; efficiencies are')[0] + f'; efficiencies calibrated ({when})'
+    return prof.replace(name=name, description=description, interval_low=round(low, 4), interval_high=round(high, 4), interval_source=isrc,
                         calibration=calibration, threads=threads)
