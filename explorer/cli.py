@@ -16,6 +16,8 @@ COMMANDS: dict[str, str] = {
     "plot": "write the interactive HTML report for a results database",
     "export": "write a results database as CSV or Parquet",
     "train": "train chosen design points on the text-rich proxy task and store their accuracy",
+    "predict": "predicted TTFT of a space on a device profile, no measuring (predict +space=NAME device=PROFILE)",
+    "calibrate": "fit a device profile to the measurements in a results database (calibrate store=DIR)",
 }
 
 

@@ -8,6 +8,7 @@ running statistics (eval mode).
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,8 @@ def identity_kernel(channels: int, groups: int, kernel_size: int, like: torch.Te
     per_group = channels // groups
     kernel = torch.zeros(channels, per_group, kernel_size, kernel_size, dtype=like.dtype, device=like.device)
     centre = kernel_size // 2
-    for c in range(channels):
-        kernel[c, c % per_group, centre, centre] = 1.0
+    channel = torch.arange(channels, device=like.device)
+    kernel[channel, channel % per_group, centre, centre] = 1.0  # one indexed write (fast on meta too)
     return kernel
 
 
@@ -35,6 +36,23 @@ def pad_kernel(kernel: torch.Tensor, size: int) -> torch.Tensor:
     """Zero-pad a square kernel to ``size`` x ``size`` around its centre."""
     pad = (size - kernel.shape[-1]) // 2
     return F.pad(kernel, [pad, pad, pad, pad]) if pad else kernel
+
+
+def folded_conv(cin: int, cout: int, kernel_size: int, stride: int, padding: int, groups: int,
+                fold: Callable[[], tuple[torch.Tensor, torch.Tensor]], like: torch.Tensor) -> nn.Conv2d:
+    """The inference conv of a folded block, with kernel and bias from ``fold()``.
+
+    On the ``meta`` device there are no values to fold, so ``fold`` is not called: the conv has the
+    right shapes at once (this keeps reparameterizing a meta model, for FLOP counts and cost
+    models, as cheap as building it).
+    """
+    conv = nn.Conv2d(cin, cout, kernel_size, stride, padding, groups=groups, bias=True,
+                     device=like.device, dtype=like.dtype)
+    if not like.is_meta:
+        kernel, bias = fold()
+        conv.weight.copy_(kernel)
+        conv.bias.copy_(bias)
+    return conv
 
 
 class ConvBN(nn.Sequential):
@@ -129,12 +147,8 @@ class MobileOneBlock(nn.Module):
     def reparameterize(self) -> None:
         if self.reparam is not None:
             return
-        kernel, bias = self.folded_kernel_bias()
-        conv = nn.Conv2d(self.cin, self.cout, self.kernel_size, self.stride, self.padding,
-                         groups=self.groups, bias=True).to(kernel.device, kernel.dtype)
-        conv.weight.copy_(kernel)
-        conv.bias.copy_(bias)
-        self.reparam = conv
+        self.reparam = folded_conv(self.cin, self.cout, self.kernel_size, self.stride, self.padding, self.groups,
+                                   self.folded_kernel_bias, next(iter(self.parameters())))
         self.skip, self.scale = None, None
         self.convs = nn.ModuleList()
 
@@ -165,15 +179,15 @@ class LargeKernelConv(nn.Module):
     def reparameterize(self) -> None:
         if self.reparam is not None:
             return
-        kernel, bias = self.large.fused()
-        if self.small is not None:
-            k, b = self.small.fused()
-            kernel, bias = kernel + pad_kernel(k, self.kernel_size), bias + b
-        conv = nn.Conv2d(self.cin, self.cout, self.kernel_size, self.stride, self.kernel_size // 2,
-                         groups=self.groups, bias=True).to(kernel.device, kernel.dtype)
-        conv.weight.copy_(kernel)
-        conv.bias.copy_(bias)
-        self.reparam = conv
+        def fold() -> tuple[torch.Tensor, torch.Tensor]:
+            kernel, bias = self.large.fused()
+            if self.small is not None:
+                k, b = self.small.fused()
+                kernel, bias = kernel + pad_kernel(k, self.kernel_size), bias + b
+            return kernel, bias
+
+        self.reparam = folded_conv(self.cin, self.cout, self.kernel_size, self.stride, self.kernel_size // 2,
+                                   self.groups, fold, self.large.conv.weight)
         self.large, self.small = None, None
 
 
@@ -199,16 +213,15 @@ class RepMixer(nn.Module):
     def reparameterize(self) -> None:
         if self.reparam is not None:
             return
-        k_mix, b_mix = self.mixer.folded_kernel_bias()
-        k_norm, b_norm = self.norm.folded_kernel_bias()
-        ls = self.layer_scale.reshape(-1)
-        kernel = identity_kernel(self.dim, self.dim, self.kernel_size, k_mix) + ls.reshape(-1, 1, 1, 1) * (k_mix - k_norm)
-        bias = ls * (b_mix - b_norm)
-        conv = nn.Conv2d(self.dim, self.dim, self.kernel_size, 1, self.kernel_size // 2, groups=self.dim,
-                         bias=True).to(kernel.device, kernel.dtype)
-        conv.weight.copy_(kernel)
-        conv.bias.copy_(bias)
-        self.reparam = conv
+        def fold() -> tuple[torch.Tensor, torch.Tensor]:
+            k_mix, b_mix = self.mixer.folded_kernel_bias()
+            k_norm, b_norm = self.norm.folded_kernel_bias()
+            ls = self.layer_scale.reshape(-1)
+            kernel = identity_kernel(self.dim, self.dim, self.kernel_size, k_mix) + ls.reshape(-1, 1, 1, 1) * (k_mix - k_norm)
+            return kernel, ls * (b_mix - b_norm)
+
+        self.reparam = folded_conv(self.dim, self.dim, self.kernel_size, 1, self.kernel_size // 2, self.dim, fold,
+                                   self.layer_scale)
         self.norm, self.mixer, self.layer_scale = None, None, None
 
 
@@ -230,11 +243,10 @@ class RepCPE(nn.Module):
     def reparameterize(self) -> None:
         if self.reparam is not None:
             return
-        conv = nn.Conv2d(self.dim, self.dim, self.kernel_size, 1, self.kernel_size // 2, groups=self.dim,
-                         bias=True).to(self.pe.weight.device, self.pe.weight.dtype)
-        conv.weight.copy_(self.pe.weight + identity_kernel(self.dim, self.dim, self.kernel_size, self.pe.weight))
-        conv.bias.copy_(self.pe.bias)
-        self.reparam = conv
+        pe = self.pe
+        self.reparam = folded_conv(
+            self.dim, self.dim, self.kernel_size, 1, self.kernel_size // 2, self.dim,
+            lambda: (pe.weight + identity_kernel(self.dim, self.dim, self.kernel_size, pe.weight), pe.bias), pe.weight)
         self.pe = None
 
 
@@ -260,13 +272,9 @@ class ConvFFN(nn.Module):
     def reparameterize(self) -> None:
         if self.dw_reparam is not None:
             return
-        conv_src = self.dw.conv
-        kernel, bias = self.dw.fused()
-        conv = nn.Conv2d(conv_src.in_channels, conv_src.out_channels, conv_src.kernel_size, 1, conv_src.padding,
-                         groups=conv_src.groups, bias=True).to(kernel.device, kernel.dtype)
-        conv.weight.copy_(kernel)
-        conv.bias.copy_(bias)
-        self.dw_reparam = conv
+        src = self.dw.conv
+        self.dw_reparam = folded_conv(src.in_channels, src.out_channels, src.kernel_size[0], 1, src.padding[0],
+                                      src.groups, self.dw.fused, src.weight)
         self.dw = None
 
 

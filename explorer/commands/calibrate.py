@@ -1,0 +1,113 @@
+"""``python -m explorer calibrate store=DIR``: fit a device profile to the measurements in a store.
+
+The work lives in :mod:`explorer.predict` (observations, the fit, the measured roofs); this
+module turns the config into those calls and writes the profile YAML. Bad input: exit 2 with
+``error: ...``.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from omegaconf import DictConfig
+
+from explorer.commands.sweep import _err
+from explorer.conf.schema import register_schemas, run_hydra_command
+
+_STATE: dict[str, Any] = {"exit": 0}
+
+
+@dataclass
+class CalibrateAppConfig:
+    store: Optional[str] = None
+    env: Optional[str] = None
+    base: str = "measure"
+    name: Optional[str] = None
+    out: Optional[str] = None
+    noise_sigma: float = 0.1
+    prior_sigma: float = 1.0
+    leave_one_out: bool = True
+
+
+def _store_url(text: str) -> tuple[str, Optional[Path]]:
+    if "://" in text:
+        return text, None
+    path = Path(text).expanduser()
+    db = path if path.suffix in (".db", ".sqlite", ".sqlite3") else path / "store.db"
+    if not db.is_file():
+        raise ValueError(f"invalid store={text!r}: no results database at {db} (run `explorer sweep` first)")
+    return f"sqlite:///{db}", db.parent
+
+
+def run_from_config(cfg: DictConfig) -> int:
+    from explorer.measure.settings import MeasureSettings, cpu_model_name
+    from explorer.predict.calibrate import FitOptions, calibrated_profile
+    from explorer.predict.observations import observations_from_store
+    from explorer.predict.priors import local_profile
+    from explorer.predict.profile import ProfileError, load_profile, write_profile
+    from explorer.predict.roof import measure_roof
+    from explorer.store import Store
+
+    if not cfg.get("store"):
+        _err("no store given: store=RESULTS_DIR (a folder with store.db, a .db file or a SQLAlchemy URL)")
+        return 2
+    try:
+        options = FitOptions(noise_sigma=float(cfg.noise_sigma), prior_sigma=float(cfg.prior_sigma)).validate()
+        url, folder = _store_url(str(cfg.store))
+        store = Store(url, create=False)
+        observations, env_key, environment = observations_from_store(store, cfg.get("env"))
+        dtype = str(environment.get("dtype", "float32"))
+        if cfg.base == "measure":
+            if environment.get("device_type") != "cpu" or environment.get("device") != cpu_model_name():
+                raise ValueError(f"invalid base='measure': the measurements are from {environment.get('device')!r} "
+                                 f"({environment.get('device_type')}), not this machine's CPU ({cpu_model_name()!r}); "
+                                 "give base=PROFILE for that device")
+            threads = int(environment.get("threads") or 1)
+            print(f"measuring this machine's roofs ({threads} thread(s), {dtype}) ...")
+            roof = measure_roof(MeasureSettings(device="cpu", dtype=dtype, threads=threads, warmup_s=0.3,
+                                                min_iters=5, max_iters=30, max_time_s=5.0))
+            base = local_profile(roof, name=f"local-cpu-{threads}t", cores=os.cpu_count() or 1,
+                                 description=f"{cpu_model_name()}, PyTorch CPU {dtype}, {threads} thread(s)")
+            print(f"  GEMM {roof.gemm_flops / 1e9:.1f} GFLOP/s, copy {roof.bandwidth / 1e9:.1f} GB/s")
+        else:
+            base = load_profile(str(cfg.base))
+        name = cfg.get("name") or (base.name if base.name.startswith("local-") else f"{base.name}-calibrated")
+        print(f"fitting {len(observations)} measurements of environment {env_key} "
+              f"({environment.get('device')}, {environment.get('threads')} thread(s), {dtype}) ...")
+        profile = calibrated_profile(observations, base, name=name, dtype=dtype, env_key=env_key,
+                                     environment=environment, store_url=url, options=options,
+                                     leave_one_out=bool(cfg.leave_one_out))
+    except (ProfileError, ValueError) as err:
+        _err(str(err))
+        return 2
+    out = Path(cfg.out) if cfg.get("out") else (folder or Path(".")) / "device_profile.yaml"
+    write_profile(profile, out)
+    print("compute efficiency: " + ", ".join(f"{k} {v:.3f}" for k, v in profile.compute_efficiency.items()))
+    print("memory efficiency:  " + ", ".join(f"{k} {v:.3f}" for k, v in profile.memory_efficiency.items()))
+    print(f"overhead per call: {profile.overhead_s.value * 1e6:.1f} us; interval x{profile.interval_low:.3f} .. "
+          f"x{profile.interval_high:.3f}")
+    loo = (profile.calibration or {}).get("loo_median_abs_error")
+    if loo is not None:
+        print(f"leave-one-out median |error|: {loo * 100:.1f}%")
+    print(f"profile written: {out}  (use it: python -m explorer predict +space=NAME device={out})")
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="pkg://explorer.commands.conf", config_name="calibrate")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        code = run_from_config(cfg)
+    except KeyboardInterrupt:
+        code = 130
+    _STATE["exit"] = code
+
+
+def main(argv: list[str]) -> int:
+    from hydra.core.config_store import ConfigStore
+
+    register_schemas()
+    ConfigStore.instance().store(name="calibrate_schema", node=CalibrateAppConfig)
+    return run_hydra_command("calibrate", _hydra_main, argv, _STATE)

@@ -1,0 +1,1 @@
+"""Hydra primary configs of the predict and calibrate commands (pkg://explorer.commands.conf)."""

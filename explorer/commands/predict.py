@@ -1,0 +1,115 @@
+"""``python -m explorer predict +space=NAME device=PROFILE``: predicted results for a device not at hand.
+
+The work lives in :mod:`explorer.predict` (traces, profiles, the roofline, predicted tables);
+this module turns the composed config into those calls, writes the table and report, and maps
+bad input to exit status 2 with ``error: ...`` and no traceback.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import hydra
+from omegaconf import DictConfig
+
+from explorer.commands.sweep import _err, _space_source
+from explorer.conf.schema import register_schemas, run_hydra_command
+
+_STATE: dict[str, Any] = {"exit": 0}
+
+
+@dataclass
+class PredictAppConfig:
+    space: Any = None
+    device: Optional[str] = None
+    llm_device: Optional[str] = None
+    dtype: str = "float32"
+    batch_size: int = 1
+    reparameterize: bool = True
+    out: Optional[str] = None
+    measured: Optional[str] = None
+    report: bool = True
+    spaces_dir: Optional[str] = None
+    space_file: Optional[str] = None
+
+
+_SHOW = ["encoder", "knobs", "resolution", "llm", "visual_tokens", "encoder_latency_ms", "prefill_latency_ms",
+         "ttft_ms", "ttft_low_ms", "ttft_high_ms"]
+
+
+def run_from_config(cfg: DictConfig) -> int:
+    from explorer.predict import PredictOptions, ProfileError, list_profiles, load_profile, predict_space
+    from explorer.space import SpaceError, load_space
+
+    t0 = time.monotonic()
+    choice, source = _space_source(cfg)
+    node = cfg.get("space")
+    if node is None:
+        _err("no search space chosen: add +space=NAME or space_file=PATH")
+        return 2
+    if not cfg.get("device"):
+        _err(f"no device chosen: add device=PROFILE; known profiles are {', '.join(list_profiles())} "
+             "(or the path of a profile YAML file)")
+        return 2
+    try:
+        options = PredictOptions(dtype=str(cfg.dtype), batch_size=int(cfg.batch_size),
+                                 reparameterize=bool(cfg.reparameterize)).validate()
+        profile = load_profile(str(cfg.device))
+        llm_profile = load_profile(str(cfg.llm_device)) if cfg.get("llm_device") else None
+        space = load_space(node, name=None if node.get("name") else choice, source_name=source)
+        df = predict_space(space, profile, llm_profile=llm_profile, options=options)
+    except (SpaceError, ProfileError, ValueError) as err:
+        _err(str(err))
+        return 2
+    label = profile.name if llm_profile is None else f"{profile.name}+{llm_profile.name}"
+    out = Path(cfg.out) if cfg.get("out") else Path("results") / space.name / f"predicted-{label}"
+    out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "predicted.csv", index=False)
+    print(f"predicted {len(df)} design points of {space.name!r} on {label} ({options.dtype}) "
+          f"in {time.monotonic() - t0:.1f} s; latency_source={df.latency_source.iloc[0] if len(df) else '-'}")
+    cal = "calibrated" if profile.calibrated else "NOT calibrated (priors; see docs/prediction.md)"
+    print(f"profile {profile.name}: {cal}; interval x{profile.interval_low:g} .. x{profile.interval_high:g}")
+    fastest = df.sort_values("ttft_ms").groupby(["llm", "resolution"], as_index=False).head(1)
+    print(fastest.sort_values(["llm", "resolution"])[_SHOW].to_string(index=False, float_format=lambda x: f"{x:.1f}"))
+    if cfg.get("measured"):
+        from explorer import results
+        from explorer.predict import mark_measured, side_by_side
+
+        try:
+            measured = mark_measured(results.load(str(cfg.measured), space=space.name, accuracy_metric=None))
+        except (FileNotFoundError, ValueError) as err:
+            _err(str(err))
+            return 2
+        both = side_by_side(measured[measured.status == "ok"], df)
+        both.to_csv(out / "measured_vs_predicted.csv", index=False)
+        if len(both):
+            err = (both.ttft_ratio - 1).abs()
+            print(f"measured vs predicted on {len(both)} points: median |error| {err.median() * 100:.1f}%, "
+                  f"{(err <= 0.25).mean() * 100:.0f}% within +-25% -> {out / 'measured_vs_predicted.csv'}")
+    if cfg.report and len(df):
+        from explorer.report import write_report
+
+        page = write_report(df, out / "predicted.html",
+                            title=f"explorer: {space.name} PREDICTED on {label} ({df.latency_source.iloc[0]})")
+        print(f"report: {page}")
+    print(f"table: {out / 'predicted.csv'}")
+    return 0
+
+
+@hydra.main(version_base="1.3", config_path="pkg://explorer.commands.conf", config_name="predict")
+def _hydra_main(cfg: DictConfig) -> None:
+    try:
+        code = run_from_config(cfg)
+    except KeyboardInterrupt:
+        code = 130
+    _STATE["exit"] = code
+
+
+def main(argv: list[str]) -> int:
+    from hydra.core.config_store import ConfigStore
+
+    register_schemas()
+    ConfigStore.instance().store(name="predict_schema", node=PredictAppConfig)
+    return run_hydra_command("predict", _hydra_main, argv, _STATE)
