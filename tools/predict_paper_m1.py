@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from explorer.predict import PredictOptions, load_profile, predict_space
-from explorer.reference import REFERENCE_DIR
+from explorer.data.reference import REFERENCE_DIR
 from explorer.predict.validate import spearman
 
 

@@ -16,12 +16,12 @@ import sys
 
 import pandas as pd
 
-from explorer import results
+from explorer.data import results
 from explorer.predict.calibrate import FitOptions
 from explorer.predict.observations import observations_from_store
 from explorer.predict.profile import load_profile
 from explorer.predict.validate import error_summary, prior_errors, spearman, split_validate
-from explorer.store import Store
+from explorer.data.store import Store
 
 
 def point_table(store: Store) -> tuple[pd.DataFrame, dict[str, list[str]]]:

@@ -14,7 +14,7 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig
 
-from explorer.commands.sweep import _err
+from explorer.commands.common import error
 from explorer.conf.schema import register_schemas, run_hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0}
@@ -49,10 +49,10 @@ def run_from_config(cfg: DictConfig) -> int:
     from explorer.predict.priors import local_profile
     from explorer.predict.profile import ProfileError, load_profile, write_profile
     from explorer.predict.roof import measure_roof
-    from explorer.store import Store
+    from explorer.data.store import Store
 
     if not cfg.get("store"):
-        _err("no store given: store=RESULTS_DIR (a folder with store.db, a .db file or a SQLAlchemy URL)")
+        error("no store given: store=RESULTS_DIR (a folder with store.db, a .db file or a SQLAlchemy URL)")
         return 2
     try:
         options = FitOptions(noise_sigma=float(cfg.noise_sigma), prior_sigma=float(cfg.prior_sigma)).validate()
@@ -81,7 +81,7 @@ def run_from_config(cfg: DictConfig) -> int:
                                      environment=environment, store_url=url, options=options,
                                      leave_one_out=bool(cfg.leave_one_out))
     except (ProfileError, ValueError) as err:
-        _err(str(err))
+        error(str(err))
         return 2
     out = Path(cfg.out) if cfg.get("out") else (folder or Path(".")) / "device_profile.yaml"
     write_profile(profile, out)
@@ -96,7 +96,7 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.commands.conf", config_name="calibrate")
+@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="calibrate")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         code = run_from_config(cfg)

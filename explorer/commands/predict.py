@@ -14,7 +14,7 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig
 
-from explorer.commands.sweep import _err, _space_source
+from explorer.commands.common import error, space_source
 from explorer.conf.schema import register_schemas, run_hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0}
@@ -41,16 +41,16 @@ _SHOW = ["encoder", "knobs", "resolution", "llm", "visual_tokens", "encoder_late
 
 def run_from_config(cfg: DictConfig) -> int:
     from explorer.predict import PredictOptions, ProfileError, list_profiles, load_profile, predict_space
-    from explorer.space import SpaceError, load_space
+    from explorer.data.space import SpaceError, load_space
 
     t0 = time.monotonic()
-    choice, source = _space_source(cfg)
+    choice, source = space_source(cfg)
     node = cfg.get("space")
     if node is None:
-        _err("no search space chosen: add +space=NAME or space_file=PATH")
+        error("no search space chosen: add +space=NAME or space_file=PATH")
         return 2
     if not cfg.get("device"):
-        _err(f"no device chosen: add device=PROFILE; known profiles are {', '.join(list_profiles())} "
+        error(f"no device chosen: add device=PROFILE; known profiles are {', '.join(list_profiles())} "
              "(or the path of a profile YAML file)")
         return 2
     try:
@@ -61,7 +61,7 @@ def run_from_config(cfg: DictConfig) -> int:
         space = load_space(node, name=None if node.get("name") else choice, source_name=source)
         df = predict_space(space, profile, llm_profile=llm_profile, options=options)
     except (SpaceError, ProfileError, ValueError) as err:
-        _err(str(err))
+        error(str(err))
         return 2
     label = profile.name if llm_profile is None else f"{profile.name}+{llm_profile.name}"
     out = Path(cfg.out) if cfg.get("out") else Path("results") / space.name / f"predicted-{label}"
@@ -74,13 +74,13 @@ def run_from_config(cfg: DictConfig) -> int:
     fastest = df.sort_values("ttft_ms").groupby(["llm", "resolution"], as_index=False).head(1)
     print(fastest.sort_values(["llm", "resolution"])[_SHOW].to_string(index=False, float_format=lambda x: f"{x:.1f}"))
     if cfg.get("measured"):
-        from explorer import results
+        from explorer.data import results
         from explorer.predict import mark_measured, side_by_side
 
         try:
             measured = mark_measured(results.load(str(cfg.measured), space=space.name, accuracy_metric=None))
         except (FileNotFoundError, ValueError) as err:
-            _err(str(err))
+            error(str(err))
             return 2
         both = side_by_side(measured[measured.status == "ok"], df)
         both.to_csv(out / "measured_vs_predicted.csv", index=False)
@@ -89,7 +89,7 @@ def run_from_config(cfg: DictConfig) -> int:
             print(f"measured vs predicted on {len(both)} points: median |error| {err.median() * 100:.1f}%, "
                   f"{(err <= 0.25).mean() * 100:.0f}% within +-25% -> {out / 'measured_vs_predicted.csv'}")
     if cfg.report and len(df):
-        from explorer.report import write_report
+        from explorer.analysis.report import write_report
 
         page = write_report(df, out / "predicted.html",
                             title=f"explorer: {space.name} PREDICTED on {label} ({df.latency_source.iloc[0]})")
@@ -98,7 +98,7 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.commands.conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="predict")
 def _hydra_main(cfg: DictConfig) -> None:
     try:
         code = run_from_config(cfg)

@@ -1,7 +1,7 @@
 """Predicted results tables: the sweep's columns, filled by the cost model instead of a stopwatch.
 
 :func:`predict_space` gives one row per design point with every column of
-:data:`explorer.results.COLUMNS` plus :data:`PREDICTED_COLUMNS`: ``latency_source`` is
+:data:`explorer.data.results.COLUMNS` plus :data:`PREDICTED_COLUMNS`: ``latency_source`` is
 ``predicted:<profile>`` (measured tables say ``measured``), ``ttft_low_ms`` / ``ttft_high_ms`` the
 profile's interval. Timing percentiles, CVs and peak memory are NaN: nothing was timed.
 
@@ -57,8 +57,8 @@ def predict_space(space: Any, profile: DeviceProfile, *, llm_profile: Optional[D
     vision encoder and LLM run on different units (the paper's: CoreML encoder, MLX LLM).
     """
     from explorer.models.llm import get_llm_spec
-    from explorer.results import COLUMNS
-    from explorer.space import Space, encoder_shape, enumerate_points, load_space
+    from explorer.data.results import COLUMNS
+    from explorer.data.space import Space, encoder_shape, enumerate_points, load_space
 
     options.validate()
     profile.peak(options.dtype)  # refuse a dtype the profile has no number for, before any work
@@ -117,14 +117,14 @@ def predict_space(space: Any, profile: DeviceProfile, *, llm_profile: Optional[D
     df = pd.DataFrame(rows, columns=list(COLUMNS) + list(PREDICTED_COLUMNS))
     df["space"] = space.name
     if accuracy_metric and len(df):
-        from explorer.reference import attach_accuracy
+        from explorer.data.reference import attach_accuracy
 
         df = attach_accuracy(df, metric=accuracy_metric)
     return df
 
 
 def _knobs_json(point: Any) -> str:
-    from explorer.space import canonical_json
+    from explorer.data.space import canonical_json
 
     return canonical_json({k: list(v) if isinstance(v, tuple) else v for k, v in point.knobs})
 

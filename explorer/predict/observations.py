@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional, Union
 
 from explorer.measure.settings import MeasureSettings, settings_digest
 from explorer.predict.trace import OpTrace, trace_encoder, trace_prefill, trace_projector
-from explorer.store import MeasurementRecord, Store
+from explorer.data.store import MeasurementRecord, Store
 
 __all__ = ["Observation", "choose_environment", "observations_from_store", "trace_of"]
 
