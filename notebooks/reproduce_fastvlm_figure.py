@@ -173,7 +173,8 @@ fig.update_layout(template="plotly_white", height=560,
                                              "accuracy: published")),
                   legend=dict(orientation="h", yanchor="top", y=-0.15, x=0))
 fig.show()
-_ = export_figure(fig, "fastvlm_figure_reproduced.png", width=1400, height=620)
+_ = export_figure(fig, PATHS.figures_dir / "fastvlm_figure_reproduced.png" if WRITE_FIGURES else None, width=1400,
+                  height=620)
 
 # %% [markdown]
 # ## The paper's ratios next to ours

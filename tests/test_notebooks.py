@@ -11,6 +11,7 @@ Qwen2-0.5B measurements of the first.
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import sys
 import time
@@ -101,6 +102,11 @@ def kernel_env(tmp_path_factory):
             "EXPLORER_WRITE_FIGURES": "0", "EXPLORER_QUICK": "1", "TQDM_DISABLE": "1"}
 
 
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _snapshot(folder: Path) -> dict[str, float]:
     return {str(p): p.stat().st_mtime for p in folder.rglob("*") if p.is_file()} if folder.is_dir() else {}
 
@@ -120,9 +126,11 @@ def test_notebook_runs_top_to_bottom(stem, kernel_env, tmp_path, monkeypatch):
     nb = nbformat.read(work / f"{stem}.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="explorer-test",
                             resources={"metadata": {"path": str(work)}})
-    started = time.monotonic()
+    started, cpu_before = time.monotonic(), _children_cpu_s()
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
-    print(f"{stem}: executed in {time.monotonic() - started:.0f} s")
+    # wall time depends on the machine's load; the kernel's CPU time (and its measuring child's) less so
+    print(f"{stem}: executed in {time.monotonic() - started:.0f} s wall, "
+          f"{_children_cpu_s() - cpu_before:.0f} s CPU (user + sys of the kernel and its children)")
 
     text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
