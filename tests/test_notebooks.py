@@ -80,8 +80,9 @@ def test_the_sync_check_catches_an_edit_on_either_side():
     nb.cells[1].metadata["tags"] = []
     assert pair_differences(py, nbformat.writes(nb))
     nb = nbformat.reads(ipynb, as_version=4)
+    n = len(nb.cells)
     nb.cells.append(nbformat.v4.new_markdown_cell("an extra cell"))
-    assert pair_differences(py, nbformat.writes(nb)) == ["16 cells in the .py, 17 in the .ipynb"]
+    assert pair_differences(py, nbformat.writes(nb)) == [f"{n} cells in the .py, {n + 1} in the .ipynb"]
     assert pair_differences(py, ipynb) == []
 
 
