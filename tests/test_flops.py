@@ -139,16 +139,23 @@ def test_torch_counter_on_meta_allocates_nothing():
 
 
 def test_fastvithd_512_counters_agree():
-    """FastViTHD (reparameterized) at 512: fvcore with our handlers vs FlopCounterMode, within 1%."""
+    """FastViTHD (reparameterized) at 512: fvcore with our handlers vs FlopCounterMode, within 1%.
+
+    A quarter-width FastViTHD: every op type of the released model (stem, RepMixer, large-kernel
+    patch embeddings, SE, RepCPE, attention through SDPA, conv_exp) at the same token counts per
+    stage, with about a tenth of the arithmetic to trace (the full width took a minute on 2 cores).
+    """
     from explorer import models
-    model = models.build_encoder("fastvithd").reparameterize().eval()
+
+    model = models.build_encoder("fastvithd", width_mult=0.25).reparameterize().eval()
     x = torch.randn(1, 3, 512, 512)
     a = count_flops(model, x)
     meta = model.to("meta")
     b = count_flops_torch(meta, x.to("meta"))
-    assert a.gflops > 100  # ~119 GFLOPs: attention and convs all counted
+    assert a.gflops > 5  # attention and convs all counted
     assert math.isclose(a.gflops, b.gflops, rel_tol=0.01), (a.gflops, b.gflops)
     assert any("sdpa" in k or "scaled_dot_product" in k for k in a.by_op), a.by_op
+    assert any("conv" in k for k in a.by_op), a.by_op
 
 
 class _PenultimateLayer(nn.Module):

@@ -1,43 +1,66 @@
-"""The notebooks: committed without outputs, exactly as tools/make_notebooks.py builds them, and
-running top to bottom in QUICK mode (a few minutes in all on 2 CPU cores).
+"""The notebooks: each a jupytext pair, ``notebooks/NAME.py`` (percent format, the reviewed source) and
+``notebooks/NAME.ipynb`` (committed without outputs), in step; and each runs top to bottom in QUICK mode.
 
-Execution happens on a copy in a temporary folder with a kernel of this interpreter; the results
-database goes to a temporary folder (EXPLORER_RESULTS_DIR) and no figure is exported
-(EXPLORER_WRITE_FIGURES=0), so nothing is written into the checkout. Both notebooks share one
-results folder, so the second reuses the FastViTHD and Qwen2-0.5B measurements of the first.
+The sync check compares the cells (type, source, tags) of the two files, so editing one and not the
+other fails here until ``jupytext --sync notebooks/*.py`` is run. Execution happens on a copy in a
+temporary folder with a kernel of this interpreter; the results database goes to a temporary folder
+(EXPLORER_RESULTS_DIR) and no figure is exported (EXPLORER_WRITE_FIGURES=0), so nothing is written
+into the checkout. Both notebooks share one results folder, so the second reuses the FastViTHD and
+Qwen2-0.5B measurements of the first.
 """
 from __future__ import annotations
 
-import importlib.util
 import json
+import resource
 import shutil
 import sys
+import time
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
+from jupytext.config import find_jupytext_configuration_file, load_jupytext_configuration_file
 from nbclient import NotebookClient
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ["encoder_vs_llm_size", "reproduce_fastvlm_figure"]  # in this order: the second reuses measurements
-CELL_TIMEOUT_S = 900
+CELL_TIMEOUT_S = 600
 
 
-def _maker():
-    spec = importlib.util.spec_from_file_location("make_notebooks", ROOT / "tools" / "make_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    spec.loader.exec_module(module)
-    return module
+def _cells(nb: nbformat.NotebookNode) -> list[tuple[str, str, tuple[str, ...]]]:
+    return [(c.cell_type, c.source.strip("\n"), tuple(c.metadata.get("tags", []))) for c in nb.cells]
+
+
+def pair_differences(py_text: str, ipynb_text: str) -> list[str]:
+    """Where the percent-format source and the .ipynb disagree (cell type, source or tags); [] when in step."""
+    text_cells = _cells(jupytext.reads(py_text, fmt="py:percent"))
+    nb_cells = _cells(nbformat.reads(ipynb_text, as_version=4))
+    out = [f"cell {i}: {a[0]} {a[1][:60]!r}{' ' + str(a[2]) if a[2] else ''} != "
+           f"{b[0]} {b[1][:60]!r}{' ' + str(b[2]) if b[2] else ''}"
+           for i, (a, b) in enumerate(zip(text_cells, nb_cells)) if a != b]
+    if len(text_cells) != len(nb_cells):
+        out.append(f"{len(text_cells)} cells in the .py, {len(nb_cells)} in the .ipynb")
+    return out
+
+
+def test_notebooks_are_paired_by_the_jupytext_config():
+    config_file = find_jupytext_configuration_file(str(ROOT / "notebooks"))
+    assert config_file is not None and Path(config_file) == ROOT / "notebooks" / "jupytext.toml"
+    config = load_jupytext_configuration_file(config_file)
+    formats = config.formats if isinstance(config.formats, str) else ",".join(config.formats)
+    assert formats == "ipynb,py:percent"
+    pairs = {p.stem for p in (ROOT / "notebooks").glob("*.ipynb")}
+    assert pairs == {p.stem for p in (ROOT / "notebooks").glob("*.py")} == set(NOTEBOOKS)
 
 
 @pytest.mark.parametrize("stem", NOTEBOOKS)
-def test_committed_notebook_is_generated_and_has_no_outputs(stem):
-    path = ROOT / "notebooks" / f"{stem}.ipynb"
-    assert path.is_file(), f"{path} is missing: run python tools/make_notebooks.py"
-    text = path.read_text()
-    assert text == _maker().render(stem), f"{path} differs from tools/make_notebooks.py: regenerate it"
-    nb = nbformat.reads(text, as_version=4)
+def test_py_and_ipynb_are_in_step_and_committed_without_outputs(stem):
+    py, ipynb = ROOT / "notebooks" / f"{stem}.py", ROOT / "notebooks" / f"{stem}.ipynb"
+    differences = pair_differences(py.read_text(), ipynb.read_text())
+    assert not differences, (f"{py.name} and {ipynb.name} differ (run: jupytext --sync notebooks/{stem}.py):\n"
+                             + "\n".join(differences))
+    nb = nbformat.read(ipynb, as_version=4)
     nbformat.validate(nb)
     for cell in nb.cells:
         if cell.cell_type == "code":
@@ -46,6 +69,21 @@ def test_committed_notebook_is_generated_and_has_no_outputs(stem):
     assert len(params) == 1 and params[0] is nb.cells[1]
     assert "\nQUICK = True " in "\n" + params[0].source
     assert "RESULTS_DB = None" in params[0].source
+
+
+def test_the_sync_check_catches_an_edit_on_either_side():
+    py = (ROOT / "notebooks" / "encoder_vs_llm_size.py").read_text()
+    ipynb = (ROOT / "notebooks" / "encoder_vs_llm_size.ipynb").read_text()
+    edited_py = py.replace("N_BUDGETS = 5", "N_BUDGETS = 6")
+    assert edited_py != py and pair_differences(edited_py, ipynb)
+    nb = nbformat.reads(ipynb, as_version=4)
+    nb.cells[1].metadata["tags"] = []
+    assert pair_differences(py, nbformat.writes(nb))
+    nb = nbformat.reads(ipynb, as_version=4)
+    n = len(nb.cells)
+    nb.cells.append(nbformat.v4.new_markdown_cell("an extra cell"))
+    assert pair_differences(py, nbformat.writes(nb)) == [f"{n} cells in the .py, {n + 1} in the .ipynb"]
+    assert pair_differences(py, ipynb) == []
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +101,11 @@ def kernel_env(tmp_path_factory):
             "IPYTHONDIR": str(jupyter / "ipython"),
             "EXPLORER_RESULTS_DIR": str(tmp_path_factory.mktemp("results")),
             "EXPLORER_WRITE_FIGURES": "0", "EXPLORER_QUICK": "1", "TQDM_DISABLE": "1"}
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _snapshot(folder: Path) -> dict[str, float]:
@@ -84,7 +127,11 @@ def test_notebook_runs_top_to_bottom(stem, kernel_env, tmp_path, monkeypatch):
     nb = nbformat.read(work / f"{stem}.ipynb", as_version=4)
     client = NotebookClient(nb, timeout=CELL_TIMEOUT_S, kernel_name="explorer-test",
                             resources={"metadata": {"path": str(work)}})
+    started, cpu_before = time.monotonic(), _children_cpu_s()
     client.execute()  # raises CellExecutionError, with the cell and its traceback, if any cell fails
+    # wall time depends on the machine's load; the kernel's CPU time (and its measuring child's) less so
+    print(f"{stem}: executed in {time.monotonic() - started:.0f} s wall, "
+          f"{_children_cpu_s() - cpu_before:.0f} s CPU (user + sys of the kernel and its children)")
 
     text = "\n".join(out.get("text", "") for cell in nb.cells if cell.cell_type == "code"
                      for out in cell.get("outputs", []) if out.get("output_type") == "stream")
