@@ -222,6 +222,9 @@ class TrainResult:
     params: dict[str, int]
     device: str
     precision: str
+    val_metrics: dict[str, float] = field(default_factory=dict)  # exact_match, vqa_accuracy, anls; whole val split
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    world_size: int = 1  # processes that trained (torch.distributed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -498,8 +501,16 @@ def recalibrate_batchnorm(encoder: nn.Module, dataset: Dataset, batches: int, ba
 @torch.no_grad()
 def evaluate(model: VLM, dataset: Dataset, limit: Optional[int], batch_size: int, max_new_tokens: int,
              device: torch.device, amp_dtype: Optional[torch.dtype],
-             predictions_path: Optional[Path] = None) -> tuple[float, dict[str, float]]:
-    """Exact-match accuracy of greedy answers to the last turn; also per proxy task."""
+             predictions_path: Optional[Path] = None,
+             metrics: Optional[dict[str, float]] = None) -> tuple[float, dict[str, float]]:
+    """Exact-match accuracy of greedy answers to the last turn; also per proxy task.
+
+    ``metrics``, when given, receives the mean of every standard metric (exact match, VQA soft
+    accuracy, ANLS; :mod:`explorer.train.metrics`) against each sample's reference answers (all
+    of them where the evaluation set lists several, else the last turn's answer).
+    """
+    from .metrics import mean_by, score_one
+
     was_training = [m.training for m in (model.encoder, model.projector, model.lm)]
     model.eval()
     n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
@@ -507,6 +518,7 @@ def evaluate(model: VLM, dataset: Dataset, limit: Optional[int], batch_size: int
     correct, total = 0, 0
     by_task: dict[str, list[int]] = {}
     records = []
+    per_sample: list[dict[str, float]] = []
     for images, samples in _loader(dataset, batches, 0):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             preds = model.generate(_like_encoder(images, model.encoder, device), [s.turns for s in samples],
@@ -514,6 +526,8 @@ def evaluate(model: VLM, dataset: Dataset, limit: Optional[int], batch_size: int
         for sample, pred in zip(samples, preds):
             answer = sample.turns[-1][1]
             ok = normalize_answer(pred) == normalize_answer(answer)
+            references = tuple(getattr(sample, "answers", ()) or (answer,))
+            per_sample.append(score_one(pred, references))
             correct += ok
             total += 1
             task = getattr(getattr(sample, "params", None), "task", None)
@@ -524,11 +538,13 @@ def evaluate(model: VLM, dataset: Dataset, limit: Optional[int], batch_size: int
             if predictions_path is not None:
                 records.append({"id": getattr(sample, "id", getattr(getattr(sample, "params", None), "index", None)),
                                 "task": task, "question": sample.turns[-1][0], "answer": answer,
-                                "prediction": pred, "correct": bool(ok)})
+                                "prediction": pred, "correct": bool(ok), **per_sample[-1]})
     for module, flag in zip((model.encoder, model.projector, model.lm), was_training):
         module.train(flag)
     if predictions_path is not None:
         predictions_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if metrics is not None:
+        metrics.update(mean_by(per_sample))
     return correct / max(1, total), {k: c / t for k, (c, t) in sorted(by_task.items())}
 
 
@@ -709,17 +725,22 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
     val_acc = test_acc = None
     val_by_task: dict[str, float] = {}
     test_by_task: dict[str, float] = {}
+    val_metrics: dict[str, float] = {}
+    test_metrics: dict[str, float] = {}
     if not stopped:
         if val_ds is not None or test_ds is not None:
             recalibrate()
         if val_ds is not None:
             val_acc, val_by_task = evaluate(model, val_ds, None, config.eval_batch_size, config.max_new_tokens,
-                                            device, amp_dtype, out / "predictions_val.jsonl")
+                                            device, amp_dtype, out / "predictions_val.jsonl",
+                                            metrics=val_metrics)
         if test_ds is not None:
             test_acc, test_by_task = evaluate(model, test_ds, None, config.eval_batch_size, config.max_new_tokens,
-                                              device, amp_dtype, out / "predictions_test.jsonl")
+                                              device, amp_dtype, out / "predictions_test.jsonl",
+                                              metrics=test_metrics)
         log({"step": step, "kind": "final", "val_accuracy": val_acc, "test_accuracy": test_acc,
-             "val_by_task": val_by_task, "test_by_task": test_by_task})
+             "val_by_task": val_by_task, "test_by_task": test_by_task, "val_metrics": val_metrics,
+             "test_metrics": test_metrics})
 
     params = {"encoder": sum(p.numel() for p in model.encoder.parameters()),
               "projector": sum(p.numel() for p in model.projector.parameters()),
@@ -728,6 +749,7 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
     result = TrainResult(
         steps=step, samples_seen=position, stopped_early=stopped, train_loss=last_loss,
         val_accuracy=val_acc, test_accuracy=test_acc, val_by_task=val_by_task, test_by_task=test_by_task,
+        val_metrics=val_metrics, test_metrics=test_metrics,
         wall_time_s=time.perf_counter() - wall_start, train_time_s=train_time,
         steps_per_minute=60.0 * steps_this_call / time_this_call if time_this_call > 0 else None,
         resumed_from_step=resumed_from, checkpoint_path=str(ckpt_path) if ckpt_path else None,
