@@ -360,13 +360,25 @@ class VLM(nn.Module):
 
     def loss(self, images: torch.Tensor, turns: Sequence[Sequence[tuple[str, str]]]) -> torch.Tensor:
         """Mean cross-entropy over answer tokens (teacher forcing)."""
+        total, count = self.loss_sum(images, turns)
+        return total / count.clamp(min=1)
+
+    def loss_sum(self, images: torch.Tensor, turns: Sequence[Sequence[tuple[str, str]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy over answer tokens and their count (for token-weighted means
+        across gradient-accumulation micro-batches and processes)."""
         encoded = [self.encode_turns(t, final_answer=True) for t in turns]
         batch = self._assemble(self.visual_tokens(images), [e[0] for e in encoded], [e[1] for e in encoded])
         logits = self.lm(batch.embeds, batch.mask, batch.positions)
         assert batch.labels is not None
         # The logit at position p predicts the token at p + 1.
-        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                               batch.labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        targets = batch.labels[:, 1:].reshape(-1)
+        total = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets,
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+        return total, (targets != IGNORE_INDEX).sum()
+
+    def forward(self, images: torch.Tensor, turns: Sequence[Sequence[tuple[str, str]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss_sum` (``forward`` so that DistributedDataParallel's gradient hooks fire)."""
+        return self.loss_sum(images, turns)
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, turns: Sequence[Sequence[tuple[str, str]]],
