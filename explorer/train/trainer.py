@@ -614,7 +614,10 @@ def _join_world(config: TrainConfig) -> _World:
     cuda = resolve_device(config.device).type == "cuda"
     if cuda:
         torch.cuda.set_device(local_rank)
-    dist.init_process_group(backend="nccl" if cuda else "gloo")
+    import datetime
+
+    # Other ranks wait at a barrier while rank 0 evaluates: allow long evaluations.
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
     return _World(dist.get_world_size(), dist.get_rank(), local_rank, owned=True)
 
 
