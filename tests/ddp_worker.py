@@ -20,9 +20,14 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser()
     ap.add_argument("config")
     ap.add_argument("--stop-at", type=int, default=None)
+    ap.add_argument("--let-train-join", action="store_true", help="train() joins the job itself (torchrun path)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     config = base_config(json.loads(open(args.config).read()))
+    if args.let_train_join:
+        result = train(config)
+        assert result.world_size == 2 and not dist.is_initialized()  # train() left the group it made
+        raise SystemExit(0)
     dist.init_process_group("gloo")  # train() uses a group that is already there
     if args.stop_at is not None:
         first = train(dataclasses.replace(config, stop_after_steps=args.stop_at))
