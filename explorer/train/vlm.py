@@ -101,6 +101,57 @@ class HFCodec:
         return self.tokenizer.decode(ids, skip_special_tokens=True)
 
 
+class ChatCodec(HFCodec):
+    """A transformers tokenizer with its chat template (LLaVA-1.5 / FastVLM conversation format).
+
+    A conversation is rendered turn by turn with ``apply_chat_template``; the text each new
+    message adds to the rendering is that message's segment. User segments (with the template's
+    system prompt and headers, and the generation prompt) are context; an assistant segment is
+    trained on its answer tokens and the template's end-of-turn token (the tokenizer's eos,
+    ``<|im_end|>`` for ChatML models such as Qwen2 and SmolLM2), which is also where generation
+    stops. Whatever the template adds after the end-of-turn token (a newline) opens the next
+    user segment.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        super().__init__(tokenizer)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError("invalid lm_chat_template=True: this tokenizer has no chat template")
+        self.eos_text = tokenizer.convert_ids_to_tokens(self.eos_id)
+
+    def _render(self, messages: list[dict[str, str]], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+
+    def _ids(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def encode_turns(self, turns: Sequence[tuple[str, str]], final_answer: bool) -> tuple[list[int], list[int]]:
+        messages: list[dict[str, str]] = []
+        ids: list[int] = []
+        labels: list[int] = []
+        rendered = ""
+        for k, (question, answer) in enumerate(turns):
+            messages.append({"role": "user", "content": question})
+            text = self._render(messages, True)
+            if not text.startswith(rendered):
+                raise ValueError("chat template does not render conversations incrementally; "
+                                 "use lm_chat_template=False")
+            prompt = self._ids(text[len(rendered):])
+            ids += prompt
+            labels += [IGNORE_INDEX] * len(prompt)
+            rendered = text
+            if k < len(turns) - 1 or final_answer:
+                messages.append({"role": "assistant", "content": answer})
+                text = self._render(messages, False)
+                ans = self.answer_ids(answer)
+                ids += ans
+                labels += ans
+                # the answer and its end-of-turn token are now rendered; the rest opens the next turn
+                marker = text.find(self.eos_text, len(rendered))
+                rendered = text[: marker + len(self.eos_text)] if marker >= 0 else text
+        return ids, labels
+
+
 # --------------------------------------------------------------------------------------------
 # language models
 
@@ -200,16 +251,26 @@ class HFCausalLM(nn.Module):
         self.hidden = int(model.config.hidden_size)
 
     @classmethod
-    def from_dir(cls, path: Union[str, Path]) -> tuple["HFCausalLM", HFCodec]:
+    def from_dir(cls, path: Union[str, Path], chat_template: bool = False) -> tuple["HFCausalLM", HFCodec]:
+        """Load a local transformers directory, or a ``.gguf`` file (transformers' GGUF loading:
+        weights dequantised to fp32, tokenizer and chat template read from the file; needs the
+        ``gguf`` and ``accelerate`` packages). Nothing is downloaded."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         path = Path(path)
-        if not (path / "config.json").is_file():
-            raise ValueError(f"invalid lm_path={str(path)!r}: not a local transformers model directory "
-                             "(no config.json); nothing is downloaded")
-        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
-        return cls(model), HFCodec(tokenizer)
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise ValueError(f"invalid lm_path={str(path)!r}: no such GGUF file")
+            where: dict[str, Any] = {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
+        elif (path / "config.json").is_file():
+            where = {"pretrained_model_name_or_path": str(path)}
+        else:
+            raise ValueError(f"invalid lm_path={str(path)!r}: neither a local transformers model directory "
+                             "(with config.json) nor a .gguf file; nothing is downloaded")
+        tokenizer = AutoTokenizer.from_pretrained(**where, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(**where, local_files_only=True, dtype=torch.float32)
+        codec = ChatCodec(tokenizer) if chat_template else HFCodec(tokenizer)
+        return cls(model), codec
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         return self.model.get_input_embeddings()(ids)
@@ -283,6 +344,8 @@ class VLM(nn.Module):
 
     def encode_turns(self, turns: Sequence[tuple[str, str]], final_answer: bool) -> tuple[list[int], list[int]]:
         """Token ids and labels of a conversation; without ``final_answer`` it ends at the last prompt."""
+        if hasattr(self.codec, "encode_turns"):  # a codec with its own conversation format
+            return self.codec.encode_turns(turns, final_answer)  # type: ignore[attr-defined]
         ids: list[int] = []
         labels: list[int] = []
         for k, (question, answer) in enumerate(turns):
@@ -297,13 +360,25 @@ class VLM(nn.Module):
 
     def loss(self, images: torch.Tensor, turns: Sequence[Sequence[tuple[str, str]]]) -> torch.Tensor:
         """Mean cross-entropy over answer tokens (teacher forcing)."""
+        total, count = self.loss_sum(images, turns)
+        return total / count.clamp(min=1)
+
+    def loss_sum(self, images: torch.Tensor, turns: Sequence[Sequence[tuple[str, str]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed cross-entropy over answer tokens and their count (for token-weighted means
+        across gradient-accumulation micro-batches and processes)."""
         encoded = [self.encode_turns(t, final_answer=True) for t in turns]
         batch = self._assemble(self.visual_tokens(images), [e[0] for e in encoded], [e[1] for e in encoded])
         logits = self.lm(batch.embeds, batch.mask, batch.positions)
         assert batch.labels is not None
         # The logit at position p predicts the token at p + 1.
-        return F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]),
-                               batch.labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX)
+        targets = batch.labels[:, 1:].reshape(-1)
+        total = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets,
+                                ignore_index=IGNORE_INDEX, reduction="sum")
+        return total, (targets != IGNORE_INDEX).sum()
+
+    def forward(self, images: torch.Tensor, turns: Sequence[Sequence[tuple[str, str]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`loss_sum` (``forward`` so that DistributedDataParallel's gradient hooks fire)."""
+        return self.loss_sum(images, turns)
 
     @torch.no_grad()
     def generate(self, images: torch.Tensor, turns: Sequence[Sequence[tuple[str, str]]],
