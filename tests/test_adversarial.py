@@ -166,6 +166,8 @@ CASES = [
     # train and the dispatcher
     (["train"], "no search space chosen"),
     (["train", "space_file={space}", "out={dir}/empty"], "no results database"),
+    (["train", "space_file={space}", "train.max_points=-1"], "train.max_points"),
+    (["train", "space_file={space}", "+train.config.max_stepz=3"], "max_stepz"),
     (["nosuchcommand"], "unknown command"),
 ]
 

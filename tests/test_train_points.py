@@ -116,7 +116,7 @@ def test_train_command_errors_are_clear(tmp_path):
                                *args], capture_output=True, text=True, timeout=120)
 
     missing = run()
-    assert missing.returncode == 2 and "run `python -m explorer sweep" in missing.stderr
+    assert missing.returncode == 2 and "run `explorer sweep" in missing.stderr
     assert "Traceback" not in missing.stderr
     bad = run("+train.config.max_stepz=3")
     assert bad.returncode == 2 and "max_stepz" in bad.stderr and "Traceback" not in bad.stderr

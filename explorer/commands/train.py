@@ -10,38 +10,32 @@ from pathlib import Path
 from typing import Any, Optional
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from explorer.commands.common import error as _err, space_source as _space_source
-from explorer.conf.schema import register_schemas, run_hydra_command
+from explorer.commands.common import error as _err, results_location, space_source as _space_source
+from explorer.conf.schema import options_of, register_schemas, run_hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0}
 
 
-@dataclass
-class TrainOptions:
-    points: Any = "pareto"
-    max_points: Optional[int] = None
-    per_llm: bool = False
-    dry_run: bool = False
-    output_root: Optional[str] = None
-    config: Any = field(default_factory=dict)  # TrainConfig overrides, validated by TrainConfig
+def _train_app() -> type:
+    from explorer.conf.schema import SpaceAppConfig, hydra_node
+    from explorer.engine.options import TrainOptions
 
+    @dataclass
+    class TrainAppConfig(SpaceAppConfig):
+        """The whole config of ``explorer train`` (``out``/``store``: the sweep's results)."""
 
-@dataclass
-class TrainAppConfig:
-    space: Any = None
-    train: TrainOptions = field(default_factory=TrainOptions)
-    out: Optional[str] = None
-    store: Optional[str] = None
-    spaces_dir: Optional[str] = None
-    space_file: Optional[str] = None
+        train: Any = field(default_factory=hydra_node(TrainOptions))
+
+    return TrainAppConfig
 
 
 def run_from_config(cfg: DictConfig) -> int:
     from explorer.data import results
     from explorer.data.space import SpaceError, load_space
-    from explorer.data.store import Store, resolve_url
+    from explorer.data.store import Store
+    from explorer.engine.options import TrainOptions
     from explorer.train.points import base_config, plan_targets, select_points, train_targets
 
     choice, source = _space_source(cfg)
@@ -49,31 +43,25 @@ def run_from_config(cfg: DictConfig) -> int:
     if node is None:
         _err("no search space chosen: add +space=NAME (the sweep whose points to train) or space_file=PATH")
         return 2
-    opts = cfg.train
     try:
+        opts = options_of(TrainOptions, cfg.train)
         space = load_space(node, name=None if node.get("name") else choice, source_name=source)
-        overrides = OmegaConf.to_container(opts.config, resolve=True) or {}
-        base = base_config({k: v for k, v in dict(overrides).items() if v is not None})
+        base = base_config({k: v for k, v in dict(opts.config).items() if v is not None})
         base.validate()
-    except (SpaceError, ValueError) as err:
-        _err(str(err))
-        return 2
-    out = Path(cfg.out) if cfg.get("out") else Path("results") / space.name
-    url = cfg.store or resolve_url(out)
-    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
-        _err(f"no results database at {url}: run `python -m explorer sweep +space={space.name}` first")
-        return 2
-    store = Store(url)
-    df = results.load(store, space=space.name, accuracy_metric=None)
-    try:
+        out, url = results_location(cfg, space.name, create=False)
+        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+            _err(f"no results database at {url}: run `explorer sweep +space={space.name}` first")
+            return 2
+        store = Store(url, create=False)
+        df = results.load(store, space=space.name, accuracy_metric=None)
         rows = select_points(df, opts.points)
-    except ValueError as err:
+    except (SpaceError, ValueError) as err:
         _err(str(err))
         return 2
     rows = rows.sort_values("ttft_ms", na_position="last")
     targets = plan_targets(rows, per_llm=bool(opts.per_llm))
     if opts.max_points is not None:
-        targets = targets[: int(opts.max_points)]
+        targets = targets[: opts.max_points]
     print(f"{len(rows)} design point(s) selected ({opts.points}) -> {len(targets)} training run(s):")
     for t in targets:
         print(f"  {t.label}  (serves {len(t.point_keys)} point(s))")
@@ -85,7 +73,7 @@ def run_from_config(cfg: DictConfig) -> int:
     except ValueError as err:
         _err(str(err))
         return 2
-    print(f"accuracy stored in {url}; `python -m explorer plot {out}` shows it on the frontier")
+    print(f"accuracy stored in {url}; `explorer plot source={out}` shows it on the frontier")
     return 0
 
 
@@ -102,5 +90,5 @@ def main(argv: list[str]) -> int:
     from hydra.core.config_store import ConfigStore
 
     register_schemas()
-    ConfigStore.instance().store(name="train_schema", node=TrainAppConfig)
+    ConfigStore.instance().store(name="train_schema", node=_train_app())
     return run_hydra_command("train", _hydra_main, argv, _STATE)

@@ -41,8 +41,10 @@ def hydra_node(cls: type) -> type:
             tp = hints.get(f.name, Any)
             if typing.get_origin(tp) in (tuple, dict, list) or tp is tuple:
                 tp = Any
-            default = f.default if f.default is not dataclasses.MISSING else None
-            specs.append((f.name, tp, field(default=default)))
+            if f.default_factory is not dataclasses.MISSING:
+                specs.append((f.name, tp, field(default_factory=f.default_factory)))
+            else:
+                specs.append((f.name, tp, field(default=f.default if f.default is not dataclasses.MISSING else None)))
         _NODES[cls] = dataclasses.make_dataclass(f"{cls.__name__}Node", specs)
     return _NODES[cls]
 

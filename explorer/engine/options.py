@@ -9,12 +9,12 @@ allowed named (:class:`explorer.checks.OptionError`).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional
 
 from explorer.checks import OptionError, check_bool, check_choice, check_int, check_number, check_text
 
-__all__ = ["ISOLATION_MODES", "SAMPLERS", "SweepOptions", "SearchOptions", "options_from"]
+__all__ = ["ISOLATION_MODES", "SAMPLERS", "SweepOptions", "SearchOptions", "TrainOptions", "options_from"]
 
 #: How a measurement runs and how its timeout is enforced (see explorer.engine.sweep.isolation).
 ISOLATION_MODES: tuple[str, ...] = ("auto", "process", "alarm", "inline")
@@ -111,3 +111,34 @@ class SearchOptions:
 
     def replace(self, **changes: Any) -> "SearchOptions":
         return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """``train.*``: which points of a sweep ``explorer train`` trains (see explorer.train.points).
+
+    ``points``: ``pareto``, ``all`` or comma-separated point keys; ``max_points``: at most this
+    many runs, cheapest TTFT first; ``per_llm``: one run per LLM too (with ``config.lm=hf``);
+    ``output_root``: run folders (default ``<out>/train``); ``config``: TrainConfig fields
+    (encoder, knobs and resolution come from each point), validated by TrainConfig itself.
+    """
+
+    SECTION: ClassVar[str] = "train"
+
+    points: Any = "pareto"
+    max_points: Optional[int] = None
+    per_llm: bool = False
+    dry_run: bool = False
+    output_root: Optional[str] = None
+    config: Any = field(default_factory=lambda: {"max_steps": 600})
+
+    def __post_init__(self) -> None:
+        check_int("train.max_points", self.max_points, low=1, optional=True, none_means="every selected run")
+        check_bool("train.per_llm", self.per_llm)
+        check_bool("train.dry_run", self.dry_run)
+        check_text("train.output_root", self.output_root, optional=True, none_means="<out>/train")
+        if isinstance(self.points, (list, tuple)):
+            object.__setattr__(self, "points", ",".join(str(p) for p in self.points))
+        check_text("train.points", self.points)
+        if not isinstance(self.config, Mapping):
+            raise OptionError("train.config", self.config, "a mapping of TrainConfig fields")
