@@ -224,7 +224,13 @@ def run_hydra_command(prog: str, hydra_main: Any, argv: list[str], state: dict[s
     """
     import sys
 
-    args, chosen = prepare_argv(list(argv)) if spaces else (list(argv), [])
+    if spaces:
+        args, chosen = prepare_argv(list(argv))
+    else:  # `space=NAME` is a plain option there, not the group an earlier command may have registered
+        from hydra.core.config_store import ConfigStore
+
+        ConfigStore.instance().repo.pop("space", None)
+        args, chosen = list(argv), []
     for name in chosen:
         if name in BROKEN_SPACES:
             sys.stderr.write(f"error: {BROKEN_SPACES[name]}\n")
