@@ -1,6 +1,6 @@
 """sweep_fakes' measurements, each call logged as one line ``pid kind key`` to the file named by
 ``$EXPLORER_FAKE_LOG`` (appends of one short line are atomic), so a test counts every measurement
-made by every worker process, killed ones included. ``$EXPLORER_FAKE_DELAY`` slows each one down."""
+made by every worker process, killed ones included. ``$EXPLORER_FAKE_DELAY`` slows each encoder down."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +21,26 @@ def _log(kind: str, key: str) -> None:
             os.close(fd)
 
 
+def _stall_once(key: str) -> None:
+    """The first encoder measurement of all processes writes ``pid key`` to ``$EXPLORER_FAKE_STALL``
+    and hangs (a test SIGKILLs that process mid-measurement); later ones go through."""
+    path = os.environ.get("EXPLORER_FAKE_STALL")
+    if not path:
+        return
+    try:
+        os.close(os.open(path + ".lock", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))  # kept: first one only
+    except FileExistsError:
+        return
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{os.getpid()} {key}\n")
+    os.rename(path + ".tmp", path)  # complete when it appears
+    F._sleep(120)
+
+
 def measure_encoder(name: str, knobs: dict[str, Any], resolution: int, settings: Any, time: bool = True) -> Any:
-    _log("encoder", encoder_key(name, knobs, resolution))  # logged when it starts: a kill comes after
+    key = encoder_key(name, knobs, resolution)
+    _log("encoder", key)  # logged when it starts: a kill comes after
+    _stall_once(key)
     return F.measure_encoder(name, knobs, resolution, settings)
 
 
