@@ -67,3 +67,19 @@ def test_bad_input_is_named():
         compare_environments(_table().drop(columns="env_key"))
     with pytest.raises(ValueError, match="budget_ms"):
         compare_environments(_table(), budget_ms=0)
+
+
+def test_the_report_compares_the_environments():
+    import re
+
+    from explorer.analysis.report import render_report
+
+    page = render_report(_table(), budgets=(30,))
+    assert "<h2>Across environments</h2>" in page
+    common = re.search(r'id="fleet-common-table".*?</table>', page, re.S).group(0)
+    assert re.findall(r"<td>([A-D])</td>", common) == ["B", "D"]
+    assert "ttft_ms [cpu, 1 threads, float32]" in common and "ttft_ms [cpu, 2 threads, float32]" in common
+    budget = re.search(r'id="fleet-budget-table".*?</table>', page, re.S).group(0)
+    assert re.findall(r"<td>([A-D])</td>", budget) == ["A", "B", "C"]  # by worst TTFT: 15, 20, 30
+    one_env = render_report(_table()[lambda d: d["env_key"] == "e1"])
+    assert "Across environments" not in one_env
