@@ -83,3 +83,18 @@ def test_the_report_compares_the_environments():
     assert re.findall(r"<td>([A-D])</td>", budget) == ["A", "B", "C"]  # by worst TTFT: 15, 20, 30
     one_env = render_report(_table()[lambda d: d["env_key"] == "e1"])
     assert "Across environments" not in one_env
+
+
+def test_plot_env_all_writes_the_comparison(tmp_path, capsys):
+    from explorer.cli import main
+
+    raw = {"name": "toy", "encoders": {"toy": {"knobs": {"width": [1, 2]}}}, "resolutions": [64],
+           "llms": ["llm-a"], "text_tokens": [0]}
+    sp = load_space(raw, shape_fn=F.shape, check_models=False)
+    st = Store(tmp_path / "r")
+    for key in ("one", "two"):
+        F.run(sp, MeasureSettings(device="cpu"), st, environment=F.FakeEnv(key=key))
+    assert main(["plot", f"source={tmp_path}/r", "env=all", f"out={tmp_path}/p.html"]) == 0
+    assert "<h2>Across environments</h2>" in (tmp_path / "p.html").read_text()
+    assert main(["plot", f"source={tmp_path}/r", "env=three", f"out={tmp_path}/q.html"]) == 2
+    assert "invalid env='three'" in capsys.readouterr().err
