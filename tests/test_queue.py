@@ -173,3 +173,19 @@ def test_postgres_claims_skip_rows_locked_by_another_claimer(pg_url):
         job = WorkQueue(st, owner="b").claim("toy", "fake-env")
         waited = time.monotonic() - t0
         assert job is not None and job.lease_id != first.id and waited < 4  # skipped, not waited for
+
+
+def test_postgres_connections_lost_between_transactions_are_replaced(pg_url):
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    st = _published(pg_url)
+    queue = WorkQueue(st, owner="a")
+    assert queue.claim("toy", "fake-env") is not None
+    u = make_url(pg_url)
+    with psycopg.connect(f"host={u.host} port={u.port} user={u.username} dbname=postgres", autocommit=True) as c:
+        killed = c.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                           "WHERE datname = %s AND pid <> pg_backend_pid()", (u.database,)).fetchone()[0]
+    assert killed >= 1  # the store's pooled connection is gone
+    job = queue.claim("toy", "fake-env")  # a fresh connection, not an error
+    assert job is not None and queue.complete(job, _rec(job))

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 from sqlalchemy import (JSON, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint,
                         create_engine, event, select)
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from explorer.data.space import DesignPoint, canonical_json
@@ -270,6 +270,22 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_json_default, allow_nan=True))
 
 
+#: SQLSTATEs of failures a retry of the whole transaction fixes (serialization failure, deadlock).
+RETRIED_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def _transient(err: Exception) -> bool:
+    """Whether running the failed transaction again can succeed (see :meth:`Store._retry`)."""
+    if isinstance(err, IntegrityError):
+        return False
+    if getattr(err, "connection_invalidated", False):
+        return True
+    orig = getattr(err, "orig", None)
+    if getattr(orig, "sqlstate", None) in RETRIED_SQLSTATES:
+        return True
+    return "locked" in str(err).lower()
+
+
 class Store:
     """The results database behind one URL (see the module docstring).
 
@@ -301,6 +317,8 @@ class Store:
                     raise StoreError(f"invalid store={self.url!r}: cannot create the folder {path.parent} "
                                      f"({err.strerror or err})") from None
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        else:  # a server: test pooled connections before use (a restarted server, a dropped link)
+            kwargs["pool_pre_ping"] = True
         try:
             self.engine: Engine = create_engine(self.url, **kwargs)
         except Exception as err:  # noqa: BLE001 - a missing driver, a bad option
@@ -378,12 +396,14 @@ class Store:
             conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
     def _retry(self, fn: Any, attempts: int = 5) -> Any:
-        """Run ``fn``; retry a few times on 'database is locked' (another writer)."""
+        """Run ``fn`` (one whole transaction); run it again a few times when it failed for a
+        reason another try can fix: SQLite's 'database is locked' (another writer), a PostgreSQL
+        serialization failure or deadlock (SQLSTATE 40001 / 40P01), a connection lost mid-way."""
         for i in range(attempts):
             try:
                 return fn()
-            except OperationalError as err:
-                if "locked" not in str(err).lower() or i == attempts - 1:
+            except (OperationalError, DBAPIError) as err:
+                if not _transient(err) or i == attempts - 1:
                     raise
                 time.sleep(0.2 * (i + 1))
         return None  # pragma: no cover
