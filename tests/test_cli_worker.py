@@ -48,7 +48,9 @@ def test_no_database_file_is_made_by_a_joining_worker(capsys, tmp_path):
 @pytest.mark.parametrize("arg, text", [("store=results/x", "invalid store='results/x'"),
                                        ("worker.lease_s=0", "invalid worker.lease_s=0"),
                                        ("worker.workers=3", "invalid worker.workers=3"),
-                                       ("worker.launcher=slurm", "invalid worker.launcher='slurm'")])
+                                       ("worker.launcher=slurm", "invalid worker.launcher='slurm'"),
+                                       ("sweep.dry_run=true", "invalid sweep.dry_run=True"),
+                                       ("sweep.max_measurements=3", "use worker.max_jobs")])
 def test_bad_options(capsys, tmp_path, arg, text):
     args = [arg] if arg.startswith("store=") else [f"store=sqlite:///{tmp_path}/s.db", arg]
     code, err = _run(capsys, *args)

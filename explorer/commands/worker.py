@@ -35,6 +35,20 @@ def _worker_app() -> type:
 WorkerAppConfig = _worker_app()
 
 
+def _refuse_sweep_only_options(options: Any) -> None:
+    """``sweep.*`` options a worker does not use are refused rather than silently ignored."""
+    from explorer.checks import OptionError
+
+    if options.dry_run:
+        raise OptionError("sweep.dry_run", True, "false for a worker (plan with `explorer sweep +space=NAME "
+                          "sweep.dry_run=true`)")
+    if options.max_measurements is not None:
+        raise OptionError("sweep.max_measurements", options.max_measurements, "null for a worker (use worker.max_jobs)")
+    if not options.resume:
+        raise OptionError("sweep.resume", False, "true for a worker (what is stored is done; "
+                          "sweep.retry_failed=true measures stored failures again)")
+
+
 def run_from_config(cfg: DictConfig) -> int:
     """One worker (or a Ray fleet of them) for a composed config; returns the exit code."""
     from explorer.data.queue import DeviceBusy
@@ -46,6 +60,7 @@ def run_from_config(cfg: DictConfig) -> int:
     try:
         options = options_of(WorkerOptions, cfg.worker)
         sweep_options = options_of(SweepOptions, cfg.sweep)
+        _refuse_sweep_only_options(sweep_options)
         url = cfg.get("store")
         if not isinstance(url, str) or "://" not in url:
             from explorer.checks import OptionError
