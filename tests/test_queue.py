@@ -189,3 +189,17 @@ def test_postgres_connections_lost_between_transactions_are_replaced(pg_url):
     assert killed >= 1  # the store's pooled connection is gone
     job = queue.claim("toy", "fake-env")  # a fresh connection, not an error
     assert job is not None and queue.complete(job, _rec(job))
+
+
+def test_an_optuna_search_keeps_its_study_in_the_same_postgres_database(pg_url):
+    from sqlalchemy import inspect
+
+    st = Store(pg_url)
+    report = F.search(space(), SETTINGS, st, trials=4, sampler="random", seed=1, study_name="s1")
+    tables = set(inspect(st.engine).get_table_names())
+    assert {"studies", "trials", "measurements", "leases"} <= tables  # optuna's and ours side by side
+    import optuna
+
+    study = optuna.load_study(study_name="s1", storage=pg_url)
+    assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 4
+    assert len(st.points("toy")) >= 1 and report is not None
