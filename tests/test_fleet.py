@@ -78,7 +78,9 @@ def test_the_report_compares_the_environments():
     assert "<h2>Across environments</h2>" in page
     common = re.search(r'id="fleet-common-table".*?</table>', page, re.S).group(0)
     assert re.findall(r"<td>([A-D])</td>", common) == ["B", "D"]
-    assert "ttft_ms [cpu, 1 threads, float32]" in common and "ttft_ms [cpu, 2 threads, float32]" in common
+    assert "<th>ttft_ms @ e1</th>" in common and "<th>ttft_ms @ e2</th>" in common
+    cells = re.findall(r"<td>\s*(\S*?)\s*</td>\s*<td>\s*(\S*?)\s*</td>\s*<td>([A-D])</td>", common)
+    assert cells == [("20", "12", "B"), ("40", "50", "D")]  # TTFT on e1, on e2 (the hand table)
     budget = re.search(r'id="fleet-budget-table".*?</table>', page, re.S).group(0)
     assert re.findall(r"<td>([A-D])</td>", budget) == ["A", "B", "C"]  # by worst TTFT: 15, 20, 30
     one_env = render_report(_table()[lambda d: d["env_key"] == "e1"])

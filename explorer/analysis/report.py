@@ -184,15 +184,16 @@ def _fleet_section(df: pd.DataFrame, objectives: ObjectivesLike, budgets: Sequen
              "<p>Latencies from different environments are never mixed: each has its own frontier. "
              f"{len(fleet.common_points)} point(s) are measured in all {len(fleet.fronts)} environments; "
              f"{len(fleet.on_every_front)} of them are on every environment's frontier.</p>",
-             _table(fleet.table(), "fleet-table")]
-    shown = [c for c in FRONTIER_COLUMNS if c in df.columns and c not in ("n_identical",)]
+             _table(fleet.table(), "fleet-table", "Each environment and its frontier (env_key: the columns below).")]
     robust = df[df["point_key"].isin(fleet.on_every_front)]
     if len(robust):
         wide = robust.pivot_table(index="point_key", columns="env_key", values="ttft_ms", aggfunc="first")
-        wide.columns = [f"ttft_ms [{fleet.labels.get(c, c)}]" for c in wide.columns]
+        wide = wide.reindex(columns=[e for e in fleet.fronts if e in wide.columns])  # the table's order
+        wide.columns = [f"ttft_ms @ {str(c)[:8]}" for c in wide.columns]  # env keys, as in the table above
         first = robust.drop_duplicates("point_key").set_index("point_key")
-        keep = [c for c in shown if c not in ("point_key",) and not c.endswith("latency_ms") and c != "ttft_ms"]
+        keep = [c for c in ("encoder", "knobs", "resolution", "llm", "text_tokens", "accuracy") if c in first.columns]
         table = first[keep].join(wide).reset_index()
+        table = table[[c for c in table.columns if c != "point_key"] + ["point_key"]]
         parts.append(_table(table, "fleet-common-table", "Points on every environment's frontier, "
                             "with their TTFT in each."))
     if fleet.budget_ms is not None:

@@ -29,7 +29,10 @@ from explorer.engine.sweep.isolation import RETRIED_ON_RESUME, make_runner
 from explorer.engine.sweep.keys import KINDS, Job
 from explorer.engine.sweep.plan import default_settings, plan_sweep, resolve_space
 
-__all__ = ["WorkerReport", "publish_sweep", "resolve_sweep", "run_worker", "launch_workers"]
+#: Settings that belong to each worker (its device and how much of it), not to the published sweep.
+WORKER_OWN_SETTINGS: frozenset[str] = frozenset({"device", "threads"})
+
+__all__ = ["WORKER_OWN_SETTINGS", "WorkerReport", "publish_sweep", "resolve_sweep", "run_worker", "launch_workers"]
 
 
 @dataclass
@@ -82,7 +85,7 @@ def publish_sweep(space: Union[Space, str, Any], settings: Any, store: Union[Sto
     settings = default_settings(space) if settings is None else settings
     st = _open(store)
     plan = plan_sweep(space, settings, None, options, backend)
-    published = {k: v for k, v in _settings_dict(settings).items() if k != "device"}  # each worker's own
+    published = {k: v for k, v in _settings_dict(settings).items() if k not in WORKER_OWN_SETTINGS}
     WorkQueue(st).publish(space.name, published, plan.jobs, plan.estimates_s)
     st.save_points(plan.point_records)
     return space.name
