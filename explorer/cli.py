@@ -15,6 +15,7 @@ COMMANDS: dict[str, str] = {
     "search": "optuna multi-objective search over a space (search +space=NAME search.trials=N)",
     "plot": "write the interactive HTML report for a results database",
     "export": "write a results database as CSV or Parquet",
+    "worker": "claim and measure a shared sweep's jobs with leases (worker store=URL [+space=NAME])",
     "train": "train chosen design points on the text-rich proxy task and store their accuracy",
     "predict": "predicted TTFT of a space on a device profile, no measuring (predict +space=NAME device=PROFILE)",
     "calibrate": "fit a device profile to the measurements in a results database (calibrate store=DIR)",

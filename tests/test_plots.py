@@ -224,7 +224,7 @@ def test_plot_command_reports_bad_input(tmp_path, capsys):
 def test_plot_command_reads_databases_through_results_load(tmp_path, monkeypatch, capsys):
     from explorer.data import results
     seen = []
-    monkeypatch.setattr(results, "load", lambda source: seen.append(source) or paper_table())
+    monkeypatch.setattr(results, "load", lambda source, env="latest": seen.append(source) or paper_table())
     out = tmp_path / "r.html"
     assert plot_command.main(["source=sqlite:///somewhere/store.db", f"out={out}"]) == 0
     assert seen == ["sqlite:///somewhere/store.db"] and out.is_file()

@@ -172,6 +172,37 @@ def _environment_section(df: pd.DataFrame) -> str:
     return note + _table(env, "environment-table")
 
 
+def _fleet_section(df: pd.DataFrame, objectives: ObjectivesLike, budgets: Sequence[float]) -> str:
+    """Across environments (a fleet's table, ``results.load(env="all")``): one frontier per environment
+    and the points on all of them; empty for a table of one environment."""
+    if "env_key" not in df.columns or df.loc[status_ok(df), "env_key"].nunique() < 2:
+        return ""
+    from explorer.analysis.fleet import compare_environments
+
+    fleet = compare_environments(df, objectives, budget_ms=min(budgets) if budgets else None)
+    parts = ["<h2>Across environments</h2>",
+             "<p>Latencies from different environments are never mixed: each has its own frontier. "
+             f"{len(fleet.common_points)} point(s) are measured in all {len(fleet.fronts)} environments; "
+             f"{len(fleet.on_every_front)} of them are on every environment's frontier.</p>",
+             _table(fleet.table(), "fleet-table", "Each environment and its frontier (env_key: the columns below).")]
+    robust = df[df["point_key"].isin(fleet.on_every_front)]
+    if len(robust):
+        wide = robust.pivot_table(index="point_key", columns="env_key", values="ttft_ms", aggfunc="first")
+        wide = wide.reindex(columns=[e for e in fleet.fronts if e in wide.columns])  # the table's order
+        wide.columns = [f"ttft_ms @ {str(c)[:8]}" for c in wide.columns]  # env keys, as in the table above
+        first = robust.drop_duplicates("point_key").set_index("point_key")
+        keep = [c for c in ("encoder", "knobs", "resolution", "llm", "text_tokens", "accuracy") if c in first.columns]
+        table = first[keep].join(wide).reset_index()
+        table = table[[c for c in table.columns if c != "point_key"] + ["point_key"]]
+        parts.append(_table(table, "fleet-common-table", "Points on every environment's frontier, "
+                            "with their TTFT in each."))
+    if fleet.budget_ms is not None:
+        parts.append(_table(fleet.within_budget, "fleet-budget-table",
+                            f"Points with TTFT <= {fleet.budget_ms:g} ms in every environment "
+                            f"({len(fleet.within_budget)}), by their worst TTFT."))
+    return "\n".join(parts)
+
+
 def _excluded_section(result: FrontierResult) -> str:
     if result.excluded.empty:
         return "<p>None: every row took part.</p>"
@@ -244,6 +275,7 @@ Written {now} by explorer.</p>
 <h2>Frontier</h2>
 {_frontier_section(result, df)}
 {_budget_section(df, budgets, group_by)}
+{_fleet_section(df, objectives, budgets)}
 <h2>Environment</h2>
 {_environment_section(df)}
 <h2>Rows left out</h2>

@@ -21,8 +21,9 @@ from explorer.conf.schema import hydra_node, options_of, run_hydra_command
 _STATE: dict[str, Any] = {"exit": 0}
 
 
-def load_table(source: str) -> pd.DataFrame:
-    """The results table behind ``source``; CSV and Parquet files are read directly."""
+def load_table(source: str, env: str = "latest") -> pd.DataFrame:
+    """The results table behind ``source`` (``env`` as :func:`explorer.data.results.load` takes it);
+    CSV and Parquet files are read directly."""
     path = Path(source)
     suffix = path.suffix.lower()
     if suffix in (".csv", ".parquet", ".pq"):
@@ -38,7 +39,7 @@ def load_table(source: str) -> pd.DataFrame:
             f"invalid source={source!r}: reading a results folder or database needs explorer.data.results, "
             "which this installation lacks; pass a .csv export instead"
         ) from err
-    return results.load(source)
+    return results.load(source, env=env)
 
 
 def load_reference(spec: str) -> pd.DataFrame:
@@ -55,7 +56,7 @@ def load_reference(spec: str) -> pd.DataFrame:
 
 @dataclass(frozen=True)
 class PlotOptions:
-    """What the report shows (``objectives`` default ``ttft_ms:min,accuracy:max``; ``group_by``
+    """What the report shows (``env=all`` compares the environments of a fleet; ``objectives`` default ``ttft_ms:min,accuracy:max``; ``group_by``
     a column, a list of columns or ``none``; ``budgets`` add 'best accuracy with TTFT <= MS' tables)."""
 
     SECTION: ClassVar[str] = "plot"
@@ -68,12 +69,14 @@ class PlotOptions:
     group_by: Any = "llm"
     reference: Optional[str] = None  # a CSV of published points, or 'published' for results/reference/
     budgets: Any = ()
+    env: str = "latest"  # latest | all (a fleet: one frontier per environment) | an env_key
 
     def __post_init__(self) -> None:
         if self.source is None:
             raise OptionError("source", None, "a results folder, database path or URL, or a .csv/.parquet table")
         check_text("source", self.source)
         check_text("out", self.out)
+        check_text("env", self.env)
         if self.objectives is not None:
             try:
                 parse_objectives(self.objectives)
@@ -98,7 +101,7 @@ def run_from_config(cfg: DictConfig) -> int:
     try:
         opts = options_of(PlotOptions, cfg)
         objectives = parse_objectives(opts.objectives) if opts.objectives is not None else None
-        df = load_table(opts.source)
+        df = load_table(opts.source, opts.env)
         reference = load_reference(opts.reference) if opts.reference else None
         title = opts.title or f"explorer report: {opts.source}"
         out = report.write_report(df, opts.out, title=title, objectives=objectives, group_by=opts.groups(),

@@ -27,7 +27,7 @@ from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
 from sqlalchemy import (JSON, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint,
                         create_engine, event, select)
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from explorer.data.space import DesignPoint, canonical_json
@@ -39,7 +39,9 @@ KINDS = ("encoder", "projector", "prefill")
 STATUSES = ("ok", "failed", "timeout", "oom", "killed")
 #: Version of the tables this module writes (kept in the ``explorer_meta`` table). A database of a
 #: newer version is refused rather than misread; version 1 databases had no meta table.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
+#: Tables added by each version (an older database is upgraded by creating them).
+SCHEMA_HISTORY = {2: "explorer_meta", 3: "sweeps, sweep_jobs, leases, device_claims (explorer.data.queue)"}
 
 
 class StoreError(ValueError):
@@ -102,6 +104,65 @@ class _Meta(_Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class _Sweep(_Base):
+    """A published sweep: its measurement settings, so a worker started without the space can join."""
+
+    __tablename__ = "sweeps"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    settings: Mapped[Any] = mapped_column(JSON)
+    n_jobs: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class _SweepJob(_Base):
+    """One unique measurement of a published sweep, independent of where it is measured."""
+
+    __tablename__ = "sweep_jobs"
+    __table_args__ = (UniqueConstraint("sweep", "kind", "key", name="uq_sweep_job"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(64))
+    inputs: Mapped[Any] = mapped_column(JSON)
+    label: Mapped[str] = mapped_column(Text)
+    estimate_s: Mapped[float] = mapped_column(Float)
+
+
+class _Lease(_Base):
+    """The state of one sweep job in one environment: pending, leased (to ``owner`` until
+    ``lease_until``) or done. An expired lease counts as pending."""
+
+    __tablename__ = "leases"
+    __table_args__ = (UniqueConstraint("sweep", "env_key", "kind", "key", name="uq_lease"),
+                      Index("ix_leases_claim", "sweep", "env_key", "state"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    sweep: Mapped[str] = mapped_column(String(200))
+    env_key: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(64))
+    inputs: Mapped[Any] = mapped_column(JSON)
+    label: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16))
+    owner: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
+    lease_until: Mapped[Optional[datetime]] = mapped_column(DateTime, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+class _DeviceClaim(_Base):
+    """The one timing worker of a device of a host (a lease renewed by that worker's heartbeat)."""
+
+    __tablename__ = "device_claims"
+
+    host: Mapped[str] = mapped_column(String(200), primary_key=True)
+    device: Mapped[str] = mapped_column(String(200), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(200))
+    lease_until: Mapped[datetime] = mapped_column(DateTime)
 
 
 class _Accuracy(_Base):
@@ -209,6 +270,22 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=_json_default, allow_nan=True))
 
 
+#: SQLSTATEs of failures a retry of the whole transaction fixes (serialization failure, deadlock).
+RETRIED_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def _transient(err: Exception) -> bool:
+    """Whether running the failed transaction again can succeed (see :meth:`Store._retry`)."""
+    if isinstance(err, IntegrityError):
+        return False
+    if getattr(err, "connection_invalidated", False):
+        return True
+    orig = getattr(err, "orig", None)
+    if getattr(orig, "sqlstate", None) in RETRIED_SQLSTATES:
+        return True
+    return "locked" in str(err).lower()
+
+
 class Store:
     """The results database behind one URL (see the module docstring).
 
@@ -240,6 +317,8 @@ class Store:
                     raise StoreError(f"invalid store={self.url!r}: cannot create the folder {path.parent} "
                                      f"({err.strerror or err})") from None
             kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+        else:  # a server: test pooled connections before use (a restarted server, a dropped link)
+            kwargs["pool_pre_ping"] = True
         try:
             self.engine: Engine = create_engine(self.url, **kwargs)
         except Exception as err:  # noqa: BLE001 - a missing driver, a bad option
@@ -270,7 +349,7 @@ class Store:
                                  f"{', '.join(sorted(tables)) or 'none'}); run `explorer sweep` to make one")
             if create:
                 self._retry(lambda: _Base.metadata.create_all(self._write_engine))
-                if version is None:
+                if version is None or version < SCHEMA_VERSION:  # older ones: their missing tables made above
                     self._retry(self._write_version)
         except StoreError:
             self.engine.dispose()
@@ -282,8 +361,17 @@ class Store:
 
     def _write_version(self) -> None:
         with self._write() as s, s.begin():
-            if s.get(_Meta, "schema_version") is None:
+            row = s.get(_Meta, "schema_version")
+            if row is None:
                 s.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(row.value) < SCHEMA_VERSION:
+                row.value = str(SCHEMA_VERSION)
+
+    def schema_version(self) -> Optional[int]:
+        """The version in ``explorer_meta`` (None: a version-1 database without the table)."""
+        with self._read() as s:
+            row = s.get(_Meta, "schema_version")
+            return None if row is None else int(row.value)
 
     # -- plumbing -----------------------------------------------------------------------------
 
@@ -308,12 +396,14 @@ class Store:
             conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
     def _retry(self, fn: Any, attempts: int = 5) -> Any:
-        """Run ``fn``; retry a few times on 'database is locked' (another writer)."""
+        """Run ``fn`` (one whole transaction); run it again a few times when it failed for a
+        reason another try can fix: SQLite's 'database is locked' (another writer), a PostgreSQL
+        serialization failure or deadlock (SQLSTATE 40001 / 40P01), a connection lost mid-way."""
         for i in range(attempts):
             try:
                 return fn()
-            except OperationalError as err:
-                if "locked" not in str(err).lower() or i == attempts - 1:
+            except (OperationalError, DBAPIError) as err:
+                if not _transient(err) or i == attempts - 1:
                     raise
                 time.sleep(0.2 * (i + 1))
         return None  # pragma: no cover
@@ -340,6 +430,18 @@ class Store:
 
     def save_measurement(self, rec: MeasurementRecord) -> int:
         """Insert or replace the row for ``(kind, key, env_key)`` in one transaction; returns its id."""
+        def attempt() -> int:
+            with self._write() as s, s.begin():
+                return self._upsert_measurement(s, rec)
+
+        try:
+            return int(self._retry(attempt))
+        except IntegrityError:  # another worker inserted the same row meanwhile: update it
+            return int(self._retry(attempt))
+
+    @staticmethod
+    def _upsert_measurement(s: Session, rec: MeasurementRecord) -> int:
+        """Insert or replace ``rec``'s row inside the open transaction of ``s``; returns its id."""
         if rec.kind not in KINDS:
             raise ValueError(f"invalid kind={rec.kind!r}: one of {', '.join(KINDS)}")
         if rec.status not in STATUSES:
@@ -349,25 +451,17 @@ class Store:
                       payload=_jsonable(rec.payload), status=rec.status, error=rec.error,
                       started_at=rec.started_at or now, finished_at=rec.finished_at or now,
                       duration_s=float(rec.duration_s))
-
-        def attempt() -> int:
-            with self._write() as s, s.begin():
-                row = s.scalars(select(_Measurement).where(
-                    _Measurement.kind == rec.kind, _Measurement.key == rec.key,
-                    _Measurement.env_key == rec.env_key)).one_or_none()
-                if row is None:
-                    row = _Measurement(kind=rec.kind, key=rec.key, env_key=rec.env_key, **values)
-                    s.add(row)
-                else:
-                    for name, v in values.items():
-                        setattr(row, name, v)
-                s.flush()
-                return int(row.id)
-
-        try:
-            return int(self._retry(attempt))
-        except IntegrityError:  # another worker inserted the same row meanwhile: update it
-            return int(self._retry(attempt))
+        row = s.scalars(select(_Measurement).where(
+            _Measurement.kind == rec.kind, _Measurement.key == rec.key,
+            _Measurement.env_key == rec.env_key)).one_or_none()
+        if row is None:
+            row = _Measurement(kind=rec.kind, key=rec.key, env_key=rec.env_key, **values)
+            s.add(row)
+        else:
+            for name, v in values.items():
+                setattr(row, name, v)
+        s.flush()
+        return int(row.id)
 
     @staticmethod
     def _to_record(row: _Measurement) -> MeasurementRecord:

@@ -14,12 +14,15 @@ from typing import Any, ClassVar, Mapping, Optional
 
 from explorer.checks import OptionError, check_bool, check_choice, check_int, check_number, check_text
 
-__all__ = ["ISOLATION_MODES", "SAMPLERS", "SweepOptions", "SearchOptions", "TrainOptions", "options_from"]
+__all__ = ["ISOLATION_MODES", "SAMPLERS", "LAUNCHERS", "SweepOptions", "SearchOptions", "TrainOptions", "WorkerOptions",
+           "options_from"]
 
 #: How a measurement runs and how its timeout is enforced (see explorer.engine.sweep.isolation).
 ISOLATION_MODES: tuple[str, ...] = ("auto", "process", "alarm", "inline")
 #: optuna samplers by the name the command line uses.
 SAMPLERS: tuple[str, ...] = ("tpe", "nsga2", "random")
+#: Where ``explorer worker`` runs its workers: in this process, or as Ray tasks (the ``ray`` extra).
+LAUNCHERS: tuple[str, ...] = ("local", "ray")
 
 
 def options_from(cls: type, values: Optional[Mapping[str, Any]]) -> Any:
@@ -142,3 +145,53 @@ class TrainOptions:
         check_text("train.points", self.points)
         if not isinstance(self.config, Mapping):
             raise OptionError("train.config", self.config, "a mapping of TrainConfig fields")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """``worker.*``: a worker of a sweep shared through the store (see explorer.engine.sweep.worker).
+
+    ``sweep`` names the published sweep to work on (null: the chosen space's name, or the only
+    sweep in the store); ``lease_s`` is how long a claimed job stays this worker's without a
+    heartbeat (renewed every ``lease_s / 3``); ``poll_s`` the wait between looks while other
+    workers hold the last leases; ``exclusive_device`` takes the one timing claim of this host's
+    device (``host``: null = this machine's name); ``max_jobs`` stops after that many;
+    ``launcher`` runs ``workers`` workers here (``local``, one after another is pointless, so
+    ``local`` means one) or as Ray tasks (``ray``: ``ray_address`` null = a local Ray, each task
+    asking for ``num_cpus`` CPUs and ``num_gpus`` GPUs).
+    """
+
+    SECTION: ClassVar[str] = "worker"
+
+    sweep: Optional[str] = None
+    lease_s: float = 60.0
+    poll_s: float = 2.0
+    exclusive_device: bool = True
+    host: Optional[str] = None
+    max_jobs: Optional[int] = None
+    launcher: str = "local"
+    workers: int = 1
+    ray_address: Optional[str] = None
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        check_text("worker.sweep", self.sweep, optional=True, none_means="the space's name, or the only sweep")
+        check_number("worker.lease_s", self.lease_s, low=0, low_open=True)
+        check_number("worker.poll_s", self.poll_s, low=0, low_open=True)
+        if self.poll_s > self.lease_s:
+            raise OptionError("worker.poll_s", self.poll_s, f"at most worker.lease_s={self.lease_s:g}")
+        check_bool("worker.exclusive_device", self.exclusive_device)
+        check_text("worker.host", self.host, optional=True, none_means="this machine's host name")
+        check_int("worker.max_jobs", self.max_jobs, low=1, optional=True, none_means="until the queue is empty")
+        check_choice("worker.launcher", self.launcher, LAUNCHERS)
+        check_int("worker.workers", self.workers, low=1, high=10_000)
+        if self.launcher == "local" and self.workers != 1:
+            raise OptionError("worker.workers", self.workers, "1 with worker.launcher=local (start more "
+                              "`explorer worker` processes, or use worker.launcher=ray)")
+        check_text("worker.ray_address", self.ray_address, optional=True, none_means="a local Ray")
+        check_number("worker.num_cpus", self.num_cpus, low=0)
+        check_number("worker.num_gpus", self.num_gpus, low=0)
+
+    def replace(self, **changes: Any) -> "WorkerOptions":
+        return dataclasses.replace(self, **changes)
