@@ -16,6 +16,7 @@ COMMANDS: dict[str, str] = {
     "plot": "write the interactive HTML report for a results database",
     "export": "write a results database as CSV or Parquet",
     "train": "train chosen design points on the text-rich proxy task and store their accuracy",
+    "validate": "compare factorised TTFT with the assembled VLM's end-to-end generate (validate resolutions=[256,512])",
 }
 
 
