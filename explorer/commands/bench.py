@@ -286,9 +286,24 @@ def _loadavg() -> str:
         return "unknown"
 
 
+def parse_encoders(text: str) -> tuple[tuple[str, tuple[int, ...], dict[str, Any]], ...]:
+    """``"siglip_so400m@384,fastvithd@1024"`` -> the runtime table's encoder plan (default knobs)."""
+    from ..models import list_encoders
+
+    plan: dict[str, list[int]] = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, res = item.partition("@")
+        if name not in list_encoders() or not res.isdigit() or int(res) <= 0:
+            raise ValueError(f"invalid encoders item {item!r}: NAME@RESOLUTION with NAME one of {list_encoders()}")
+        plan.setdefault(name, []).append(int(res))
+    return tuple((n, tuple(r), {}) for n, r in plan.items())
+
+
 def run_runtime_bench(quick: bool = False, threads: Optional[int] = None,
                       runtimes: tuple[str, ...] = ("eager", "compile", "onnxruntime"),
-                      llm: str = "qwen2-0.5b", prompt_lengths: tuple[int, ...] = (48, 288)) -> RuntimeReport:
+                      llm: str = "qwen2-0.5b", prompt_lengths: tuple[int, ...] = (48, 288),
+                      encoders: Optional[tuple[tuple[str, tuple[int, ...], dict[str, Any]], ...]] = None,
+                      llm_variants: Optional[tuple[tuple[str, dict[str, Any]], ...]] = None) -> RuntimeReport:
     """Encoders in every runtime (exported per resolution, checked against eager, same protocol),
     then the LLM prefill's variants at each prompt length. Returns numbers; writes nothing."""
     import time as _time
@@ -299,15 +314,17 @@ def run_runtime_bench(quick: bool = False, threads: Optional[int] = None,
     if quick:
         settings = MeasureSettings(device="cpu", threads=threads, warmup_s=0.0, warmup_iters=1, min_iters=3,
                                    max_iters=5, max_time_s=1.0, target_rel_ci=0.05, preprocess="none")
-        encoders, spec, lengths = QUICK_RUNTIME_ENCODERS, get_llm_spec(llm).with_layers(2), (16, 32)
+        plan, spec, lengths = QUICK_RUNTIME_ENCODERS, get_llm_spec(llm).with_layers(2), (16, 32)
     else:
         settings = MeasureSettings(device="cpu", threads=threads, warmup_s=0.0, warmup_iters=1, min_iters=3,
                                    max_iters=10, max_time_s=10.0, target_rel_ci=0.05, preprocess="none")
-        encoders, spec, lengths = RUNTIME_ENCODERS, get_llm_spec(llm), prompt_lengths
+        plan, spec, lengths = RUNTIME_ENCODERS, get_llm_spec(llm), prompt_lengths
+    plan = encoders if encoders is not None else plan
+    variants = LLM_VARIANTS if llm_variants is None else llm_variants
     for rt in runtimes:
         settings.replace(runtime=rt).validate()
     report = RuntimeReport(environment=current_environment(settings), settings=settings, loadavg=_loadavg())
-    for name, resolutions, knobs in encoders:
+    for name, resolutions, knobs in plan:
         model = build_encoder(name, **knobs).eval()
         model.reparameterize()
         for res in resolutions:
@@ -326,7 +343,7 @@ def run_runtime_bench(quick: bool = False, threads: Optional[int] = None,
         del model
     report.llm = spec.name
     for p in lengths:
-        for label, changes in LLM_VARIANTS:
+        for label, changes in variants:
             _log(f"prefill {spec.name} {p} tokens: {label}")
             try:
                 cost = measure_prefill(spec, p, settings.replace(**changes), method="whole", cross_check=False)
@@ -416,16 +433,33 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--runtimes", nargs="?", const="eager,compile,onnxruntime", default=None,
                         metavar="LIST", help="instead: encoders through these runtimes (default eager,compile,"
                         "onnxruntime) and the LLM prefill's variants, as latency ratios (CPU)")
+    parser.add_argument("--encoders", metavar="LIST", default=None,
+                        help="with --runtimes: NAME@RES,... instead of FastViTHD/ViT-L/ConvNeXt-L at two sizes")
+    parser.add_argument("--prompt-lengths", metavar="LIST", default="48,288",
+                        help="with --runtimes: prefill prompt lengths (default 48,288)")
+    parser.add_argument("--llm-variants", metavar="LIST", default=None,
+                        help="with --runtimes: only these prefill variants (labels, comma-separated)")
     args = parser.parse_args(argv)
     if args.runtimes is not None:
         names = tuple(n.strip() for n in args.runtimes.split(",") if n.strip())
         try:
             for rt in names:
                 MeasureSettings(device="cpu", threads=args.threads, runtime=rt).validate()
+            encoders = parse_encoders(args.encoders) if args.encoders else None
+            lengths = tuple(int(t) for t in args.prompt_lengths.split(",") if t.strip())
+            variants = None
+            if args.llm_variants is not None:
+                wanted = [t.strip() for t in args.llm_variants.split(",") if t.strip()]
+                known = dict(LLM_VARIANTS)
+                bad = [w for w in wanted if w not in known]
+                if bad:
+                    raise ValueError(f"invalid llm-variants {bad}: from {list(known)}")
+                variants = tuple((w, known[w]) for w in wanted)
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
-        text = render_runtime_markdown(run_runtime_bench(args.quick, args.threads, names))
+        text = render_runtime_markdown(run_runtime_bench(args.quick, args.threads, names, prompt_lengths=lengths,
+                                                         encoders=encoders, llm_variants=variants))
         print(text, end="")
         if args.out:
             with open(args.out, "w", encoding="utf-8") as fh:
