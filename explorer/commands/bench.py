@@ -303,9 +303,14 @@ def run_runtime_bench(quick: bool = False, threads: Optional[int] = None,
                       runtimes: tuple[str, ...] = ("eager", "compile", "onnxruntime"),
                       llm: str = "qwen2-0.5b", prompt_lengths: tuple[int, ...] = (48, 288),
                       encoders: Optional[tuple[tuple[str, tuple[int, ...], dict[str, Any]], ...]] = None,
-                      llm_variants: Optional[tuple[tuple[str, dict[str, Any]], ...]] = None) -> RuntimeReport:
+                      llm_variants: Optional[tuple[tuple[str, dict[str, Any]], ...]] = None,
+                      on_row: Optional[Callable[["RuntimeReport"], None]] = None) -> RuntimeReport:
     """Encoders in every runtime (exported per resolution, checked against eager, same protocol),
-    then the LLM prefill's variants at each prompt length. Returns numbers; writes nothing."""
+    then the LLM prefill's variants at each prompt length. Returns numbers; writes nothing
+    (``on_row(report)`` is called after each row, e.g. to save a partial table).
+
+    Order: every encoder at its first resolution, the prefill at the first prompt length, then
+    the second ones, so an interrupted run still has a complete first column of each."""
     import time as _time
 
     from ..measure.encoder import prepare_exported
@@ -317,39 +322,47 @@ def run_runtime_bench(quick: bool = False, threads: Optional[int] = None,
         plan, spec, lengths = QUICK_RUNTIME_ENCODERS, get_llm_spec(llm).with_layers(2), (16, 32)
     else:
         settings = MeasureSettings(device="cpu", threads=threads, warmup_s=0.0, warmup_iters=1, min_iters=3,
-                                   max_iters=10, max_time_s=10.0, target_rel_ci=0.05, preprocess="none")
+                                   max_iters=10, max_time_s=6.0, target_rel_ci=0.05, preprocess="none")
         plan, spec, lengths = RUNTIME_ENCODERS, get_llm_spec(llm), prompt_lengths
     plan = encoders if encoders is not None else plan
     variants = LLM_VARIANTS if llm_variants is None else llm_variants
     for rt in runtimes:
         settings.replace(runtime=rt).validate()
     report = RuntimeReport(environment=current_environment(settings), settings=settings, loadavg=_loadavg())
-    for name, resolutions, knobs in plan:
-        model = build_encoder(name, **knobs).eval()
-        model.reparameterize()
-        for res in resolutions:
+    models = {name: build_encoder(name, **knobs).eval().reparameterize() for name, _, knobs in plan}
+    report.llm = spec.name
+    rounds = max([len(r) for _, r, _ in plan] + [len(lengths)])
+    for i in range(rounds):
+        for name, resolutions, _ in plan:
+            if i >= len(resolutions):
+                continue
+            res = resolutions[i]
             x = torch.randn(settings.batch_size, 3, res, res, generator=torch.Generator().manual_seed(0))
             for rt in runtimes:
                 _log(f"{name} {res}: {rt}")
                 s = settings.replace(runtime=rt)
                 t0 = _time.perf_counter()
                 try:
-                    fn, module, _, err = prepare_exported(model, x, s)
+                    fn, module, _, err = prepare_exported(models[name], x, s)
                     export_s = _time.perf_counter() - t0
                     timing = time_callable(fn, s, module=module)
                     report.encoder_rows.append(RuntimeRow(name, res, rt, timing, err, export_s))
                 except Exception as exc:  # one runtime failing must not sink the table
                     report.encoder_rows.append(RuntimeRow(name, res, rt, None, error=f"{type(exc).__name__}: {exc}"))
-        del model
-    report.llm = spec.name
-    for p in lengths:
-        for label, changes in variants:
-            _log(f"prefill {spec.name} {p} tokens: {label}")
-            try:
-                cost = measure_prefill(spec, p, settings.replace(**changes), method="whole", cross_check=False)
-                report.llm_rows.append((p, label, cost.latency, ""))
-            except Exception as exc:
-                report.llm_rows.append((p, label, None, f"{type(exc).__name__}: {exc}"))
+                if on_row is not None:
+                    on_row(report)
+        if i < len(lengths):
+            p = lengths[i]
+            for label, changes in variants:
+                _log(f"prefill {spec.name} {p} tokens: {label}")
+                try:
+                    cost = measure_prefill(spec, p, settings.replace(**changes), method="whole", cross_check=False)
+                    report.llm_rows.append((p, label, cost.latency, ""))
+                except Exception as exc:
+                    report.llm_rows.append((p, label, None, f"{type(exc).__name__}: {exc}"))
+                if on_row is not None:
+                    on_row(report)
+    report.encoder_rows.sort(key=lambda r: ([n for n, _, _ in plan].index(r.encoder), r.resolution))
     return report
 
 
@@ -458,8 +471,13 @@ def main(argv: list[str]) -> int:
         except ValueError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
+        def save(partial: RuntimeReport) -> None:
+            if args.out:
+                with open(args.out, "w", encoding="utf-8") as fh:
+                    fh.write(render_runtime_markdown(partial) + "\n(partial: the run is still going)\n")
+
         text = render_runtime_markdown(run_runtime_bench(args.quick, args.threads, names, prompt_lengths=lengths,
-                                                         encoders=encoders, llm_variants=variants))
+                                                         encoders=encoders, llm_variants=variants, on_row=save))
         print(text, end="")
         if args.out:
             with open(args.out, "w", encoding="utf-8") as fh:
