@@ -42,11 +42,11 @@ def test_assembled_vlm_generates_the_token_its_parts_predict(tiny):
 
 def test_validate_point_measures_both_sides(tiny):
     check = validate_point("fastvithd", KNOBS, 128, tiny, 5, QUICK)
-    f = check.factorised
-    assert f.includes_preprocess and f.preprocess_ms > 0 and check.visual_tokens == 4
-    assert f.ttft_ms == pytest.approx(f.preprocess_ms + f.encoder_ms + f.projector_ms + f.prefill_ms)
-    assert check.end_to_end.median_ms > 0
-    assert check.ratio == pytest.approx(f.ttft_ms / check.end_to_end.median_ms)
+    assert set(check.parts) == {"preprocess", "encoder", "projector", "prefill"} and check.visual_tokens == 4
+    assert check.rounds == 2 and all(t.n == 2 for t in check.parts.values()) and check.end_to_end.n == 2
+    # the ratio is the median of per-round (sum of parts) / end-to-end: with two rounds, their mean
+    assert check.factorised.median_ms == pytest.approx(sum(t.mean_ms for t in check.parts.values()))
+    assert check.ratio_p10 <= check.ratio <= check.ratio_p90
     with pytest.raises(ValueError, match="runtime='onnxruntime'"):
         validate_point("fastvithd", KNOBS, 128, tiny, 5, QUICK.replace(runtime="onnxruntime"))
 

@@ -7,13 +7,15 @@ projected to the LLM's width and prepended to the text prompt's embeddings, and
 preprocessing on, the timed call starts from the decoded source image.
 
 :func:`validate_point` measures, in one run, the factorised sum (each part timed on its own,
-what sweeps store) and that end-to-end call, and reports their ratio.
+what sweeps store) and that end-to-end call in paired rounds, and reports their ratio.
 """
 from __future__ import annotations
 
 import dataclasses
+import statistics
+import time
 from dataclasses import dataclass
-from typing import Any, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -23,9 +25,8 @@ from ..models.projector import MLP2xGelu
 from .costs import Timing
 from .preprocess import normalisation, preprocess_pil, preprocess_torch, source_image
 from .prefill import logits_to_keep, set_attention
-from .settings import MeasureSettings
-from .timing import time_callable
-from .ttft import TTFTBreakdown, measure_point
+from .settings import MeasureSettings, thread_scope
+from .timing import converged, eval_mode, gc_paused, percentile, summarize, synchronize
 
 __all__ = ["AssembledVLM", "assemble_vlm", "E2ECheck", "validate_point"]
 
@@ -77,21 +78,27 @@ def assemble_vlm(encoder: str, knobs: Optional[Mapping[str, Any]], llm: Union[st
 
 @dataclass(frozen=True)
 class E2ECheck:
-    """Factorised TTFT (sum of parts timed apart) against the end-to-end call, one design point."""
+    """Factorised TTFT (the sum of parts timed apart) against the end-to-end call, one design point.
+
+    Measured in paired rounds: each round times every part once, then the end-to-end call once,
+    back to back, so slow drifts of a shared machine's load hit both sides alike. ``ratio`` is the
+    median over rounds of (sum of the round's parts) / (the round's end-to-end time);
+    ``parts`` holds each part's timing statistics.
+    """
 
     encoder: str
     resolution: int
     llm: str
     text_tokens: int
     visual_tokens: int
-    factorised: TTFTBreakdown
+    parts: dict[str, Timing]  # preprocess (when measured), encoder, projector, prefill
+    factorised: Timing  # per-round sums of the parts
     end_to_end: Timing
+    ratio: float
+    ratio_p10: float
+    ratio_p90: float
+    rounds: int
     tolerance: float
-
-    @property
-    def ratio(self) -> float:
-        """factorised / end-to-end (1.0 = the parts add up exactly)."""
-        return float(self.factorised.ttft_ms) / self.end_to_end.median_ms  # type: ignore[arg-type]
 
     @property
     def ok(self) -> bool:
@@ -99,18 +106,22 @@ class E2ECheck:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d.update(ratio=self.ratio, ok=self.ok)
+        d["ok"] = self.ok
         return d
 
 
 def validate_point(encoder: str, knobs: Optional[Mapping[str, Any]], resolution: int, llm: Union[str, LLMSpec],
                    text_tokens: int, settings: MeasureSettings, tolerance: float = 0.10,
                    vlm: Optional[AssembledVLM] = None) -> E2ECheck:
-    """Factorised TTFT and end-to-end TTFT of one point, measured back to back in this process.
+    """Factorised TTFT and end-to-end TTFT of one point, measured in paired rounds in this process.
 
-    Both use the same settings (threads, dtype, LM-head convention, attention, preprocessing);
-    only the eager runtime is supported (the assembled VLM is a torch module). ``vlm`` reuses an
-    assembled model across resolutions.
+    The parts are what the factorised measurement times (the preprocessing callable, the
+    encoder and projector of the assembled model on their own inputs, transformers' prefill of
+    ``visual + text`` random token ids with the settings' LM head); the end-to-end call is
+    ``first_token`` (preprocess -> encoder -> projector -> embeddings -> ``generate``). Rounds:
+    at least ``settings.min_iters``, then until the median ratio's 95% CI is within
+    ``settings.target_rel_ci`` or ``max_iters`` / ``max_time_s`` is reached. Only the eager
+    runtime is compared (the assembled VLM is a torch module). ``vlm`` reuses an assembled model.
     """
     settings.validate()
     if settings.effective_runtime != "eager":
@@ -121,24 +132,66 @@ def validate_point(encoder: str, knobs: Optional[Mapping[str, Any]], resolution:
     spec = get_llm_spec(llm)
     if not isinstance(text_tokens, int) or isinstance(text_tokens, bool) or text_tokens < 0:
         raise ValueError(f"invalid text_tokens={text_tokens!r}: an integer >= 0")
-    factorised = measure_point(encoder, knobs, resolution, spec, text_tokens, settings)
     model = vlm if vlm is not None else assemble_vlm(encoder, knobs, spec, settings)
     device = settings.resolve_device()
+    b = settings.batch_size
+    visual_tokens = int(model.encoder.num_tokens(resolution))
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, spec.vocab, (settings.batch_size, text_tokens), generator=gen).to(device)
+    ids = torch.randint(0, spec.vocab, (b, text_tokens), generator=gen).to(device)
     images = _image_source(encoder, resolution, settings)
-
-    def first_token() -> torch.Tensor:
-        return model.first_token(images(), ids, settings.lm_head)
+    image_batch = torch.randn(b, 3, resolution, resolution, generator=gen).to(device=device, dtype=settings.torch_dtype)
+    tokens = torch.randn(b, visual_tokens, int(model.encoder.out_channels), generator=gen).to(
+        device=device, dtype=settings.torch_dtype)
+    prompt = torch.randint(0, spec.vocab, (b, visual_tokens + text_tokens), generator=gen).to(device)
+    keep = logits_to_keep(settings.lm_head)
+    fns: dict[str, Callable[[], Any]] = {}
+    if settings.preprocess != "none":
+        fns["preprocess"] = images
+    fns["encoder"] = lambda: model.encoder(image_batch)
+    fns["projector"] = lambda: model.projector(tokens)
+    fns["prefill"] = lambda: model.llm(input_ids=prompt, logits_to_keep=keep, use_cache=False).logits
+    fns["end_to_end"] = lambda: model.first_token(images(), ids, settings.lm_head)
 
     with torch.inference_mode():
-        tok = first_token()
-    if tuple(tok.shape) != (settings.batch_size, 1):
+        tok = fns["end_to_end"]()
+    if tuple(tok.shape) != (b, 1):
         raise RuntimeError(f"the assembled VLM returned {tuple(tok.shape)} for the first token")
-    e2e = time_callable(first_token, settings, module=model)
+    samples = _paired_rounds(fns, settings, model)
+    e2e = samples.pop("end_to_end")
+    sums = [sum(col) for col in zip(*samples.values())]
+    ratios = sorted(f / e for f, e in zip(sums, e2e))
     return E2ECheck(encoder=encoder, resolution=resolution, llm=spec.name, text_tokens=text_tokens,
-                    visual_tokens=factorised.visual_tokens, factorised=factorised, end_to_end=e2e,
-                    tolerance=float(tolerance))
+                    visual_tokens=visual_tokens, parts={k: summarize(v, False) for k, v in samples.items()},
+                    factorised=summarize(sums, False), end_to_end=summarize(e2e, False),
+                    ratio=statistics.median(ratios), ratio_p10=percentile(ratios, 10),
+                    ratio_p90=percentile(ratios, 90), rounds=len(ratios), tolerance=float(tolerance))
+
+
+def _paired_rounds(fns: dict[str, Callable[[], Any]], settings: MeasureSettings,
+                   module: nn.Module) -> dict[str, list[float]]:
+    """Milliseconds of each callable, one call each per round, rounds as the settings allow."""
+    device = settings.resolve_device()
+    out: dict[str, list[float]] = {k: [] for k in fns}
+    with thread_scope(settings), eval_mode(module), torch.inference_mode(), gc_paused():
+        for _ in range(max(1, settings.warmup_iters)):
+            for fn in fns.values():
+                fn()
+        start = time.perf_counter()
+        while True:
+            for key, fn in fns.items():
+                synchronize(device)
+                t0 = time.perf_counter_ns()
+                fn()
+                synchronize(device)
+                out[key].append((time.perf_counter_ns() - t0) / 1e6)
+            n = len(out["end_to_end"])
+            sums = [sum(col) for col in zip(*(v for k, v in out.items() if k != "end_to_end"))]
+            ratios = [f / e for f, e in zip(sums, out["end_to_end"])]
+            if n >= settings.min_iters and converged(ratios, settings.target_rel_ci):
+                break
+            if n >= settings.max_iters or (n >= settings.min_iters and time.perf_counter() - start >= settings.max_time_s):
+                break
+    return out
 
 
 def _image_source(encoder: str, resolution: int, settings: MeasureSettings) -> Any:
