@@ -273,6 +273,7 @@ class RuntimeReport:
     environment: Environment
     settings: MeasureSettings
     loadavg: str
+    started: str = ""
     encoder_rows: list[RuntimeRow] = field(default_factory=list)
     llm: str = ""
     llm_rows: list[tuple[int, str, Optional[Timing], str]] = field(default_factory=list)
@@ -328,7 +329,8 @@ def run_runtime_bench(quick: bool = False, threads: Optional[int] = None,
     variants = LLM_VARIANTS if llm_variants is None else llm_variants
     for rt in runtimes:
         settings.replace(runtime=rt).validate()
-    report = RuntimeReport(environment=current_environment(settings), settings=settings, loadavg=_loadavg())
+    report = RuntimeReport(environment=current_environment(settings), settings=settings, loadavg=_loadavg(),
+                           started=_dt.datetime.now().isoformat(timespec="seconds"))
     models = {name: build_encoder(name, **knobs).eval().reparameterize() for name, _, knobs in plan}
     report.llm = spec.name
     rounds = max([len(r) for _, r, _ in plan] + [len(lengths)])
@@ -373,7 +375,7 @@ def render_runtime_markdown(report: RuntimeReport) -> str:
     lines = [
         "## Runtimes: encoders and LLM prefill (one run)",
         "",
-        f"- date: {_dt.datetime.now().isoformat(timespec='seconds')}; load average at the start: {report.loadavg}",
+        f"- started: {report.started}; load average at the start: {report.loadavg}; at the end: {_loadavg()}",
         f"- device: {env.device} ({env.device_type}), threads {env.threads}, dtype {env.dtype}, torch "
         f"{env.torch_version}" + (f", {_ort_version()}" if "onnxruntime" in runtimes else ""),
         f"- timing: median [p10-p90] ms, batch {s.batch_size}, reparameterized; stop at +-{s.target_rel_ci:.0%} CI "
