@@ -77,6 +77,7 @@ def test_compile_equals_eager(name, randomize):
     assert torch.allclose(exported.output(), eager, rtol=0, atol=1e-4 * float(eager.abs().max()))
 
 
+@pytest.mark.slow
 def test_compile_equals_eager_on_the_projector():
     """The quick compile check (a two-layer MLP compiles in seconds; encoders are in the slow test)."""
     torch.manual_seed(0)
