@@ -266,13 +266,13 @@ def _types(frame: pd.DataFrame) -> pd.DataFrame:
 def fastest_per_resolution(frame: pd.DataFrame) -> pd.DataFrame:
     """Per LLM and resolution, the complete point with the lowest TTFT (the sweep's summary)."""
     ok = frame[(frame["status"] == "ok") & frame["ttft_ms"].notna()]
-    cols = ["llm", "resolution", "encoder", "knobs", "visual_tokens", "encoder_latency_ms", "projector_latency_ms",
-            "prefill_latency_ms", "ttft_ms"]
+    cols = ["llm", "resolution", "encoder", "knobs", "visual_tokens", "preprocess_ms", "encoder_latency_ms",
+            "projector_latency_ms", "prefill_latency_ms", "ttft_ms"]
     if ok.empty:
         return pd.DataFrame(columns=cols)
     idx = ok.groupby(["llm", "resolution"])["ttft_ms"].idxmin()
     best = ok.loc[idx, cols].sort_values(["llm", "resolution"]).reset_index(drop=True)
-    return best.round({"encoder_latency_ms": 1, "projector_latency_ms": 2, "prefill_latency_ms": 1, "ttft_ms": 1})
+    return best.round({"preprocess_ms": 1, "encoder_latency_ms": 1, "projector_latency_ms": 2, "prefill_latency_ms": 1, "ttft_ms": 1})
 
 
 def export(source: Union[str, Path, Store], out: Union[str, Path], fmt: Optional[str] = None, *,
