@@ -253,7 +253,7 @@ LLM_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("sdpa", {}),
     ("eager attention", {"llm_attention": "eager"}),
     ("torch.compile (sdpa)", {"runtime": "compile"}),
-    ("sdpa, lm_head=all", {"lm_head": "all"}),
+    ("lm_head=all (sdpa)", {"lm_head": "all"}),
 )
 
 
