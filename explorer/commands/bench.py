@@ -235,6 +235,207 @@ def render_markdown(report: BenchReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+
+# --------------------------------------------------------------------------------------------
+# Runtimes: encoders through eager / torch.compile / ONNX Runtime, the prefill's LLM runtimes
+
+#: (encoder, resolutions) of the runtime table (``--runtimes``); ``--quick`` uses tiny shapes.
+RUNTIME_ENCODERS: tuple[tuple[str, tuple[int, ...], dict[str, Any]], ...] = (
+    ("fastvithd", (256, 512), {}),
+    ("vit_l14_clip", (224, 336), {}),
+    ("convnext_l", (256, 512), {}),
+)
+QUICK_RUNTIME_ENCODERS: tuple[tuple[str, tuple[int, ...], dict[str, Any]], ...] = (
+    ("fastvithd", (64, 128), {"depths": [1, 1, 1, 1, 1], "widths": [16, 32, 64, 64, 128]}),
+)
+#: (label, settings changes) of the prefill variants timed at each prompt length.
+LLM_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("sdpa", {}),
+    ("eager attention", {"llm_attention": "eager"}),
+    ("torch.compile (sdpa)", {"runtime": "compile"}),
+    ("lm_head=all (sdpa)", {"lm_head": "all"}),
+)
+
+
+@dataclass
+class RuntimeRow:
+    encoder: str
+    resolution: int
+    runtime: str
+    timing: Optional[Timing]
+    rel_error: float = float("nan")
+    export_s: float = float("nan")
+    error: str = ""
+
+
+@dataclass
+class RuntimeReport:
+    environment: Environment
+    settings: MeasureSettings
+    loadavg: str
+    started: str = ""
+    encoder_rows: list[RuntimeRow] = field(default_factory=list)
+    llm: str = ""
+    llm_rows: list[tuple[int, str, Optional[Timing], str]] = field(default_factory=list)
+
+
+def _loadavg() -> str:
+    try:
+        with open("/proc/loadavg", encoding="utf-8") as fh:
+            return " ".join(fh.read().split()[:3])
+    except OSError:
+        return "unknown"
+
+
+def parse_encoders(text: str) -> tuple[tuple[str, tuple[int, ...], dict[str, Any]], ...]:
+    """``"siglip_so400m@384,fastvithd@1024"`` -> the runtime table's encoder plan (default knobs)."""
+    from ..models import list_encoders
+
+    plan: dict[str, list[int]] = {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, res = item.partition("@")
+        if name not in list_encoders() or not res.isdigit() or int(res) <= 0:
+            raise ValueError(f"invalid encoders item {item!r}: NAME@RESOLUTION with NAME one of {list_encoders()}")
+        plan.setdefault(name, []).append(int(res))
+    return tuple((n, tuple(r), {}) for n, r in plan.items())
+
+
+def run_runtime_bench(quick: bool = False, threads: Optional[int] = None,
+                      runtimes: tuple[str, ...] = ("eager", "compile", "onnxruntime"),
+                      llm: str = "qwen2-0.5b", prompt_lengths: tuple[int, ...] = (48, 288),
+                      encoders: Optional[tuple[tuple[str, tuple[int, ...], dict[str, Any]], ...]] = None,
+                      llm_variants: Optional[tuple[tuple[str, dict[str, Any]], ...]] = None,
+                      on_row: Optional[Callable[["RuntimeReport"], None]] = None) -> RuntimeReport:
+    """Encoders in every runtime (exported per resolution, checked against eager, same protocol),
+    then the LLM prefill's variants at each prompt length. Returns numbers; writes nothing
+    (``on_row(report)`` is called after each row, e.g. to save a partial table).
+
+    Order: every encoder at its first resolution, the prefill at the first prompt length, then
+    the second ones, so an interrupted run still has a complete first column of each."""
+    import time as _time
+
+    from ..measure.encoder import prepare_exported
+    from ..models import build_encoder
+
+    if quick:
+        settings = MeasureSettings(device="cpu", threads=threads, warmup_s=0.0, warmup_iters=1, min_iters=3,
+                                   max_iters=5, max_time_s=1.0, target_rel_ci=0.05, preprocess="none")
+        plan, spec, lengths = QUICK_RUNTIME_ENCODERS, get_llm_spec(llm).with_layers(2), (16, 32)
+    else:
+        settings = MeasureSettings(device="cpu", threads=threads, warmup_s=0.0, warmup_iters=1, min_iters=3,
+                                   max_iters=10, max_time_s=6.0, target_rel_ci=0.05, preprocess="none")
+        plan, spec, lengths = RUNTIME_ENCODERS, get_llm_spec(llm), prompt_lengths
+    plan = encoders if encoders is not None else plan
+    variants = LLM_VARIANTS if llm_variants is None else llm_variants
+    for rt in runtimes:
+        settings.replace(runtime=rt).validate()
+    report = RuntimeReport(environment=current_environment(settings), settings=settings, loadavg=_loadavg(),
+                           started=_dt.datetime.now().isoformat(timespec="seconds"))
+    models = {name: build_encoder(name, **knobs).eval().reparameterize() for name, _, knobs in plan}
+    report.llm = spec.name
+    rounds = max([len(r) for _, r, _ in plan] + [len(lengths)])
+    for i in range(rounds):
+        for name, resolutions, _ in plan:
+            if i >= len(resolutions):
+                continue
+            res = resolutions[i]
+            x = torch.randn(settings.batch_size, 3, res, res, generator=torch.Generator().manual_seed(0))
+            for rt in runtimes:
+                _log(f"{name} {res}: {rt}")
+                s = settings.replace(runtime=rt)
+                t0 = _time.perf_counter()
+                try:
+                    fn, module, _, err = prepare_exported(models[name], x, s)
+                    export_s = _time.perf_counter() - t0
+                    timing = time_callable(fn, s, module=module)
+                    report.encoder_rows.append(RuntimeRow(name, res, rt, timing, err, export_s))
+                except Exception as exc:  # one runtime failing must not sink the table
+                    report.encoder_rows.append(RuntimeRow(name, res, rt, None, error=f"{type(exc).__name__}: {exc}"))
+                if on_row is not None:
+                    on_row(report)
+        if i < len(lengths):
+            p = lengths[i]
+            for label, changes in variants:
+                _log(f"prefill {spec.name} {p} tokens: {label}")
+                try:
+                    cost = measure_prefill(spec, p, settings.replace(**changes), method="whole", cross_check=False)
+                    report.llm_rows.append((p, label, cost.latency, ""))
+                except Exception as exc:
+                    report.llm_rows.append((p, label, None, f"{type(exc).__name__}: {exc}"))
+                if on_row is not None:
+                    on_row(report)
+    report.encoder_rows.sort(key=lambda r: ([n for n, _, _ in plan].index(r.encoder), r.resolution))
+    return report
+
+
+def render_runtime_markdown(report: RuntimeReport) -> str:
+    """Latency ratios to eager per encoder and resolution, and the prefill variants per prompt length."""
+    env, s = report.environment, report.settings
+    runtimes = list(dict.fromkeys(r.runtime for r in report.encoder_rows))
+    lines = [
+        "## Runtimes: encoders and LLM prefill (one run)",
+        "",
+        f"- started: {report.started}; load average at the start: {report.loadavg}; at the end: {_loadavg()}",
+        f"- device: {env.device} ({env.device_type}), threads {env.threads}, dtype {env.dtype}, torch "
+        f"{env.torch_version}" + (f", {_ort_version()}" if "onnxruntime" in runtimes else ""),
+        f"- timing: median [p10-p90] ms, batch {s.batch_size}, reparameterized; stop at +-{s.target_rel_ci:.0%} CI "
+        f"or {s.max_iters} samples / {s.max_time_s:g} s; every non-eager output checked against eager first "
+        "(relative max-abs error, fp32)",
+        "",
+        "| encoder | px | " + " | ".join(f"{rt} ms" for rt in runtimes) + " | "
+        + " | ".join(f"{rt} / eager" for rt in runtimes if rt != "eager") + " | max rel. error | export s |",
+        "| --- | --- | " + " | ".join("---" for _ in runtimes) + " | "
+        + " | ".join("---" for rt in runtimes if rt != "eager") + " | --- | --- |",
+    ]
+    keys = list(dict.fromkeys((r.encoder, r.resolution) for r in report.encoder_rows))
+    for enc, res in keys:
+        rows = {r.runtime: r for r in report.encoder_rows if (r.encoder, r.resolution) == (enc, res)}
+        eager = rows.get("eager")
+        cells = [_fmt_short(rows[rt].timing) if rows.get(rt) and rows[rt].timing else
+                 (rows[rt].error[:60] if rows.get(rt) else "-") for rt in runtimes]
+        ratios = []
+        for rt in runtimes:
+            if rt == "eager":
+                continue
+            r = rows.get(rt)
+            ok = r is not None and r.timing is not None and eager is not None and eager.timing is not None
+            ratios.append(f"**{r.timing.median_ms / eager.timing.median_ms:.2f}**" if ok else "-")  # type: ignore[union-attr]
+        checked = [r for r in rows.values() if r.timing is not None and r.runtime != "eager"]
+        err = f"{max(r.rel_error for r in checked):.1e}" if checked else "-"
+        exports = ", ".join(f"{r.runtime} {r.export_s:.0f}" for r in checked) or "-"
+        lines.append(f"| {enc} | {res} | " + " | ".join(cells) + " | " + " | ".join(ratios) + f" | {err} | {exports} |")
+    if report.llm_rows:
+        labels = list(dict.fromkeys(label for _, label, _, _ in report.llm_rows))
+        lines += [
+            "",
+            f"{report.llm} prefill (whole model, random weights), ratios to `sdpa`:",
+            "",
+            "| prompt tokens | " + " | ".join(f"{l} ms" for l in labels) + " | "
+            + " | ".join(f"{l} / sdpa" for l in labels[1:]) + " |",
+            "| --- | " + " | ".join("---" for _ in labels) + " | " + " | ".join("---" for _ in labels[1:]) + " |",
+        ]
+        for p in dict.fromkeys(p for p, _, _, _ in report.llm_rows):
+            got = {label: (t, e) for q, label, t, e in report.llm_rows if q == p}
+            base = got.get(labels[0], (None, ""))[0]
+            cells = [_fmt_short(got[l][0]) if got.get(l, (None,))[0] else (got.get(l, (None, "-"))[1][:60] or "-")
+                     for l in labels]
+            ratios = [f"**{got[l][0].median_ms / base.median_ms:.2f}**" if base and got.get(l, (None,))[0] else "-"
+                      for l in labels[1:]]
+            lines.append(f"| {p} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt_short(t: Optional[Timing]) -> str:
+    if t is None:
+        return "-"
+    return f"{t.median_ms:.1f} [{t.p10_ms:.1f}-{t.p90_ms:.1f}]" + (" (noisy)" if t.noisy else "")
+
+
+def _ort_version() -> str:
+    from ..measure.settings import runtime_version
+
+    return runtime_version("onnxruntime")
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m explorer bench",
@@ -244,7 +445,46 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", metavar="FILE", help="also write the markdown report to FILE")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
+    parser.add_argument("--runtimes", nargs="?", const="eager,compile,onnxruntime", default=None,
+                        metavar="LIST", help="instead: encoders through these runtimes (default eager,compile,"
+                        "onnxruntime) and the LLM prefill's variants, as latency ratios (CPU)")
+    parser.add_argument("--encoders", metavar="LIST", default=None,
+                        help="with --runtimes: NAME@RES,... instead of FastViTHD/ViT-L/ConvNeXt-L at two sizes")
+    parser.add_argument("--prompt-lengths", metavar="LIST", default="48,288",
+                        help="with --runtimes: prefill prompt lengths (default 48,288)")
+    parser.add_argument("--llm-variants", metavar="LIST", default=None,
+                        help="with --runtimes: only these prefill variants (labels, comma-separated)")
     args = parser.parse_args(argv)
+    if args.runtimes is not None:
+        names = tuple(n.strip() for n in args.runtimes.split(",") if n.strip())
+        try:
+            for rt in names:
+                MeasureSettings(device="cpu", threads=args.threads, runtime=rt).validate()
+            encoders = parse_encoders(args.encoders) if args.encoders else None
+            lengths = tuple(int(t) for t in args.prompt_lengths.split(",") if t.strip())
+            variants = None
+            if args.llm_variants is not None:
+                wanted = [t.strip() for t in args.llm_variants.split(",") if t.strip()]
+                known = dict(LLM_VARIANTS)
+                bad = [w for w in wanted if w not in known]
+                if bad:
+                    raise ValueError(f"invalid llm-variants {bad}: from {list(known)}")
+                variants = tuple((w, known[w]) for w in wanted)
+        except ValueError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        def save(partial: RuntimeReport) -> None:
+            if args.out:
+                with open(args.out, "w", encoding="utf-8") as fh:
+                    fh.write(render_runtime_markdown(partial) + "\n(partial: the run is still going)\n")
+
+        text = render_runtime_markdown(run_runtime_bench(args.quick, args.threads, names, prompt_lengths=lengths,
+                                                         encoders=encoders, llm_variants=variants, on_row=save))
+        print(text, end="")
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                fh.write(text)
+        return 0
     try:
         make_plan(args.quick, args.threads, args.device).settings.validate()
     except ValueError as err:

@@ -1,4 +1,8 @@
-"""`python -m explorer encoders`: the zoo at a glance (inference-form parameters, channels, tokens)."""
+"""`python -m explorer encoders`: the zoo at a glance (inference-form parameters, channels, tokens).
+
+The ``model`` column says whether the default configuration is a published model or our
+extrapolation (``explorer.data.reference.EXTRAPOLATED``; published accuracy never joins the latter).
+"""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +10,7 @@ import argparse
 import torch
 
 from explorer.models import build_encoder, list_encoders
+from explorer.data.reference import extrapolation
 
 RESOLUTIONS = (256, 512, 768, 1024)
 
@@ -19,6 +24,7 @@ def encoder_table(names: list[str] | None = None, resolutions: tuple[int, ...] =
         row = {"name": name, "params_m": enc.num_params() / 1e6, "out_channels": enc.out_channels,
                "downsample": enc.downsample}
         row.update({f"tokens@{r}": enc.num_tokens(r) for r in resolutions})
+        row["model"] = "extrapolated*" if extrapolation(name) else "published"
         rows.append(row)
     return rows
 
@@ -40,4 +46,7 @@ def main(argv: list[str]) -> int:
     except ValueError as err:
         parser.error(str(err))
     print(format_table(rows))
+    notes = sorted({f"* {r['name']}: {extrapolation(r['name'])}" for r in rows if extrapolation(r["name"])})
+    if notes:
+        print("\n" + "\n".join(notes))
     return 0

@@ -1,8 +1,11 @@
 """Accuracy from outside the explorer: published tables and users' CSVs, joined onto results.
 
 Published numbers describe the released configurations only, so they join on rows whose
-encoder knobs are the defaults (``knobs == {}``); a user's CSV may carry a ``knobs`` column (JSON)
-to describe other configurations. Every joined value keeps its provenance in
+encoder architecture is the one a reference row names (its ``knobs`` column, JSON; ``{}`` = the
+family's defaults). A published number never joins an extrapolated configuration
+(:data:`EXTRAPOLATED`): ``convnext_xxl``'s default fifth stage is our extrapolation, so the
+paper's ConvNeXt-XXL point names the published four-stage tower (``{"extra_stage": false}``).
+A user's CSV may carry a ``knobs`` column to describe other configurations. Every joined value keeps its provenance in
 ``accuracy_source`` (``published:<source>`` or ``user:<source>``).
 """
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from pathlib import Path
-from typing import Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -36,6 +39,52 @@ def _canonical_knobs(value: object) -> str:
     if not isinstance(value, dict):
         raise ValueError(f"invalid knobs={value!r}: a JSON object such as {{\"width_mult\": 0.5}}")
     return canonical_json(value)
+
+
+#: encoder -> (predicate on its resolved knobs, why that configuration is not a published model).
+EXTRAPOLATED: dict[str, tuple[str, Any, str]] = {
+    "convnext_xxl": ("extra_stage", True, "fifth stage (6 x 6144) extrapolated from ConvLLaVA's rule; "
+                     "no five-stage ConvNeXt-XXL was published"),
+}
+
+
+@functools.lru_cache(maxsize=256)
+def extrapolation(encoder: str, knobs_json: str = "{}") -> Optional[str]:
+    """Why ``encoder`` with these knobs is an extrapolation, not a published model (None if it is not)."""
+    rule = EXTRAPOLATED.get(encoder)
+    if rule is None:
+        return None
+    knob, value, why = rule
+    try:
+        import torch
+
+        from explorer.models import build_encoder
+
+        with torch.device("meta"):
+            resolved = build_encoder(encoder, **json.loads(knobs_json)).describe().get("knobs", {})
+    except Exception:  # unknown knobs: not provably published
+        return why
+    return why if resolved.get(knob) == value else None
+
+
+@functools.lru_cache(maxsize=256)
+def _same_architecture(encoder: str, a_json: str, b_json: str) -> bool:
+    """True when two knob sets build the same architecture (``{}`` vs spelled-out defaults)."""
+    if a_json == b_json:
+        return True
+    try:
+        import torch
+
+        from explorer.models import build_encoder
+
+        with torch.device("meta"):
+            a = build_encoder(encoder, **json.loads(a_json)).describe()
+            b = build_encoder(encoder, **json.loads(b_json)).describe()
+    except Exception:
+        return False
+    a.pop("knobs", None)
+    b.pop("knobs", None)
+    return a == b
 
 
 @functools.lru_cache(maxsize=256)
@@ -110,6 +159,13 @@ def read_accuracy_csv(path: Union[str, Path], origin: str = "user", metric: Opti
     df["knobs"] = [_canonical_knobs(k) for k in df["knobs"]] if "knobs" in df.columns else "{}"
     df["resolution"] = pd.to_numeric(df["resolution"]).astype(int)
     df["value"] = pd.to_numeric(df["value"]).astype(float)
+    if origin == "published":
+        for r in df.itertuples():
+            why = extrapolation(r.encoder, r.knobs)
+            if why is not None:
+                raise ValueError(f"published accuracy csv {str(path)!r} puts a published number on {r.encoder} "
+                                 f"with knobs {r.knobs}, which is not a published model ({why}); give the "
+                                 "published configuration's knobs")
     return df
 
 
@@ -166,8 +222,14 @@ def attach_accuracy(
             continue
         knobs = _canonical_knobs(row.get("knobs"))
         key = (row["encoder"], knobs, int(row["resolution"]), row["llm"])
-        if key not in lookup and knobs != "{}" and _same_as_default(row["encoder"], knobs):
-            key = (row["encoder"], "{}", int(row["resolution"]), row["llm"])
+        if key not in lookup:  # the same architecture spelled differently ({} vs explicit defaults)
+            for ref_key in lookup:
+                if ref_key[0] == key[0] and ref_key[2:] == key[2:] and _same_architecture(key[0], ref_key[1], knobs):
+                    key = ref_key
+                    break
         if key in lookup:
-            out.at[idx, "accuracy"], out.at[idx, "accuracy_source"] = lookup[key]
+            value, source = lookup[key]
+            if source.startswith("published:") and extrapolation(row["encoder"], knobs) is not None:
+                continue  # never a published number on an extrapolated model
+            out.at[idx, "accuracy"], out.at[idx, "accuracy_source"] = value, source
     return out

@@ -23,13 +23,15 @@ __all__ = ["COLUMNS", "EXTRA_COLUMNS", "load", "frame_from_store", "fastest_per_
 COLUMNS: tuple[str, ...] = (
     "point_key", "encoder", "knobs", "resolution", "llm", "text_tokens", "visual_tokens", "encoder_params_m",
     "encoder_gflops", "encoder_latency_ms", "encoder_latency_p10_ms", "encoder_latency_p90_ms",
-    "encoder_latency_cv", "encoder_peak_mem_mb", "projector_params_m", "projector_gflops",
+    "encoder_latency_cv", "encoder_peak_mem_mb", "preprocess_ms", "projector_params_m", "projector_gflops",
     "projector_latency_ms", "prefill_tokens", "prefill_gflops", "prefill_latency_ms", "prefill_latency_p10_ms",
     "prefill_latency_p90_ms", "prefill_method", "llm_params_m", "ttft_ms", "ttft_gflops", "accuracy",
     "accuracy_source", "device", "dtype", "threads", "torch_version", "status", "error", "measured_at",
 )
-#: Appended after COLUMNS: the space the point came from and the environment key of its values.
-EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key")
+#: Appended after COLUMNS: the space the point came from, the environment key of its values, the
+#: runtime that ran encoder and projector, the LM-head convention of the prefill and whether
+#: ``ttft_ms`` counts ``preprocess_ms``.
+EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key", "runtime", "lm_head", "ttft_includes_preprocess")
 
 _FAIL_ORDER = ("oom", "killed", "timeout", "failed")
 
@@ -67,7 +69,8 @@ def _open(source: Union[str, Path, Store]) -> tuple[Store, bool]:
 
 
 def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: str = "latest",
-         accuracy_metric: Optional[str] = "avg5", accuracy_csv: Optional[Union[str, Path]] = None) -> pd.DataFrame:
+         accuracy_metric: Optional[str] = "avg5", accuracy_csv: Optional[Union[str, Path]] = None,
+         ttft_includes_preprocess: bool = True) -> pd.DataFrame:
     """The results table of a results folder, a ``.db`` path, a SQLAlchemy URL or a Store.
 
     ``space`` keeps one space's points (default: all points, each once). ``env`` picks the
@@ -78,10 +81,16 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
     Accuracy: values stored in the database (training runs) come first; rows still without one
     take the user's ``accuracy_csv``, then the published tables (``results/reference/``) for
     ``accuracy_metric`` (``None`` leaves published numbers out). See :mod:`explorer.data.reference`.
+
+    ``ttft_includes_preprocess``: ``ttft_ms`` counts the measured image preprocessing
+    (``preprocess_ms``; the deployed definition, default) or leaves it out (``False``: the
+    FastVLM paper's definition, encoder input tensor to first token). Rows whose preprocessing
+    was not measured never count it; ``ttft_includes_preprocess`` says per row what was summed.
     """
     store, owned = _open(source)
     try:
-        df = frame_from_store(store, space=space, env=env, strict=True)
+        df = frame_from_store(store, space=space, env=env, ttft_includes_preprocess=ttft_includes_preprocess,
+                              strict=True)
     finally:
         if owned:
             store.close()
@@ -113,7 +122,7 @@ def _accuracy_for(point: PointRecord, by_key: dict[str, AccuracyRecord],
 
 
 def frame_from_store(store: Store, *, space: Optional[str] = None, env: str = "latest",
-                     strict: bool = False) -> pd.DataFrame:
+                     ttft_includes_preprocess: bool = True, strict: bool = False) -> pd.DataFrame:
     """:func:`load` on an open store (``strict``: an unknown ``space`` or ``env`` is an error, as in
     :func:`load`, instead of an empty or all-pending table)."""
     if strict and space is not None and space not in store.spaces():
@@ -167,13 +176,14 @@ def frame_from_store(store: Store, *, space: Optional[str] = None, env: str = "l
         if env != "all" or not row_envs:
             row_envs = row_envs or (envs[:1] if envs else [None])
         for e in row_envs:
-            rows.append(_row(rec, e, env_info.get(e) if e else None, meas, acc))
+            rows.append(_row(rec, e, env_info.get(e) if e else None, meas, acc, ttft_includes_preprocess))
     frame = pd.DataFrame(rows, columns=list(COLUMNS + EXTRA_COLUMNS))
     return _types(frame)
 
 
 def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping[str, Any]],
-         meas: Mapping[tuple[str, str, str], MeasurementRecord], acc: Optional[AccuracyRecord]) -> dict[str, Any]:
+         meas: Mapping[tuple[str, str, str], MeasurementRecord], acc: Optional[AccuracyRecord],
+         include_preprocess: bool = True) -> dict[str, Any]:
     p = rec.point
     parts = {kind: meas.get((kind, key, env_key)) if env_key else None for kind, key in (
         ("encoder", rec.encoder_key), ("projector", rec.projector_key), ("prefill", rec.prefill_key))}
@@ -195,6 +205,10 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         errors.append(f"{k}: {text.splitlines()[0] if text else statuses[k]}")
 
     enc_ms, proj_ms, pre_ms = (_latency(enc, "median_ms"), _latency(proj, "median_ms"), _latency(pre, "median_ms"))
+    prep = (enc or {}).get("preprocess_latency")
+    prep_ms = _num(prep.get("median_ms")) if isinstance(prep, Mapping) else _nan()
+    with_prep = bool(include_preprocess and prep_ms == prep_ms)  # not NaN
+    ttft_ms = enc_ms + proj_ms + pre_ms + (prep_ms if with_prep else 0.0)  # NaN unless all parts were timed
     gfl = [_num((x or {}).get("gflops")) if x is not None else _nan() for x in (enc, proj, pre)]
     finished = [m.finished_at for m in parts.values() if m is not None and m.finished_at is not None]
     env = environment or {}
@@ -217,6 +231,7 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         "encoder_latency_p90_ms": _latency(enc, "p90_ms"),
         "encoder_latency_cv": _latency(enc, "cv"),
         "encoder_peak_mem_mb": _num((enc or {}).get("peak_mem_mb")),
+        "preprocess_ms": prep_ms,
         "projector_params_m": _num((proj or {}).get("params_m")),
         "projector_gflops": gfl[1],
         "projector_latency_ms": proj_ms,
@@ -227,7 +242,7 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         "prefill_latency_p90_ms": _latency(pre, "p90_ms"),
         "prefill_method": (pre or {}).get("method"),
         "llm_params_m": _num((pre or {}).get("params_m")),
-        "ttft_ms": enc_ms + proj_ms + pre_ms,  # NaN unless all three were timed
+        "ttft_ms": ttft_ms,
         "ttft_gflops": sum(gfl),
         "accuracy": acc.value if acc is not None else _nan(),
         "accuracy_source": acc.source if acc is not None else None,
@@ -240,6 +255,9 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         "measured_at": max(finished) if finished else None,
         "space": rec.space,
         "env_key": env_key,
+        "runtime": env.get("runtime", "eager") if environment else None,
+        "lm_head": (pre or {}).get("lm_head", "last") if pre is not None else None,
+        "ttft_includes_preprocess": with_prep,
     }
 
 
@@ -257,13 +275,13 @@ def _types(frame: pd.DataFrame) -> pd.DataFrame:
 def fastest_per_resolution(frame: pd.DataFrame) -> pd.DataFrame:
     """Per LLM and resolution, the complete point with the lowest TTFT (the sweep's summary)."""
     ok = frame[(frame["status"] == "ok") & frame["ttft_ms"].notna()]
-    cols = ["llm", "resolution", "encoder", "knobs", "visual_tokens", "encoder_latency_ms", "projector_latency_ms",
-            "prefill_latency_ms", "ttft_ms"]
+    cols = ["llm", "resolution", "encoder", "knobs", "visual_tokens", "preprocess_ms", "encoder_latency_ms",
+            "projector_latency_ms", "prefill_latency_ms", "ttft_ms"]
     if ok.empty:
         return pd.DataFrame(columns=cols)
     idx = ok.groupby(["llm", "resolution"])["ttft_ms"].idxmin()
     best = ok.loc[idx, cols].sort_values(["llm", "resolution"]).reset_index(drop=True)
-    return best.round({"encoder_latency_ms": 1, "projector_latency_ms": 2, "prefill_latency_ms": 1, "ttft_ms": 1})
+    return best.round({"preprocess_ms": 1, "encoder_latency_ms": 1, "projector_latency_ms": 2, "prefill_latency_ms": 1, "ttft_ms": 1})
 
 
 def export(source: Union[str, Path, Store], out: Union[str, Path], fmt: Optional[str] = None, *,

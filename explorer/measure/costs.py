@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional, TypeVar
 
 T = TypeVar("T")
+_TIMING_FIELDS = ("latency", "preprocess_latency")
 
 
 class _Serialisable:
@@ -21,8 +22,8 @@ class _Serialisable:
     def from_dict(cls: type[T], data: dict[str, Any]) -> T:
         kwargs = dict(data)
         for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name == "latency" and isinstance(kwargs.get("latency"), dict):
-                kwargs["latency"] = Timing(**kwargs["latency"])
+            if f.name in _TIMING_FIELDS and isinstance(kwargs.get(f.name), dict):
+                kwargs[f.name] = Timing(**kwargs[f.name])
         return cls(**kwargs)  # type: ignore[call-arg]
 
 
@@ -54,6 +55,13 @@ class EncoderCost(_Serialisable):
     peak_mem_mb: Optional[float]
     peak_mem_method: str
     skipped_ops: dict[str, int] = field(default_factory=dict)
+    # Image preprocessing (decoded source image -> this encoder's input), timed at batch_size
+    # images; None when settings.preprocess == "none" or not timed. ``preprocess`` says what
+    # ran, e.g. "pil:1920x1080->crop->256".
+    preprocess_latency: Optional[Timing] = None
+    preprocess: str = "none"
+    runtime: str = "eager"  # what ran the encoder: eager | compile | onnxruntime
+    runtime_error: float = 0.0  # relative max-abs error of the runtime's output against eager
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,8 @@ class ProjectorCost(_Serialisable):
     params_m: float
     gflops: float
     latency: Optional[Timing]
+    runtime: str = "eager"
+    runtime_error: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -75,3 +85,5 @@ class PrefillCost(_Serialisable):
     latency: Optional[Timing]
     method: str  # "whole-model", "layer-sampled(k=..)" or "not-timed"
     skipped_ops: dict[str, int] = field(default_factory=dict)
+    lm_head: str = "last"  # LM head on the last prompt position or on all of them
+    attention: str = "sdpa"  # transformers' attention implementation that was timed

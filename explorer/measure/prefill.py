@@ -2,7 +2,8 @@
 
 Prefill convention (docs/measurement.md): a prompt of P tokens (visual + text) goes through the
 token embeddings (a lookup: 0 FLOPs), every decoder layer over all P tokens, the final norm, and
-the LM head on the LAST position only, ending with the first output token's logits. Per layer,
+the LM head (on the last position by default; on every position with ``lm_head="all"``), ending
+with the first output token's logits. Per layer,
 in MACs (FLOPs = 2 x MACs), with h = hidden, d = head_dim, Hq / Hkv = query / key-value heads,
 I = MLP width:
 
@@ -15,8 +16,10 @@ I = MLP width:
   and MLP for P below a few thousand);
 - SwiGLU MLP: ``3*P*h*I`` (gate, up, down); RMSNorms, RoPE, SiLU, residuals, biases: 0.
 
-The LM head adds ``h*V``. The total equals what ``FlopCounterMode`` reports for transformers'
-Qwen2/Llama forward with ``logits_to_keep=1`` (checked in tests, on the meta device).
+The LM head adds ``h*V`` with ``lm_head="last"`` (HF ``generate``: ``logits_to_keep=1``) or
+``P*h*V`` with ``lm_head="all"`` (ml-fastvlm's app and mlx-vlm compute logits for every prompt
+position). The total equals what ``FlopCounterMode`` reports for transformers' Qwen2/Llama
+forward with ``logits_to_keep=1`` / ``0`` (checked in tests, on the meta device).
 """
 from __future__ import annotations
 
@@ -33,7 +36,7 @@ from torch import nn
 from ..models.llm import LLMSpec, build_llm, get_llm_spec
 from .costs import PrefillCost, Timing
 from .flops import FlopCount, count_flops_torch
-from .settings import MeasureSettings
+from .settings import LLM_ATTENTION, LM_HEADS, MeasureSettings
 from .timing import time_callable
 
 SpecLike = Union[LLMSpec, str]
@@ -48,21 +51,33 @@ def _check_tokens(tokens: Any, spec: LLMSpec) -> int:
     return tokens
 
 
-def prefill_macs(spec: SpecLike, tokens: int) -> int:
+def _check_lm_head(lm_head: Any) -> str:
+    if lm_head not in LM_HEADS:
+        raise ValueError(f"invalid lm_head={lm_head!r}: one of {', '.join(map(repr, LM_HEADS))}")
+    return lm_head
+
+
+def logits_to_keep(lm_head: str) -> int:
+    """transformers' ``logits_to_keep`` for a head convention: 1 (last position) or 0 (all)."""
+    return 1 if _check_lm_head(lm_head) == "last" else 0
+
+
+def prefill_macs(spec: SpecLike, tokens: int, lm_head: str = "last") -> int:
     """Multiply-accumulates of one prefill of ``tokens`` tokens (see the module docstring)."""
     spec = get_llm_spec(spec)
     p = _check_tokens(tokens, spec)
+    _check_lm_head(lm_head)
     h, d, hq, hkv = spec.hidden, spec.head_dim, spec.heads, spec.kv_heads
     projections = p * h * hq * d + 2 * p * h * hkv * d + p * hq * d * h
     attention = 2 * hq * p * p * d
     mlp = 3 * p * h * spec.intermediate
-    head = h * spec.vocab  # last position only
+    head = h * spec.vocab * (1 if lm_head == "last" else p)
     return spec.layers * (projections + attention + mlp) + head
 
 
-def prefill_flops(spec: SpecLike, tokens: int) -> float:
+def prefill_flops(spec: SpecLike, tokens: int, lm_head: str = "last") -> float:
     """GFLOPs (2 x MACs / 1e9) of one prefill of ``tokens`` tokens, exact for the convention."""
-    return 2 * prefill_macs(spec, tokens) / 1e9
+    return 2 * prefill_macs(spec, tokens, lm_head) / 1e9
 
 
 def causal_mask(tokens: int, device: Union[str, torch.device], batch: int = 1) -> torch.Tensor:
@@ -75,7 +90,7 @@ def causal_mask(tokens: int, device: Union[str, torch.device], batch: int = 1) -
     return mask[None, None].expand(batch, 1, tokens, tokens)
 
 
-def count_prefill_flops(spec: SpecLike, tokens: int) -> FlopCount:
+def count_prefill_flops(spec: SpecLike, tokens: int, lm_head: str = "last") -> FlopCount:
     """Independent count: torch's FlopCounterMode over transformers' real forward on ``meta``.
 
     Allocates no weights (a 7B model is counted in well under a second); used to cross-check
@@ -83,11 +98,12 @@ def count_prefill_flops(spec: SpecLike, tokens: int) -> FlopCount:
     """
     spec = get_llm_spec(spec)
     p = _check_tokens(tokens, spec)
+    keep = logits_to_keep(lm_head)
     model = build_llm(spec, device="meta")
     ids = torch.zeros(1, p, dtype=torch.long, device="meta")
     with torch.inference_mode():
         return count_flops_torch(model, kwargs=dict(input_ids=ids, attention_mask=causal_mask(p, "meta"),
-                                                    logits_to_keep=1, use_cache=False))
+                                                    logits_to_keep=keep, use_cache=False))
 
 
 # --------------------------------------------------------------------------------------------
@@ -120,7 +136,7 @@ def default_memory_budget_gb(device: torch.device) -> float:
 
 
 def prefill_memory_bytes(spec: LLMSpec, tokens: int, dtype: str, batch: int = 1,
-                         layers: Optional[int] = None) -> int:
+                         layers: Optional[int] = None, lm_head: str = "last") -> int:
     """Estimated bytes to run a prefill: weights plus the largest live activations.
 
     Activations: a few ``P x h`` hidden states, the ``P x I`` gate/up products and, if the
@@ -130,6 +146,7 @@ def prefill_memory_bytes(spec: LLMSpec, tokens: int, dtype: str, batch: int = 1,
     layers = spec.layers if layers is None else layers
     weights = spec.num_params(layers)
     acts = batch * tokens * (6 * spec.hidden + 3 * spec.intermediate) + batch * spec.heads * tokens * tokens
+    acts += batch * spec.vocab * (tokens if lm_head == "all" else 1)  # the logits
     return (weights + acts) * elt
 
 
@@ -142,12 +159,13 @@ def _prompt(spec: LLMSpec, tokens: int, batch: int, device: torch.device) -> tor
     return torch.randint(0, spec.vocab, (batch, tokens), generator=gen).to(device)
 
 
-def _forward_fn(model: nn.Module, ids: torch.Tensor, compile_model: bool) -> Callable[[], Any]:
-    """One real prefill: transformers' own mask/rotary code, LM head on the last position."""
+def _forward_fn(model: nn.Module, ids: torch.Tensor, compile_model: bool, keep: int = 1) -> Callable[[], Any]:
+    """One real prefill: transformers' own mask/rotary code, LM head on the last (``keep=1``) or
+    every (``keep=0``) position."""
     target: Callable[..., Any] = torch.compile(model) if compile_model else model
 
     def run() -> Any:
-        return target(input_ids=ids, logits_to_keep=1, use_cache=False).logits
+        return target(input_ids=ids, logits_to_keep=keep, use_cache=False).logits
 
     return run
 
@@ -211,21 +229,41 @@ def combine_scaled(base: Timing, part: Timing, scale: float) -> Timing:
 
 
 @functools.lru_cache(maxsize=1)
-def _timing_model(spec: LLMSpec, device: str, dtype: str, num_layers: Optional[int]) -> nn.Module:
+def _timing_model(spec: LLMSpec, device: str, dtype: str, num_layers: Optional[int],
+                  attention: str = "sdpa") -> nn.Module:
     """The last LLM built for timing, kept: a sweep times one LLM at several prompt lengths in a row.
 
     One entry only, so at most one timing model stays resident (weights are random and never
-    change, so reuse cannot alter a result).
+    change, so reuse cannot alter a result). ``attention`` is transformers' attention
+    implementation (``sdpa`` or ``eager``), switched on the built model.
     """
-    return build_llm(spec, device=device, dtype=dtype, num_layers=num_layers)
+    model = build_llm(spec, device=device, dtype=dtype, num_layers=num_layers)
+    set_attention(model, attention)
+    return model
+
+
+def set_attention(model: nn.Module, attention: str) -> nn.Module:
+    """Switch a transformers model to the ``attention`` implementation (checked afterwards)."""
+    if attention not in LLM_ATTENTION:
+        raise ValueError(f"invalid llm_attention={attention!r}: one of {', '.join(map(repr, LLM_ATTENTION))}")
+    if getattr(model.config, "_attn_implementation", None) != attention:
+        model.set_attn_implementation(attention)
+    if model.config._attn_implementation != attention:
+        raise RuntimeError(f"transformers kept attention {model.config._attn_implementation!r}, not {attention!r}")
+    return model
+
+
+def _compile_prefill(settings: MeasureSettings) -> bool:
+    return settings.effective_runtime == "compile"
 
 
 def time_whole_prefill(spec: LLMSpec, tokens: int, settings: MeasureSettings) -> Timing:
     """Latency of the whole model's prefill (batch = settings.batch_size)."""
     device = settings.resolve_device()
-    model = _timing_model(spec, str(device), settings.dtype, None)
+    model = _timing_model(spec, str(device), settings.dtype, None, settings.llm_attention)
     ids = _prompt(spec, tokens, settings.batch_size, device)
-    return time_callable(_forward_fn(model, ids, settings.compile), settings, module=model)
+    keep = logits_to_keep(settings.lm_head)
+    return time_callable(_forward_fn(model, ids, _compile_prefill(settings), keep), settings, module=model)
 
 
 def time_sampled_prefill(spec: LLMSpec, tokens: int, settings: MeasureSettings, k: int) -> Timing:
@@ -236,10 +274,12 @@ def time_sampled_prefill(spec: LLMSpec, tokens: int, settings: MeasureSettings, 
     the model passed to them, scaled to the remaining depth.
     """
     device = settings.resolve_device()
-    model = _timing_model(spec, str(device), settings.dtype, k)
+    model = _timing_model(spec, str(device), settings.dtype, k, settings.llm_attention)
     ids = _prompt(spec, tokens, settings.batch_size, device)
-    whole_k = time_callable(_forward_fn(model, ids, settings.compile), settings, module=model)
-    layers_k = time_callable(_layers_fn(model, ids, settings.compile), settings, module=model)
+    keep = logits_to_keep(settings.lm_head)
+    compile_model = _compile_prefill(settings)
+    whole_k = time_callable(_forward_fn(model, ids, compile_model, keep), settings, module=model)
+    layers_k = time_callable(_layers_fn(model, ids, compile_model), settings, module=model)
     return combine_scaled(whole_k, layers_k, (spec.layers - k) / k)
 
 
@@ -265,10 +305,10 @@ def measure_prefill(spec_or_name: SpecLike, tokens: int, settings: MeasureSettin
     if memory_budget_gb is not None and (not isinstance(memory_budget_gb, (int, float)) or memory_budget_gb <= 0):
         raise ValueError(f"invalid memory_budget_gb={memory_budget_gb!r}: a positive number of GiB or None")
 
-    gflops = prefill_flops(spec, tokens)
+    gflops = prefill_flops(spec, tokens, settings.lm_head)
     skipped: dict[str, int] = {}
     if cross_check:
-        counted = count_prefill_flops(spec, tokens)
+        counted = count_prefill_flops(spec, tokens, settings.lm_head)
         skipped = dict(counted.skipped_ops)
         if abs(counted.gflops - gflops) > 0.005 * gflops:
             warnings.warn(f"prefill FLOPs of {spec.name} at {tokens} tokens: analytic {gflops:.3f} vs "
@@ -277,20 +317,22 @@ def measure_prefill(spec_or_name: SpecLike, tokens: int, settings: MeasureSettin
     params_m = spec.num_params() / 1e6
     if not time:
         return PrefillCost(llm=spec.name, tokens=tokens, params_m=params_m, gflops=gflops, latency=None,
-                           method="not-timed", skipped_ops=skipped)
+                           method="not-timed", skipped_ops=skipped, lm_head=settings.lm_head,
+                           attention=settings.llm_attention)
 
     device = settings.resolve_device()
     budget = memory_budget_gb if memory_budget_gb is not None else default_memory_budget_gb(device)
     budget_bytes = budget * 2**30
     k = min(sample_layers, spec.layers)
-    whole_bytes = prefill_memory_bytes(spec, tokens, settings.dtype, settings.batch_size)
+    whole_bytes = prefill_memory_bytes(spec, tokens, settings.dtype, settings.batch_size, lm_head=settings.lm_head)
     chosen = method
     if method == "auto":
         chosen = "whole" if whole_bytes <= budget_bytes or k >= spec.layers else "sampled"
     if chosen == "sampled" and k >= spec.layers:
         chosen = "whole"  # sampling every layer is the whole model
     need = whole_bytes if chosen == "whole" else prefill_memory_bytes(spec, tokens, settings.dtype,
-                                                                       settings.batch_size, layers=k)
+                                                                       settings.batch_size, layers=k,
+                                                                       lm_head=settings.lm_head)
     if need > budget_bytes and (memory_budget_gb is not None or chosen == "sampled"):
         raise ValueError(f"invalid memory_budget_gb={memory_budget_gb!r}: {spec.name} at {tokens} tokens "
                          f"needs about {need / 2**30:.1f} GiB for a {chosen} prefill "
@@ -302,4 +344,4 @@ def measure_prefill(spec_or_name: SpecLike, tokens: int, settings: MeasureSettin
         latency = time_sampled_prefill(spec, tokens, settings, k)
         label = f"layer-sampled(k={k})"
     return PrefillCost(llm=spec.name, tokens=tokens, params_m=params_m, gflops=gflops, latency=latency,
-                       method=label, skipped_ops=skipped)
+                       method=label, skipped_ops=skipped, lm_head=settings.lm_head, attention=settings.llm_attention)

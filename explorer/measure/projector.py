@@ -7,7 +7,7 @@ import torch
 
 from ..models.projector import MLP2xGelu
 from .costs import ProjectorCost
-from .encoder import prepare_for_timing
+from .encoder import prepare_exported
 from .settings import MeasureSettings
 from .timing import time_callable
 
@@ -28,18 +28,19 @@ def measure_projector(in_channels: int, hidden: int, tokens: int, settings: Meas
     """FLOPs and params (analytic, exact) and latency of ``tokens x in_channels -> tokens x hidden``.
 
     Latency is one forward of ``[batch_size, tokens, in_channels]`` with the settings' dtype
-    and compile flag.
+    and runtime (checked against eager first).
     """
     settings.validate()
     _positive("in_channels", in_channels)
     _positive("hidden", hidden)
     _positive("tokens", tokens)
     latency = None
+    runtime_error = 0.0
     if time:
         gen = torch.Generator().manual_seed(0)
         module = MLP2xGelu(in_channels, hidden)
         x = torch.randn(settings.batch_size, tokens, in_channels, generator=gen)
-        fn, module, _ = prepare_for_timing(module, x, settings, image_like=False)
+        fn, module, _, runtime_error = prepare_exported(module, x, settings, image_like=False)
         latency = time_callable(fn, settings, module=module)
     return ProjectorCost(
         in_channels=in_channels,
@@ -48,4 +49,6 @@ def measure_projector(in_channels: int, hidden: int, tokens: int, settings: Meas
         params_m=MLP2xGelu.params_for(in_channels, hidden) / 1e6,
         gflops=projector_flops(in_channels, hidden, tokens),
         latency=latency,
+        runtime=settings.effective_runtime,
+        runtime_error=runtime_error,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -26,6 +27,21 @@ _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # Settings that change the measured value itself (not merely its noise); they enter the digest.
 _DIGEST_FIELDS = ("dtype", "batch_size", "channels_last", "compile", "reparameterize")
+# Settings added later that also change a measured value. They enter the digest only when they
+# differ from their default, so every environment key stored before they existed stays valid.
+_DIGEST_IF_SET = ("runtime", "lm_head", "llm_attention", "preprocess", "source_image", "preprocess_fit")
+
+#: Encoder/projector runtimes: name -> (module to import, pip extra that installs it or None).
+RUNTIMES: dict[str, tuple[Optional[str], Optional[str]]] = {
+    "eager": (None, None),
+    "compile": (None, None),
+    "onnxruntime": ("onnxruntime", "onnx"),
+}
+LM_HEADS = ("last", "all")
+LLM_ATTENTION = ("sdpa", "eager")
+PREPROCESS = ("pil", "torch", "none")
+PREPROCESS_FIT = ("crop", "pad")
+_IMAGE_RE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 
 
 
@@ -52,6 +68,15 @@ class MeasureSettings:
     restored afterwards. Warm-up runs until both ``warmup_s`` and ``warmup_iters`` are reached;
     timing stops when the 95% CI of the median is within ``target_rel_ci`` of it, or at
     ``max_iters`` / ``max_time_s`` (then the timing is flagged noisy), never before ``min_iters``.
+
+    ``runtime`` runs the encoder and projector through ``eager`` PyTorch, ``compile``
+    (``torch.compile``; the same as ``compile=True``, which also compiles the prefill) or
+    ``onnxruntime`` (a fixed-shape ONNX export, checked against eager before timing; needs the
+    ``onnx`` extra). ``lm_head``: the LM head on the ``last`` prompt position (HF ``generate``)
+    or on ``all`` of them (ml-fastvlm's app, mlx-vlm). ``llm_attention``: transformers'
+    attention implementation for the prefill (``sdpa`` or ``eager``). ``preprocess``: how a
+    ``source_image`` (``WIDTHxHEIGHT`` pixels) becomes the encoder's input (``pil``, ``torch`` or
+    ``none`` to skip it), by resizing the shortest side and a centre ``crop`` or a ``pad`` to square.
     """
 
     device: str = "auto"
@@ -67,6 +92,12 @@ class MeasureSettings:
     max_iters: int = 200
     max_time_s: float = 30.0
     target_rel_ci: float = 0.02
+    runtime: str = "eager"
+    lm_head: str = "last"
+    llm_attention: str = "sdpa"
+    preprocess: str = "pil"
+    source_image: str = "1920x1080"
+    preprocess_fit: str = "crop"
 
     def validate(self) -> "MeasureSettings":
         """Raise ValueError naming the field, the value and what is allowed; returns self."""
@@ -86,14 +117,55 @@ class MeasureSettings:
         check_number("measure.max_time_s", self.max_time_s, low=0, low_open=True, high=86_400)
         require(is_number(self.target_rel_ci) and 0 < self.target_rel_ci < 1, "measure.target_rel_ci", self.target_rel_ci,
                 "a fraction in (0, 1), e.g. 0.02 for +-2%")
+        self._check_runtime()
+        for name, allowed in (("lm_head", LM_HEADS), ("llm_attention", LLM_ATTENTION),
+                              ("preprocess", PREPROCESS), ("preprocess_fit", PREPROCESS_FIT)):
+            check_choice(f"measure.{name}", getattr(self, name), allowed)
+        require(isinstance(self.source_image, str) and bool(_IMAGE_RE.fullmatch(self.source_image)),
+                "measure.source_image", self.source_image, "WIDTHxHEIGHT in pixels, e.g. '1920x1080'")
         device = self.resolve_device()
         self._check_device(device)
         return self
 
+    def _check_runtime(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise OptionError("measure.runtime", self.runtime, f"one of {', '.join(map(repr, RUNTIMES))}")
+        module, extra = RUNTIMES[self.runtime]
+        if self.compile and self.runtime not in ("eager", "compile"):
+            raise OptionError("measure.compile", self.compile, f"False with runtime={self.runtime!r} (compile=True is "
+                       "runtime='compile')")
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise OptionError("measure.runtime", self.runtime, f"a runtime that is installed: {module} is not; install it "
+                       f"with `pip install 'explorer[{extra}]'` (or `pip install {module} onnx`)")
+        if self.runtime == "onnxruntime":
+            if self.dtype != "float32":
+                raise OptionError("measure.dtype", self.dtype, "'float32' with runtime='onnxruntime' (the export is checked "
+                           "against eager in fp32)")
+            if self.channels_last:
+                raise OptionError("measure.channels_last", self.channels_last, "False with runtime='onnxruntime' (a torch "
+                           "memory layout; ONNX Runtime chooses its own)")
+            if self.resolve_device().type != "cpu":
+                raise OptionError("measure.device", self.device, "'cpu' with runtime='onnxruntime' (only the CPU execution "
+                           "provider is wired up; see docs/measurement.md)")
+
+    @property
+    def effective_runtime(self) -> str:
+        """``compile`` when ``compile=True`` (the older spelling), else ``runtime``."""
+        return "compile" if self.compile else self.runtime
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """``(width, height)`` of the source image."""
+        m = _IMAGE_RE.fullmatch(self.source_image)
+        if m is None:
+            raise OptionError("measure.source_image", self.source_image, "WIDTHxHEIGHT in pixels, e.g. '1920x1080'")
+        return int(m.group(1)), int(m.group(2))
+
     def _check_device(self, device: torch.device) -> None:
-        if self.compile and device.type == "cpu" and not any(
+        if self.effective_runtime == "compile" and device.type == "cpu" and not any(
                 shutil.which(cc) for cc in ("g++", "c++", "clang++")):
-            raise OptionError("measure.compile", self.compile, "False on this machine: torch.compile on CPU needs a C++ "
+            raise OptionError("measure.runtime" if self.runtime == "compile" else "measure.compile",
+                              self.runtime if self.runtime == "compile" else self.compile, "not torch.compile on this machine: torch.compile on CPU needs a C++ "
                        "compiler (g++ or clang++) and none is on PATH")
         if device.type == "cuda":
             if not torch.cuda.is_available():
@@ -189,11 +261,21 @@ class Environment:
     threads: int
     torch_version: str
     settings_digest: str  # digest of the settings that change the measured value
+    runtime: str = "eager"  # what ran the encoder and projector: eager | compile | onnxruntime
+    runtime_version: str = ""  # e.g. onnxruntime's version; empty for the torch runtimes
 
     @property
     def key(self) -> str:
-        """Stable digest of every field (same machine + torch + settings -> same key)."""
-        payload = json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":"))
+        """Stable digest of every field (same machine + torch + settings -> same key).
+
+        ``runtime`` and ``runtime_version`` enter only when not at their defaults, so eager
+        environments keep the keys they had before those fields existed.
+        """
+        fields = dataclasses.asdict(self)
+        for name, default in (("runtime", "eager"), ("runtime_version", "")):
+            if fields[name] == default:
+                del fields[name]
+        payload = json.dumps(fields, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def to_dict(self) -> dict[str, Any]:
@@ -201,12 +283,24 @@ class Environment:
 
 
 def settings_digest(settings: MeasureSettings) -> str:
-    """Digest of the measurement-relevant settings (dtype, batch, layout, compile, reparam).
+    """Digest of the measurement-relevant settings (dtype, batch, layout, runtime, reparam, LM head,
+    attention implementation, preprocessing).
 
     Protocol caps (warm-up, iteration and time limits, target CI) change how precisely a value
     is known, not the value, so they are left out; device and threads are Environment fields.
     """
-    payload = {name: getattr(settings, name) for name in _DIGEST_FIELDS}
+    payload: dict[str, Any] = {name: getattr(settings, name) for name in _DIGEST_FIELDS}
+    runtime = settings.effective_runtime
+    payload["compile"] = runtime == "compile"  # runtime='compile' and compile=True measure the same thing
+    defaults = MeasureSettings()
+    for name in _DIGEST_IF_SET:
+        value = runtime if name == "runtime" else getattr(settings, name)
+        if name == "runtime" and value in ("eager", "compile"):
+            continue  # already in "compile"
+        if settings.preprocess == "none" and name in ("source_image", "preprocess_fit"):
+            continue  # nothing is preprocessed: size and fit change nothing
+        if value != getattr(defaults, name):
+            payload[name] = value
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
@@ -223,4 +317,19 @@ def current_environment(settings: MeasureSettings) -> Environment:
         threads=int(threads),
         torch_version=torch.__version__,
         settings_digest=settings_digest(settings),
+        runtime=settings.effective_runtime,
+        runtime_version=runtime_version(settings.effective_runtime),
     )
+
+
+def runtime_version(runtime: str) -> str:
+    """Version of the library behind ``runtime`` (empty for eager and compile: torch_version says it)."""
+    module, _ = RUNTIMES.get(runtime, (None, None))
+    if module is None:
+        return ""
+    try:
+        from importlib.metadata import version
+
+        return f"{module} {version(module)}"
+    except Exception:  # installed without metadata
+        return module

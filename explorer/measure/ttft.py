@@ -1,4 +1,8 @@
-"""Time to first token = vision encoder + projector + LLM prefill (visual + text tokens).
+"""Time to first token = [image preprocessing +] vision encoder + projector + LLM prefill.
+
+Two definitions: the deployed one (``include_preprocess=True``, default) starts from a decoded
+source image, as ml-fastvlm's app does; the FastVLM paper's figure starts from the encoder's
+input tensor (``include_preprocess=False``). See docs/measurement.md, "What TTFT includes".
 
 Each part is measured on its own (the factorised measurement the sweep engine caches); this
 module adds them up for one design point and is what a notebook calls for a single point.
@@ -21,6 +25,7 @@ from .settings import MeasureSettings
 class TTFTBreakdown:
     """Latency (median ms; None when not timed) and GFLOPs of each part of TTFT for one image."""
 
+    preprocess_ms: Optional[float]  # None when not measured (settings.preprocess == "none")
     encoder_ms: Optional[float]
     projector_ms: Optional[float]
     prefill_ms: Optional[float]
@@ -33,18 +38,31 @@ class TTFTBreakdown:
     prefill_tokens: int
     prefill_method: str
     noisy: bool  # any part's timing hit a cap before its CI target
+    includes_preprocess: bool = False  # whether ttft_ms counts preprocess_ms
 
     @classmethod
-    def from_costs(cls, encoder: EncoderCost, projector: ProjectorCost, prefill: PrefillCost) -> "TTFTBreakdown":
-        """Sum three independently measured parts; latency is None if any part was not timed."""
+    def from_costs(cls, encoder: EncoderCost, projector: ProjectorCost, prefill: PrefillCost,
+                   include_preprocess: bool = True) -> "TTFTBreakdown":
+        """Sum independently measured parts; latency is None if any part was not timed.
+
+        Preprocessing joins the sum when ``include_preprocess`` and it was measured;
+        ``includes_preprocess`` says whether it did.
+        """
         parts = (encoder.latency, projector.latency, prefill.latency)
         enc_ms, proj_ms, pre_ms = (t.median_ms if t is not None else None for t in parts)
         timed = all(t is not None for t in parts)
+        prep = encoder.preprocess_latency
+        prep_ms = prep.median_ms if prep is not None else None
+        with_prep = bool(include_preprocess and prep_ms is not None)
+        ttft = (enc_ms + proj_ms + pre_ms) if timed else None  # type: ignore[operator]
+        if ttft is not None and with_prep:
+            ttft += prep_ms  # type: ignore[operator]
         return cls(
+            preprocess_ms=prep_ms,
             encoder_ms=enc_ms,
             projector_ms=proj_ms,
             prefill_ms=pre_ms,
-            ttft_ms=(enc_ms + proj_ms + pre_ms) if timed else None,  # type: ignore[operator]
+            ttft_ms=ttft,
             encoder_gflops=encoder.gflops,
             projector_gflops=projector.gflops,
             prefill_gflops=prefill.gflops,
@@ -52,7 +70,8 @@ class TTFTBreakdown:
             visual_tokens=encoder.visual_tokens,
             prefill_tokens=prefill.tokens,
             prefill_method=prefill.method,
-            noisy=any(t is not None and t.noisy for t in parts),
+            noisy=any(t is not None and t.noisy for t in parts + ((prep,) if with_prep else ())),
+            includes_preprocess=with_prep,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -62,13 +81,15 @@ class TTFTBreakdown:
 def measure_point(encoder: str, knobs: Optional[Mapping[str, Any]], resolution: int,
                   llm: Union[str, LLMSpec], text_tokens: int, settings: MeasureSettings,
                   time: bool = True, memory_budget_gb: Optional[float] = None,
-                  sample_layers: int = 2) -> TTFTBreakdown:
+                  sample_layers: int = 2, include_preprocess: bool = True) -> TTFTBreakdown:
     """Measure the three parts of TTFT for one design point and add them up.
 
     1. the encoder at ``resolution`` (reparameterized per settings) gives N visual tokens of C
        channels; 2. the projector ``C -> LLM hidden`` over N tokens; 3. the LLM prefill of
-       ``N + text_tokens`` tokens, head on the last position (whole model or layer-sampled, see
+       ``N + text_tokens`` tokens, head per ``settings.lm_head`` (whole model or layer-sampled, see
        :func:`measure_prefill`). Every part runs at ``settings.batch_size``; FLOPs are per image.
+       Preprocessing (``settings.preprocess``) is timed with the encoder and counted in
+       ``ttft_ms`` unless ``include_preprocess=False`` (the paper's definition).
        Settings, the LLM name and ``text_tokens`` are validated before the encoder is built.
     """
     settings.validate()
@@ -79,4 +100,4 @@ def measure_point(encoder: str, knobs: Optional[Mapping[str, Any]], resolution: 
     proj = measure_projector(enc.out_channels, spec.hidden, enc.visual_tokens, settings, time=time)
     pre = measure_prefill(spec, enc.visual_tokens + text_tokens, settings, time=time,
                           memory_budget_gb=memory_budget_gb, sample_layers=sample_layers)
-    return TTFTBreakdown.from_costs(enc, proj, pre)
+    return TTFTBreakdown.from_costs(enc, proj, pre, include_preprocess=include_preprocess)
