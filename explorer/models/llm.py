@@ -50,22 +50,18 @@ class LLMSpec:
 
     def validate(self) -> None:
         """Raise ValueError naming the first field that cannot describe a real model."""
-        require("arch", self.arch, self.arch in ARCHS, f"one of {', '.join(ARCHS)}")
+        require(self.arch in ARCHS, "arch", self.arch, f"one of {', '.join(ARCHS)}")
         for f in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "max_position"):
             v = getattr(self, f)
-            require(f, v, is_int(v) and v > 0, "a positive integer")
-        require("heads", self.heads, self.hidden % self.heads == 0,
-               f"a divisor of hidden={self.hidden}")
-        require("kv_heads", self.kv_heads, self.heads % self.kv_heads == 0,
-               f"a divisor of heads={self.heads}")
-        require("rope_theta", self.rope_theta, self.rope_theta > 0, "a positive number")
-        require("rms_eps", self.rms_eps, self.rms_eps > 0, "a positive number")
+            require(is_int(v) and v > 0, f, v, "a positive integer")
+        require(self.hidden % self.heads == 0, "heads", self.heads, f"a divisor of hidden={self.hidden}")
+        require(self.heads % self.kv_heads == 0, "kv_heads", self.kv_heads, f"a divisor of heads={self.heads}")
+        require(self.rope_theta > 0, "rope_theta", self.rope_theta, "a positive number")
+        require(self.rms_eps > 0, "rms_eps", self.rms_eps, "a positive number")
         if self.arch == "qwen2":
-            require("qkv_bias", self.qkv_bias, self.qkv_bias is True,
-                   "True for arch 'qwen2' (transformers' Qwen2 always has q/k/v biases)")
+            require(self.qkv_bias is True, "qkv_bias", self.qkv_bias, "True for arch 'qwen2' (transformers' Qwen2 always has q/k/v biases)")
         else:
-            require("qkv_bias", self.qkv_bias, self.qkv_bias is False,
-                   "False for arch 'llama' (its attention_bias would also bias o_proj)")
+            require(self.qkv_bias is False, "qkv_bias", self.qkv_bias, "False for arch 'llama' (its attention_bias would also bias o_proj)")
 
     @property
     def head_dim(self) -> int:
@@ -73,7 +69,7 @@ class LLMSpec:
 
     def with_layers(self, layers: int) -> "LLMSpec":
         """The same architecture truncated (or extended) to ``layers`` decoder layers."""
-        require("layers", layers, isinstance(layers, int) and layers >= 1, "a positive integer")
+        require(isinstance(layers, int) and layers >= 1, "layers", layers, "a positive integer")
         return dataclasses.replace(self, layers=layers)
 
     def layer_params(self) -> int:
@@ -139,25 +135,23 @@ LLM_CATALOG: dict[str, LLMSpec] = {
 
 def _spec_from_config(cfg: dict[str, Any], default_name: str) -> LLMSpec:
     model_type = cfg.get("model_type")
-    require("model_type", model_type, model_type in ARCHS,
-           f"one of {', '.join(ARCHS)} (the architectures explorer can build)")
+    require(model_type in ARCHS, "model_type", model_type, f"one of {', '.join(ARCHS)} (the architectures explorer can build)")
     required = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "vocab_size")
     missing = [k for k in required if k not in cfg]
     if missing:
         raise ValueError(f"invalid config: missing {', '.join(missing)} (a transformers config.json needs them)")
     rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
     rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
-    require("rope_type", rope_type, rope_type == "default", "'default' (scaled RoPE variants are not modelled)")
+    require(rope_type == "default", "rope_type", rope_type, "'default' (scaled RoPE variants are not modelled)")
     theta = rope.get("rope_theta") if isinstance(rope, dict) else None
     theta = theta or cfg.get("rope_theta") or (1e6 if model_type == "qwen2" else 1e4)
     heads = int(cfg["num_attention_heads"])
     hidden = int(cfg["hidden_size"])
     head_dim = cfg.get("head_dim")
-    require("head_dim", head_dim, head_dim in (None, hidden // heads),
-           f"hidden_size / num_attention_heads = {hidden // heads} (decoupled head sizes are not modelled)")
+    require(head_dim in (None, hidden // heads), "head_dim", head_dim, f"hidden_size / num_attention_heads = {hidden // heads} (decoupled head sizes are not modelled)")
     if model_type == "llama":
-        require("attention_bias", cfg.get("attention_bias", False), not cfg.get("attention_bias", False), "false")
-        require("mlp_bias", cfg.get("mlp_bias", False), not cfg.get("mlp_bias", False), "false")
+        require(not cfg.get("attention_bias", False), "attention_bias", cfg.get("attention_bias", False), "false")
+        require(not cfg.get("mlp_bias", False), "mlp_bias", cfg.get("mlp_bias", False), "false")
     return LLMSpec(
         name=str(cfg.get("_name_or_path") or default_name),
         arch=model_type,
@@ -199,16 +193,15 @@ def get_llm_spec(name_or_path: Union[str, Path, LLMSpec]) -> LLMSpec:
 
 def _resolve_dtype(dtype: Union[str, torch.dtype]) -> torch.dtype:
     if isinstance(dtype, torch.dtype):
-        require("dtype", dtype, dtype in _DTYPES.values(), f"one of {', '.join(_DTYPES)}")
+        require(dtype in _DTYPES.values(), "dtype", dtype, f"one of {', '.join(_DTYPES)}")
         return dtype
-    require("dtype", dtype, dtype in _DTYPES, f"one of {', '.join(_DTYPES)}")
+    require(dtype in _DTYPES, "dtype", dtype, f"one of {', '.join(_DTYPES)}")
     return _DTYPES[dtype]
 
 
 def _check_build_device(device: Union[str, torch.device]) -> torch.device:
     text = str(device)
-    require("device", text, bool(re.fullmatch(r"cpu|meta|mps|cuda(:\d+)?", text)),
-           "'cpu', 'meta', 'cuda', 'cuda:N' or 'mps'")
+    require(bool(re.fullmatch(r"cpu|meta|mps|cuda(:\d+)?", text)), "device", text, "'cpu', 'meta', 'cuda', 'cuda:N' or 'mps'")
     return torch.device(text)
 
 
@@ -224,8 +217,7 @@ def build_llm(spec: Union[LLMSpec, str], device: Union[str, torch.device] = "cpu
     torch_dtype = _resolve_dtype(dtype)
     dev = _check_build_device(device)
     if num_layers is not None:
-        require("num_layers", num_layers, isinstance(num_layers, int) and 0 <= num_layers,
-               "a non-negative integer")
+        require(isinstance(num_layers, int) and 0 <= num_layers, "num_layers", num_layers, "a non-negative integer")
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 

@@ -39,6 +39,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
+from explorer.checks import is_int, require
+
 TASKS: tuple[str, ...] = ("box_code", "larger_number", "word_on_line", "table", "read_code")
 #: The default mix; ``read_code`` (one code among grey clutter) is the easiest, for short CPU runs.
 DEFAULT_TASKS: tuple[str, ...] = ("box_code", "larger_number", "word_on_line", "table")
@@ -94,53 +96,35 @@ class ProxyTaskConfig:
 
     def validate(self) -> "ProxyTaskConfig":
         """Raise ValueError naming the bad field before any rendering starts."""
-        _check("resolution", self.resolution, _is_int(self.resolution) and 16 <= self.resolution <= 4096,
-               "an integer in [16, 4096]")
-        _check("canvas", self.canvas, _is_int(self.canvas) and 128 <= self.canvas <= 4096,
-               "an integer in [128, 4096]")
-        _check("tasks", self.tasks, len(self.tasks) > 0 and all(t in TASKS for t in self.tasks)
-               and len(set(self.tasks)) == len(self.tasks),
-               f"a non-empty list of distinct task names from {list(TASKS)}")
+        require(is_int(self.resolution) and 16 <= self.resolution <= 4096, "resolution", self.resolution, "an integer in [16, 4096]")
+        require(is_int(self.canvas) and 128 <= self.canvas <= 4096, "canvas", self.canvas, "an integer in [128, 4096]")
+        require(len(self.tasks) > 0 and all(t in TASKS for t in self.tasks)
+               and len(set(self.tasks)) == len(self.tasks), "tasks", self.tasks, f"a non-empty list of distinct task names from {list(TASKS)}")
         if self.task_weights is not None:
-            _check("task_weights", self.task_weights,
-                   len(self.task_weights) == len(self.tasks) and all(w >= 0 for w in self.task_weights)
-                   and sum(self.task_weights) > 0,
-                   "one non-negative weight per task, not all zero")
+            require(len(self.task_weights) == len(self.tasks) and all(w >= 0 for w in self.task_weights)
+                   and sum(self.task_weights) > 0, "task_weights", self.task_weights, "one non-negative weight per task, not all zero")
         ok = len(self.text_size) == 2 and all(isinstance(v, (int, float)) for v in self.text_size)
-        _check("text_size", self.text_size, ok and 0.005 <= self.text_size[0] <= self.text_size[1] <= 0.5,
-               "(min, max) glyph size as fractions of the canvas with 0.005 <= min <= max <= 0.5")
-        _check("code_length", self.code_length, _is_int(self.code_length) and 1 <= self.code_length <= 6,
-               "an integer in [1, 6]")
-        _check("code_chars", self.code_chars, isinstance(self.code_chars, str) and len(self.code_chars) >= 2
+        require(ok and 0.005 <= self.text_size[0] <= self.text_size[1] <= 0.5, "text_size", self.text_size, "(min, max) glyph size as fractions of the canvas with 0.005 <= min <= max <= 0.5")
+        require(is_int(self.code_length) and 1 <= self.code_length <= 6, "code_length", self.code_length, "an integer in [1, 6]")
+        require(isinstance(self.code_chars, str) and len(self.code_chars) >= 2
                and len(set(self.code_chars)) == len(self.code_chars)
-               and all(c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" for c in self.code_chars),
-               "at least 2 distinct capital letters or digits")
-        ok = len(self.number_range) == 2 and all(_is_int(v) for v in self.number_range)
-        _check("number_range", self.number_range, ok and 0 <= self.number_range[0]
-               and self.number_range[1] - self.number_range[0] >= 10 and self.number_range[1] < 100_000,
-               "(low, high) integers with 0 <= low, high - low >= 10, high < 100000")
-        _check("distractors", self.distractors, _is_int(self.distractors) and 0 <= self.distractors <= 10,
-               "an integer in [0, 10]")
-        _check("fonts", self.fonts, len(self.fonts) > 0 and all(isinstance(f, str) for f in self.fonts),
-               "a non-empty list of font file names (e.g. DejaVuSans.ttf)")
+               and all(c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789" for c in self.code_chars), "code_chars", self.code_chars, "at least 2 distinct capital letters or digits")
+        ok = len(self.number_range) == 2 and all(is_int(v) for v in self.number_range)
+        require(ok and 0 <= self.number_range[0]
+               and self.number_range[1] - self.number_range[0] >= 10 and self.number_range[1] < 100_000, "number_range", self.number_range, "(low, high) integers with 0 <= low, high - low >= 10, high < 100000")
+        require(is_int(self.distractors) and 0 <= self.distractors <= 10, "distractors", self.distractors, "an integer in [0, 10]")
+        require(len(self.fonts) > 0 and all(isinstance(f, str) for f in self.fonts), "fonts", self.fonts, "a non-empty list of font file names (e.g. DejaVuSans.ttf)")
         for name in ("train_size", "val_size", "test_size"):
             value = getattr(self, name)
-            _check(name, value, _is_int(value) and value > 0, "a positive integer")
-        _check("seed", self.seed, _is_int(self.seed) and self.seed >= 0, "a non-negative integer")
+            require(is_int(value) and value > 0, name, value, "a positive integer")
+        require(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "a non-negative integer")
         return self
 
     def split_size(self, split: str) -> int:
-        _check("split", split, split in SPLITS, f"one of {list(SPLITS)}")
+        require(split in SPLITS, "split", split, f"one of {list(SPLITS)}")
         return {"train": self.train_size, "val": self.val_size, "test": self.test_size}[split]
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check(name: str, value: object, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {name}={value!r}: {allowed}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -531,8 +515,8 @@ def sample_seed(seed: int, split: str, index: int) -> int:
 
 def make_params(cfg: ProxyTaskConfig, split: str, index: int) -> RenderParams:
     """Draw the parameters of sample ``index`` of ``split``; deterministic in (cfg, split, index)."""
-    _check("split", split, split in SPLITS, f"one of {list(SPLITS)}")
-    _check("index", index, _is_int(index) and index >= 0, "a non-negative integer")
+    require(split in SPLITS, "split", split, f"one of {list(SPLITS)}")
+    require(is_int(index) and index >= 0, "index", index, "a non-negative integer")
     rng = random.Random(sample_seed(cfg.seed, split, index))
     task = rng.choices(cfg.tasks, weights=cfg.task_weights)[0] if len(cfg.tasks) > 1 else cfg.tasks[0]
     font = rng.choice(cfg.fonts)
@@ -590,10 +574,10 @@ class ProxyTextDataset(Dataset):
 
     def __init__(self, cfg: ProxyTaskConfig, split: str = "train", size: Optional[int] = None) -> None:
         self.cfg = cfg.validate()
-        _check("split", split, split in SPLITS, f"one of {list(SPLITS)}")
+        require(split in SPLITS, "split", split, f"one of {list(SPLITS)}")
         self.split = split
         self.size = cfg.split_size(split) if size is None else size
-        _check("size", self.size, _is_int(self.size) and self.size > 0, "a positive integer")
+        require(is_int(self.size) and self.size > 0, "size", self.size, "a positive integer")
 
     def __len__(self) -> int:
         return self.size
@@ -636,8 +620,7 @@ class CharTokenizer:
     _index: dict = field(default=None, init=False, repr=False, compare=False)  # type: ignore[assignment]
 
     def __post_init__(self) -> None:
-        _check("chars", self.chars, len(set(self.chars)) == len(self.chars) and len(self.chars) > 0,
-               "a non-empty string of distinct characters")
+        require(len(set(self.chars)) == len(self.chars) and len(self.chars) > 0, "chars", self.chars, "a non-empty string of distinct characters")
         object.__setattr__(self, "_index", {c: i + len(SPECIAL_TOKENS) for i, c in enumerate(self.chars)})
 
     pad_id = 0

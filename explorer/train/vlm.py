@@ -30,12 +30,10 @@ from ..models.base import VisionEncoder
 from ..models.projector import MLP2xGelu
 from .data import CharTokenizer
 
+from explorer.checks import require
+
 IGNORE_INDEX = -100
 
-
-def _check(name: str, value: object, ok: bool, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"invalid {name}={value!r}: {allowed}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -171,11 +169,10 @@ class DecoderConfig:
     def validate(self) -> "DecoderConfig":
         for name in ("vocab_size", "hidden", "layers", "heads", "max_len"):
             value = getattr(self, name)
-            _check(f"lm_{name}" if name != "vocab_size" else name, value,
-                   isinstance(value, int) and not isinstance(value, bool) and value > 0, "a positive integer")
-        _check("lm_heads", self.heads, self.hidden % self.heads == 0, f"a divisor of lm_hidden={self.hidden}")
-        _check("lm_mlp_ratio", self.mlp_ratio, self.mlp_ratio > 0, "a positive number")
-        _check("lm_dropout", self.dropout, 0.0 <= self.dropout < 1.0, "a number in [0, 1)")
+            require(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"lm_{name}" if name != "vocab_size" else name, value, "a positive integer")
+        require(self.hidden % self.heads == 0, "lm_heads", self.heads, f"a divisor of lm_hidden={self.hidden}")
+        require(self.mlp_ratio > 0, "lm_mlp_ratio", self.mlp_ratio, "a positive number")
+        require(0.0 <= self.dropout < 1.0, "lm_dropout", self.dropout, "a number in [0, 1)")
         return self
 
 
