@@ -7,14 +7,14 @@ from explorer.commands import bench
 
 
 def test_bad_bench_settings_exit_2(capsys):
-    assert bench.main(["--quick", "--threads", "0"]) == 2
+    assert bench.main(["quick=true", "threads=0"]) == 2
     assert "threads=0" in capsys.readouterr().err
 
 
 @pytest.mark.slow
 def test_bench_quick_report(tmp_path, capsys):
     out = tmp_path / "bench.md"
-    assert bench.main(["--quick", "--threads", "1", "--device", "cpu", "--out", str(out)]) == 0
+    assert bench.main(["quick=true", "threads=1", "device=cpu", f"out={out}"]) == 0
     printed = capsys.readouterr().out
     text = out.read_text()
     assert text == printed

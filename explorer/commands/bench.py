@@ -7,15 +7,20 @@ this command writes the report (with ``--out``).
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import datetime as _dt
 import statistics
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ClassVar, Optional
 
+import hydra
 import torch
+
+from explorer.checks import check_bool, check_int
+from explorer.commands.common import error
+from explorer.conf.schema import hydra_node, options_of, run_hydra_command
+from explorer.data.atomic import atomic_path
 
 from ..measure.costs import Timing
 from ..measure.encoder import prepare_for_timing
@@ -24,6 +29,8 @@ from ..measure.prefill import measure_prefill
 from ..measure.settings import Environment, MeasureSettings, current_environment
 from ..measure.timing import time_callable
 from ..models.llm import get_llm_spec
+
+_STATE: dict[str, Any] = {"exit": 0}
 
 
 @dataclass(frozen=True)
@@ -436,63 +443,88 @@ def _ort_version() -> str:
 
     return runtime_version("onnxruntime")
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m explorer bench",
-        description="Markdown report of this machine: fp32 GEMM roof, FastViTHD throughput (eager, "
-                    "reparameterized, torch.compile), timer repeatability, whole-model vs layer-sampled prefill.")
-    parser.add_argument("--quick", action="store_true", help="small sizes, about a minute (used by tests)")
-    parser.add_argument("--out", metavar="FILE", help="also write the markdown report to FILE")
-    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's default)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps")
-    parser.add_argument("--runtimes", nargs="?", const="eager,compile,onnxruntime", default=None,
-                        metavar="LIST", help="instead: encoders through these runtimes (default eager,compile,"
-                        "onnxruntime) and the LLM prefill's variants, as latency ratios (CPU)")
-    parser.add_argument("--encoders", metavar="LIST", default=None,
-                        help="with --runtimes: NAME@RES,... instead of FastViTHD/ViT-L/ConvNeXt-L at two sizes")
-    parser.add_argument("--prompt-lengths", metavar="LIST", default="48,288",
-                        help="with --runtimes: prefill prompt lengths (default 48,288)")
-    parser.add_argument("--llm-variants", metavar="LIST", default=None,
-                        help="with --runtimes: only these prefill variants (labels, comma-separated)")
-    args = parser.parse_args(argv)
-    if args.runtimes is not None:
-        names = tuple(n.strip() for n in args.runtimes.split(",") if n.strip())
-        try:
+@dataclass(frozen=True)
+class BenchOptions:
+    """``explorer bench`` (key=value): this machine's report, or ``runtimes=[...]`` for runtime ratios.
+
+    ``quick``: small sizes, about a minute; ``out``: also write the markdown report there;
+    ``threads``: CPU threads (null: torch's default); ``device``: auto | cpu | cuda | cuda:N | mps;
+    ``runtimes``: instead, encoders through these runtimes and the LLM prefill's variants as
+    latency ratios (CPU); with it, ``encoders`` (NAME@RES list), ``prompt_lengths`` and
+    ``llm_variants`` (labels) narrow the table.
+    """
+
+    SECTION: ClassVar[str] = "bench"
+
+    quick: bool = False
+    out: Optional[str] = None
+    threads: Optional[int] = None
+    device: str = "auto"
+    runtimes: Any = None
+    encoders: Any = None
+    prompt_lengths: Any = (48, 288)
+    llm_variants: Any = None
+
+    def __post_init__(self) -> None:
+        check_bool("quick", self.quick)
+        check_int("threads", self.threads, low=1, optional=True, none_means="torch's default")
+        for name in ("runtimes", "encoders", "llm_variants"):
+            value = getattr(self, name)
+            if isinstance(value, str):
+                object.__setattr__(self, name, tuple(v.strip() for v in value.split(",") if v.strip()))
+            elif value is not None:
+                object.__setattr__(self, name, tuple(str(v) for v in value))
+        lengths = self.prompt_lengths if isinstance(self.prompt_lengths, (list, tuple)) else [self.prompt_lengths]
+        object.__setattr__(self, "prompt_lengths", tuple(check_int("prompt_lengths", v, low=1) for v in lengths))
+
+
+def _write(path: Optional[str], text: str) -> None:
+    if path:
+        with atomic_path(path) as tmp:
+            tmp.write_text(text, encoding="utf-8")
+
+
+def run_from_config(cfg: Any) -> int:
+    try:
+        args = options_of(BenchOptions, cfg)
+        if args.runtimes is not None:
+            names = args.runtimes or ("eager", "compile", "onnxruntime")
             for rt in names:
                 MeasureSettings(device="cpu", threads=args.threads, runtime=rt).validate()
-            encoders = parse_encoders(args.encoders) if args.encoders else None
-            lengths = tuple(int(t) for t in args.prompt_lengths.split(",") if t.strip())
+            encoders = parse_encoders(",".join(args.encoders)) if args.encoders else None
             variants = None
             if args.llm_variants is not None:
-                wanted = [t.strip() for t in args.llm_variants.split(",") if t.strip()]
                 known = dict(LLM_VARIANTS)
-                bad = [w for w in wanted if w not in known]
+                bad = [w for w in args.llm_variants if w not in known]
                 if bad:
-                    raise ValueError(f"invalid llm-variants {bad}: from {list(known)}")
-                variants = tuple((w, known[w]) for w in wanted)
-        except ValueError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 2
-        def save(partial: RuntimeReport) -> None:
-            if args.out:
-                with open(args.out, "w", encoding="utf-8") as fh:
-                    fh.write(render_runtime_markdown(partial) + "\n(partial: the run is still going)\n")
-
-        text = render_runtime_markdown(run_runtime_bench(args.quick, args.threads, names, prompt_lengths=lengths,
-                                                         encoders=encoders, llm_variants=variants, on_row=save))
-        print(text, end="")
-        if args.out:
-            with open(args.out, "w", encoding="utf-8") as fh:
-                fh.write(text)
-        return 0
-    try:
-        make_plan(args.quick, args.threads, args.device).settings.validate()
+                    raise ValueError(f"invalid llm_variants={bad}: from {list(known)}")
+                variants = tuple((w, known[w]) for w in args.llm_variants)
+        else:
+            make_plan(args.quick, args.threads, args.device).settings.validate()
     except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
+        error(str(err))
         return 2
-    text = render_markdown(run_bench(args.quick, args.threads, args.device))
+    if args.runtimes is not None:
+        def save(partial: RuntimeReport) -> None:
+            _write(args.out, render_runtime_markdown(partial) + "\n(partial: the run is still going)\n")
+
+        text = render_runtime_markdown(run_runtime_bench(args.quick, args.threads, names,
+                                                         prompt_lengths=args.prompt_lengths, encoders=encoders,
+                                                         llm_variants=variants, on_row=save))
+    else:
+        text = render_markdown(run_bench(args.quick, args.threads, args.device))
     print(text, end="")
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            fh.write(text)
+    _write(args.out, text)
     return 0
+
+
+@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="tool")
+def _hydra_main(cfg: Any) -> None:
+    _STATE["exit"] = run_from_config(cfg)
+
+
+def main(argv: list[str]) -> int:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="tool_schema", node=hydra_node(BenchOptions))
+    return run_hydra_command("bench", _hydra_main, argv, _STATE, spaces=False)

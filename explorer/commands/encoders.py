@@ -1,17 +1,24 @@
-"""`python -m explorer encoders`: the zoo at a glance (inference-form parameters, channels, tokens).
+"""``explorer encoders [names=[fastvithd,vit_l14]]``: the zoo at a glance (inference-form parameters, channels, tokens).
 
 The ``model`` column says whether the default configuration is a published model or our
 extrapolation (``explorer.data.reference.EXTRAPOLATED``; published accuracy never joins the latter).
 """
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
+import hydra
 import torch
+
+from explorer.checks import check_choice
+from explorer.commands.common import error
+from explorer.conf.schema import hydra_node, options_of, run_hydra_command
 
 from explorer.models import build_encoder, list_encoders
 from explorer.data.reference import extrapolation
 
+_STATE: dict[str, Any] = {"exit": 0}
 RESOLUTIONS = (256, 512, 768, 1024)
 
 
@@ -37,16 +44,46 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(c) for c in cells])
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m explorer encoders", description=__doc__)
-    parser.add_argument("names", nargs="*", help=f"encoders to list (default: all of {list_encoders()})")
-    args = parser.parse_args(argv)
+@dataclass(frozen=True)
+class EncodersOptions:
+    """``explorer encoders [names=[a,b]]``: the zoo at a glance (default: every registered encoder)."""
+
+    SECTION: ClassVar[str] = "encoders"
+
+    names: Any = None
+
+    def __post_init__(self) -> None:
+        names = self.names
+        if isinstance(names, str):
+            names = [n.strip() for n in names.split(",") if n.strip()]
+        if names is not None:
+            known = list_encoders()
+            for n in names:
+                check_choice("names", n, known)
+            object.__setattr__(self, "names", tuple(names))
+
+
+def run_from_config(cfg: Any) -> int:
     try:
-        rows = encoder_table(args.names or None)
+        opts = options_of(EncodersOptions, cfg)
+        rows = encoder_table(list(opts.names) if opts.names else None)
     except ValueError as err:
-        parser.error(str(err))
+        error(str(err))
+        return 2
     print(format_table(rows))
     notes = sorted({f"* {r['name']}: {extrapolation(r['name'])}" for r in rows if extrapolation(r["name"])})
     if notes:
         print("\n" + "\n".join(notes))
     return 0
+
+
+@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="tool")
+def _hydra_main(cfg: Any) -> None:
+    _STATE["exit"] = run_from_config(cfg)
+
+
+def main(argv: list[str]) -> int:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="tool_schema", node=hydra_node(EncodersOptions))
+    return run_hydra_command("encoders", _hydra_main, argv, _STATE, spaces=False)
