@@ -169,6 +169,11 @@ CASES = [
     (["train", "space_file={space}", "train.max_points=-1"], "train.max_points"),
     (["train", "space_file={space}", "+train.config.max_stepz=3"], "max_stepz"),
     (["nosuchcommand"], "unknown command"),
+    (["encoders", "names=[nosuch]"], "names='nosuch'"),
+    (["bench", "threads=0"], "threads=0"),
+    (["bench", "runtimes=[eager,tensorrt]"], "tensorrt"),
+    (["predict", "space_file={space}", "device=nosuch"], "known profiles"),
+    (["worker", "store=not_a_url"], "store"),
 ]
 
 

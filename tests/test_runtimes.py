@@ -180,7 +180,7 @@ def test_sweep_schema_has_the_runtime_setting():
 def test_bench_runtimes_bad_input_exits_2(capsys):
     from explorer.commands import bench
 
-    assert bench.main(["--runtimes", "eager,tensorrt"]) == 2
+    assert bench.main(["runtimes=[eager,tensorrt]"]) == 2
     assert "runtime='tensorrt'" in capsys.readouterr().err
-    assert bench.main(["--runtimes", "--encoders", "fastvithd@big"]) == 2
+    assert bench.main(["runtimes=[]", "encoders=[fastvithd@big]"]) == 2
     assert "fastvithd@big" in capsys.readouterr().err

@@ -256,7 +256,8 @@ def test_end_to_end_with_the_real_measurements(tmp_path):
     assert env["threads"] == 1 and env["device_type"] == "cpu" and by_kind["encoder"].env_key == report.env_key
     row = results.load(tmp_path / "r").iloc[0]
     assert row.status == "ok" and row.ttft_ms == pytest.approx(
-        enc.latency.median_ms + proj.latency.median_ms + row.prefill_latency_ms)
+        row.preprocess_ms + enc.latency.median_ms + proj.latency.median_ms + row.prefill_latency_ms)
+    assert row.preprocess_ms == pytest.approx(enc.preprocess_latency.median_ms)
     assert row.encoder_params_m == pytest.approx(enc.params_m) and row.prefill_method == "whole-model"
 
 

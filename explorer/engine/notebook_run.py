@@ -88,7 +88,8 @@ def quick_settings(space: Space) -> Any:
 
 def read_or_measure(full: Space, quick: Space, paths: NotebookPaths, *, quick_mode: bool,
                     log: Callable[[str], None] = print, options: Optional[SweepOptions] = None,
-                    backend: MeasureBackend = MeasureBackend()) -> tuple[pd.DataFrame, str]:
+                    backend: MeasureBackend = MeasureBackend(),
+                    ttft_includes_preprocess: bool = False) -> tuple[pd.DataFrame, str]:
     """Rows (accuracy not joined) of ``full``'s design points, and a sentence saying where they come from.
 
     QUICK: read ``paths.results_db`` if it holds a complete measurement of any of them, else sweep
@@ -96,10 +97,12 @@ def read_or_measure(full: Space, quick: Space, paths: NotebookPaths, *, quick_mo
     into ``paths.results_db`` with the space's own settings; it measures only what the database
     lacks, so an interrupted run resumes. ``options`` (default: a progress bar except in QUICK
     mode) and ``backend`` go to ``plan_sweep``/``run_sweep`` (tests pass fake measurers there).
+    ``ttft_includes_preprocess=False`` (default): ``ttft_ms`` is the paper's definition, encoder
+    input tensor to first token, so it equals encoder + projector + prefill.
     """
     if quick_mode and paths.results_db.is_file():
         keys = {p.key for p in enumerate_points(full)}
-        frame = load(paths.results_db, accuracy_metric=None)
+        frame = load(paths.results_db, accuracy_metric=None, ttft_includes_preprocess=ttft_includes_preprocess)
         rows = frame[frame["point_key"].isin(keys)]
         if rows["status"].eq("ok").any():
             log(f"read {len(rows)} of the {len(keys)} design points from {paths.results_db}; nothing measured")
@@ -118,7 +121,7 @@ def read_or_measure(full: Space, quick: Space, paths: NotebookPaths, *, quick_mo
         report = run_sweep(space, settings, store, options, backend, plan=plan)
         log(report.format(store))
         keys = {p.key for p in plan.points}
-        frame = load(store, accuracy_metric=None)
+        frame = load(store, accuracy_metric=None, ttft_includes_preprocess=ttft_includes_preprocess)
     finally:
         store.close()
     rows = frame[frame["point_key"].isin(keys)].reset_index(drop=True)
