@@ -29,7 +29,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fo
 
 SETTINGS = MeasureSettings(device="cpu")
 INLINE = SweepOptions(isolation="inline", progress=False)
-LEASE_S = 3.0
+LEASE_S = 6.0  # longer than any pause of a live worker on a loaded 2-core CI machine
 
 
 def space():
@@ -39,7 +39,12 @@ def space():
 
 
 def _worker(url: str, host: str) -> None:
-    # Three "machines": one timing claim each (node-1..3), one sweep, one environment.
+    # Three "machines": one timing claim each (node-1..3), one sweep, one environment. The heavy
+    # imports happen before the first claim, so a lease never runs out while a module loads.
+    import explorer.data.results  # noqa: F401
+    import explorer.measure.costs  # noqa: F401
+    import torch  # noqa: F401
+
     run_worker(url, None, None, WorkerOptions(sweep="toy", lease_s=LEASE_S, poll_s=0.2, host=host), INLINE,
                Q.BACKEND)
 
