@@ -14,12 +14,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Optional
 
-import hydra
 import torch
 
 from explorer.checks import check_bool, check_int
 from explorer.commands.common import error
-from explorer.conf.schema import hydra_node, options_of, run_hydra_command
+from explorer.conf.schema import hydra_node, options_of, hydra_command
 from explorer.data.atomic import atomic_path
 
 from ..measure.costs import Timing
@@ -518,13 +517,4 @@ def run_from_config(cfg: Any) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="tool")
-def _hydra_main(cfg: Any) -> None:
-    _STATE["exit"] = run_from_config(cfg)
-
-
-def main(argv: list[str]) -> int:
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="tool_schema", node=hydra_node(BenchOptions))
-    return run_hydra_command("bench", _hydra_main, argv, _STATE, spaces=False)
+main = hydra_command("bench", run_from_config, _STATE, config_name="tool", schema=lambda: hydra_node(BenchOptions), spaces=False)

@@ -11,11 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-import hydra
 from omegaconf import DictConfig
 
 from explorer.commands.common import error
-from explorer.conf.schema import register_schemas, run_hydra_command
+from explorer.conf.schema import hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0}
 
@@ -96,18 +95,4 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="calibrate")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        code = run_from_config(cfg)
-    except KeyboardInterrupt:
-        code = 130
-    _STATE["exit"] = code
-
-
-def main(argv: list[str]) -> int:
-    from hydra.core.config_store import ConfigStore
-
-    register_schemas()
-    ConfigStore.instance().store(name="calibrate_schema", node=CalibrateAppConfig)
-    return run_hydra_command("calibrate", _hydra_main, argv, _STATE)
+main = hydra_command("calibrate", run_from_config, _STATE, schema=lambda: CalibrateAppConfig)

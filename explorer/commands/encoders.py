@@ -8,12 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-import hydra
 import torch
 
 from explorer.checks import check_choice
 from explorer.commands.common import error
-from explorer.conf.schema import hydra_node, options_of, run_hydra_command
+from explorer.conf.schema import hydra_node, options_of, hydra_command
 
 from explorer.models import build_encoder, list_encoders
 from explorer.data.reference import extrapolation
@@ -77,13 +76,4 @@ def run_from_config(cfg: Any) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="tool")
-def _hydra_main(cfg: Any) -> None:
-    _STATE["exit"] = run_from_config(cfg)
-
-
-def main(argv: list[str]) -> int:
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="tool_schema", node=hydra_node(EncodersOptions))
-    return run_hydra_command("encoders", _hydra_main, argv, _STATE, spaces=False)
+main = hydra_command("encoders", run_from_config, _STATE, config_name="tool", schema=lambda: hydra_node(EncodersOptions), spaces=False)

@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-import hydra
 from omegaconf import DictConfig
 
 from explorer.checks import OptionError, check_choice, check_text
 from explorer.commands.common import error
-from explorer.conf.schema import hydra_node, options_of, run_hydra_command
+from explorer.conf.schema import hydra_node, options_of, hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0}
 
@@ -70,13 +69,4 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="export")
-def _hydra_main(cfg: DictConfig) -> None:
-    _STATE["exit"] = run_from_config(cfg)
-
-
-def main(argv: list[str]) -> int:
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="export_schema", node=hydra_node(ExportOptions))
-    return run_hydra_command("export", _hydra_main, argv, _STATE, spaces=False)
+main = hydra_command("export", run_from_config, _STATE, schema=lambda: hydra_node(ExportOptions), spaces=False)

@@ -9,14 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Optional
 
-import hydra
 import pandas as pd
 from omegaconf import DictConfig
 
 from explorer.analysis.pareto import pareto_front, parse_objectives
 from explorer.checks import OptionError, check_number, check_text
 from explorer.commands.common import error
-from explorer.conf.schema import hydra_node, options_of, run_hydra_command
+from explorer.conf.schema import hydra_node, options_of, hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0}
 
@@ -122,13 +121,4 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="plot")
-def _hydra_main(cfg: DictConfig) -> None:
-    _STATE["exit"] = run_from_config(cfg)
-
-
-def main(argv: list[str]) -> int:
-    from hydra.core.config_store import ConfigStore
-
-    ConfigStore.instance().store(name="plot_schema", node=hydra_node(PlotOptions))
-    return run_hydra_command("plot", _hydra_main, argv, _STATE, spaces=False)
+main = hydra_command("plot", run_from_config, _STATE, schema=lambda: hydra_node(PlotOptions), spaces=False)

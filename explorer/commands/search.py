@@ -10,11 +10,10 @@ import shlex
 from pathlib import Path
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
 from explorer.commands.common import error, results_location, space_and_settings
-from explorer.conf.schema import options_of, register_schemas, run_hydra_command
+from explorer.conf.schema import options_of, hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 
@@ -83,17 +82,4 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="search")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        code = run_from_config(cfg)
-    except KeyboardInterrupt:
-        code = 130
-    _STATE["exit"] = max(int(_STATE["exit"]), code)
-
-
-def main(argv: list[str]) -> int:
-    """Entry point of ``python -m explorer search``: Hydra parses ``argv`` (overrides, ``--help``,
-    ``--cfg job`` and ``--multirun`` over e.g. ``search.sampler=tpe,nsga2`` behave as in any Hydra app)."""
-    register_schemas()
-    return run_hydra_command("search", _hydra_main, argv, _STATE)
+main = hydra_command("search", run_from_config, _STATE)

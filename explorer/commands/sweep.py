@@ -12,11 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any, Optional
 
-import hydra
 from omegaconf import DictConfig
 
 from explorer.commands.common import error, results_location, space_and_settings, writable_folder
-from explorer.conf.schema import options_of, register_schemas, run_hydra_command
+from explorer.conf.schema import options_of, hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 
@@ -113,17 +112,4 @@ def _write_pareto_page(store: Any, path: Path, space_name: str, accuracy: Any, c
     print(f"interactive Pareto report: {page}", flush=True)
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="sweep")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        code = run_from_config(cfg)
-    except KeyboardInterrupt:
-        code = 130
-    _STATE["exit"] = max(int(_STATE["exit"]), code)
-
-
-def main(argv: list[str]) -> int:
-    """Entry point of ``python -m explorer sweep``: Hydra parses ``argv`` (``--multirun``,
-    ``--help``, ``--cfg job`` and overrides behave as in any Hydra app)."""
-    register_schemas()
-    return run_hydra_command("sweep", _hydra_main, argv, _STATE)
+main = hydra_command("sweep", run_from_config, _STATE)

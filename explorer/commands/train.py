@@ -7,13 +7,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
 from explorer.commands.common import error as _err, results_location, space_source as _space_source
-from explorer.conf.schema import options_of, register_schemas, run_hydra_command
+from explorer.conf.schema import options_of, hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0}
 
@@ -77,18 +76,4 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="train")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        code = run_from_config(cfg)
-    except KeyboardInterrupt:
-        code = 130
-    _STATE["exit"] = code
-
-
-def main(argv: list[str]) -> int:
-    from hydra.core.config_store import ConfigStore
-
-    register_schemas()
-    ConfigStore.instance().store(name="train_schema", node=_train_app())
-    return run_hydra_command("train", _hydra_main, argv, _STATE)
+main = hydra_command("train", run_from_config, _STATE, schema=_train_app)

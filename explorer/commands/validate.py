@@ -9,7 +9,6 @@ own) measured in the same run, per resolution. Exit 0 when every ratio is within
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from typing import Any, Optional
 

@@ -10,11 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig
 
 from explorer.commands.common import error, space_and_settings
-from explorer.conf.schema import SpaceAppConfig, hydra_node, measure_overrides, options_of, run_hydra_command
+from explorer.conf.schema import SpaceAppConfig, hydra_node, measure_overrides, options_of, hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 
@@ -102,21 +101,4 @@ def run_from_config(cfg: DictConfig) -> int:
     return 0
 
 
-@hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name="worker")
-def _hydra_main(cfg: DictConfig) -> None:
-    try:
-        code = run_from_config(cfg)
-    except KeyboardInterrupt:
-        code = 130
-    _STATE["exit"] = max(int(_STATE["exit"]), code)
-
-
-def main(argv: list[str]) -> int:
-    """Entry point of ``python -m explorer worker``."""
-    from hydra.core.config_store import ConfigStore
-
-    from explorer.conf.schema import register_schemas
-
-    register_schemas()
-    ConfigStore.instance().store(name="worker_schema", node=WorkerAppConfig)
-    return run_hydra_command("worker", _hydra_main, argv, _STATE)
+main = hydra_command("worker", run_from_config, _STATE, schema=lambda: WorkerAppConfig)

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from explorer.data.space import list_spaces
 
 __all__ = ["hydra_node", "MeasureOverrides", "SpaceAppConfig", "SweepAppConfig", "SearchAppConfig", "register_schemas",
-           "register_spaces", "prepare_argv", "measure_overrides", "options_of", "run_hydra_command", "SPACE_FILES",
+           "register_spaces", "prepare_argv", "measure_overrides", "options_of", "run_hydra_command", "hydra_command", "SPACE_FILES",
            "BROKEN_SPACES"]
 
 #: name -> file of every space registered in the `space` group by this process (for messages).
@@ -248,3 +248,33 @@ def run_hydra_command(prog: str, hydra_main: Any, argv: list[str], state: dict[s
     finally:
         sys.argv = saved
     return int(state["exit"])
+
+
+def hydra_command(prog: str, run: Any, state: dict[str, Any], *, config_name: Optional[str] = None,
+                  schema: Any = None, spaces: bool = True) -> Any:
+    """The ``main(argv) -> int`` of a command: ``run(cfg) -> exit code`` as a Hydra app on
+    ``pkg://explorer.conf/<config_name>.yaml`` (default ``prog``), with ``schema()`` stored as
+    ``<config_name>_schema`` (the space commands' schemas come from :func:`register_schemas`).
+    Ctrl-C gives 130; under ``--multirun`` the worst exit code of the jobs is returned."""
+    import hydra
+
+    name = config_name or prog
+
+    @hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name=name)
+    def app(cfg: Any) -> None:
+        try:
+            code = run(cfg)
+        except KeyboardInterrupt:
+            code = 130
+        state["exit"] = max(int(state["exit"]), int(code))
+
+    def main(argv: list[str]) -> int:
+        from hydra.core.config_store import ConfigStore
+
+        register_schemas()
+        if schema is not None:
+            ConfigStore.instance().store(name=f"{name}_schema", node=schema())
+        return run_hydra_command(prog, app, argv, state, spaces=spaces)
+
+    main.__doc__ = f"Entry point of ``explorer {prog}`` (key=value options, ``--help``; a Hydra app)."
+    return main
