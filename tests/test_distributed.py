@@ -25,7 +25,7 @@ from explorer.engine.sweep.worker import publish_sweep, run_worker
 from explorer.measure.settings import MeasureSettings
 from pg_server import pg_url, postgres_url  # noqa: F401 - fixtures
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and SIGKILL of workers: Linux")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIGKILL of worker processes: Linux")
 
 SETTINGS = MeasureSettings(device="cpu")
 INLINE = SweepOptions(isolation="inline", progress=False)
@@ -56,7 +56,7 @@ def test_three_workers_one_killed_every_measurement_committed_once(pg_url, tmp_p
     monkeypatch.setenv("EXPLORER_FAKE_DELAY", "0.15")
     publish_sweep(space(), SETTINGS, Store(pg_url), INLINE, Q.BACKEND)
 
-    ctx = multiprocessing.get_context("fork")
+    ctx = multiprocessing.get_context("spawn")  # fresh workers: nothing inherited from this test process
     procs = [ctx.Process(target=_worker, args=(pg_url, f"node-{i}")) for i in (1, 2, 3)]
     t0 = time.monotonic()
     for p in procs:
