@@ -50,7 +50,8 @@ class SweepReport:
             table = None
             lines.append(f"(no summary table: {exc})")
         if table is not None and len(table):
-            lines.append("fastest point at each resolution, per LLM (TTFT = encoder + projector + prefill):")
+            lines.append("fastest point at each resolution, per LLM (TTFT = preprocess + encoder + projector + prefill; "
+                         "results.load(..., ttft_includes_preprocess=False) gives the paper's definition):")
             lines.append(table.to_string(index=False))
         elif table is not None:
             lines.append("no complete points yet")
