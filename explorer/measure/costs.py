@@ -40,6 +40,13 @@ class Timing(_Serialisable):
     ci_low_ms: float  # 95% confidence interval of the median
     ci_high_ms: float
     noisy: bool  # True when a cap ended the protocol before the CI reached the target
+    # What else used the machine while the samples were taken (explorer.measure.contention):
+    # mean logical cores busy with other processes, the fraction of CPU time the hypervisor
+    # stole, and whether either crossed the contention thresholds. None: not observed (older
+    # stores, or a device without the counters).
+    other_cores: Optional[float] = None
+    steal: Optional[float] = None
+    contended: bool = False
 
 
 @dataclass(frozen=True)

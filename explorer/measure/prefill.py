@@ -225,7 +225,16 @@ def combine_scaled(base: Timing, part: Timing, scale: float) -> Timing:
         ci_low_ms=lin(base.ci_low_ms, part.ci_low_ms),
         ci_high_ms=lin(base.ci_high_ms, part.ci_high_ms),
         noisy=base.noisy or part.noisy,
+        other_cores=_worst(base.other_cores, part.other_cores),
+        steal=_worst(base.steal, part.steal),
+        contended=base.contended or part.contended,
     )
+
+
+def _worst(a: Optional[float], b: Optional[float]) -> Optional[float]:
+    """The larger of two contention readings (None when neither was observed)."""
+    seen = [v for v in (a, b) if v is not None]
+    return max(seen) if seen else None
 
 
 @functools.lru_cache(maxsize=1)
