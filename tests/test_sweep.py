@@ -171,10 +171,21 @@ def _interrupting_encoder(name, knobs, resolution, settings, time=True):
     return F.measure_encoder(name, knobs, resolution, settings)
 
 
+def test_ctrl_c_stops_after_the_group_in_flight(tmp_path):
+    # interleaved groups: the eight encoders are one group, built and timed together; Ctrl-C
+    # during the second lets the group finish, stores all eight, and stops before the projectors
+    sp = space()
+    store = Store(tmp_path / "r")
+    report = sweep(sp, store, measure_encoder=_interrupting_encoder, isolation="inline")
+    assert report.interrupted and F.CALLS["encoder"] == 8
+    assert {m.kind for m in store.measurements()} == {"encoder"} and len(store.measurements()) == 8
+    assert report.remaining == 24 - 8
+
+
 def test_ctrl_c_stops_after_the_measurement_in_flight(tmp_path):
     sp = space()
     store = Store(tmp_path / "r")
-    report = sweep(sp, store, measure_encoder=_interrupting_encoder)
+    report = sweep(sp, store, measure_encoder=_interrupting_encoder, interleave=1)
     assert report.interrupted and report.remaining > 0
     assert F.CALLS["encoder"] == 2  # the one in flight finished ...
     stored = store.measurements()

@@ -20,6 +20,7 @@ from explorer.checks import check_bool, check_int
 from explorer.commands.common import error
 from explorer.conf.schema import hydra_node, options_of, hydra_command
 from explorer.data.atomic import atomic_path
+from explorer.engine.backend import MeasureBackend
 
 from ..measure.costs import Timing
 from ..measure.encoder import prepare_for_timing
@@ -450,7 +451,10 @@ class BenchOptions:
     ``threads``: CPU threads (null: torch's default); ``device``: auto | cpu | cuda | cuda:N | mps;
     ``runtimes``: instead, encoders through these runtimes and the LLM prefill's variants as
     latency ratios (CPU); with it, ``encoders`` (NAME@RES list), ``prompt_lengths`` and
-    ``llm_variants`` (labels) narrow the table.
+    ``llm_variants`` (labels) narrow the table. ``stability``: instead, the stability benchmark
+    (explorer.engine.stability): ``space`` (default ``stability``: nine FastViTHD settings of known
+    order) swept quiet, beside ``neighbours`` busy loops, and quiet again; ``threads`` fixes the
+    thread count of every arm (null: the sweep's policy, the cores left free).
     """
 
     SECTION: ClassVar[str] = "bench"
@@ -463,9 +467,14 @@ class BenchOptions:
     encoders: Any = None
     prompt_lengths: Any = (48, 288)
     llm_variants: Any = None
+    stability: bool = False
+    neighbours: int = 1
+    space: str = "stability"
 
     def __post_init__(self) -> None:
         check_bool("quick", self.quick)
+        check_bool("stability", self.stability)
+        check_int("neighbours", self.neighbours, low=0, high=256)
         check_int("threads", self.threads, low=1, optional=True, none_means="torch's default")
         for name in ("runtimes", "encoders", "llm_variants"):
             value = getattr(self, name)
@@ -483,9 +492,41 @@ def _write(path: Optional[str], text: str) -> None:
             tmp.write_text(text, encoding="utf-8")
 
 
+def _run_stability(args: BenchOptions) -> int:
+    from explorer.engine.stability import run_stability
+    from explorer.engine.sweep.plan import default_settings, resolve_space
+    from explorer.data.space import SpaceError
+
+    try:
+        space = resolve_space(args.space, MeasureBackend())
+        settings = default_settings(space, threads=args.threads, device=args.device)
+    except (ValueError, SpaceError) as err:
+        error(str(err))
+        return 2
+    command = "python -m explorer bench stability=true" + "".join(
+        f" {k}={v}" for k, v in (("neighbours", args.neighbours), ("threads", args.threads), ("space", args.space))
+        if v is not None and not (k == "space" and v == "stability"))
+
+    def progress(arm: Any) -> None:
+        _log(f"{arm.name}: {arm.threads} thread(s), {len(arm.latency_ms)} settings, {len(arm.violations)} order "
+             f"violations, {arm.contended} contended, {arm.elapsed_s:.0f} s ({arm.machine[:80]})")
+
+    report = run_stability(space, settings, neighbours=args.neighbours, command=command, on_arm=progress)
+    text = "## Stability\n\n" + report.markdown()
+    print(text, end="")
+    _write(args.out, text)
+    return 0
+
+
 def run_from_config(cfg: Any) -> int:
     try:
         args = options_of(BenchOptions, cfg)
+    except ValueError as err:
+        error(str(err))
+        return 2
+    if args.stability:
+        return _run_stability(args)
+    try:
         if args.runtimes is not None:
             names = args.runtimes or ("eager", "compile", "onnxruntime")
             for rt in names:

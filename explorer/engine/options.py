@@ -42,7 +42,10 @@ class SweepOptions:
     ``resume=False`` re-measures what is stored (the earlier value is replaced in place);
     ``retry_failed`` re-measures stored failures; ``timeout_s`` caps one measurement (null: none);
     ``isolation`` is ``auto | process | alarm | inline``; ``max_measurements`` stops after that many
-    (resume later); ``dry_run`` plans and prints, measuring nothing.
+    (resume later); ``dry_run`` plans and prints, measuring nothing. ``interleave``: up to this many
+    measurements of one kind are built together and timed in shuffled rounds (1: one at a time);
+    ``machine_check`` looks at the machine before measuring, warns when other work runs, and (with
+    ``measure.threads`` unset) measures with the cores left free (docs/measurement.md, "Contention").
     """
 
     SECTION: ClassVar[str] = "sweep"
@@ -54,9 +57,12 @@ class SweepOptions:
     isolation: str = "auto"
     progress: bool = True
     max_measurements: Optional[int] = None
+    interleave: int = 12
+    machine_check: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("dry_run", "resume", "retry_failed", "progress"):
+        check_int("sweep.interleave", self.interleave, low=1, high=1000)
+        for name in ("dry_run", "resume", "retry_failed", "progress", "machine_check"):
             check_bool(f"sweep.{name}", getattr(self, name))
         check_number("sweep.timeout_s", self.timeout_s, low=0, low_open=True, optional=True,
                      none_means="no timeout")

@@ -27,6 +27,7 @@ import contextlib
 import gc
 import math
 import statistics
+import threading
 import time
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Optional
@@ -34,7 +35,9 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch import nn
 
+from .contention import ContentionMeter, CpuCounters
 from .costs import Timing
+from .interleave import current_round
 from .settings import MeasureSettings, thread_scope
 
 CONFIDENCE = 0.95
@@ -85,12 +88,14 @@ def percentile(sorted_samples: list[float], q: float) -> float:
     return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * frac
 
 
-def summarize(samples_ms: list[float], noisy: bool) -> Timing:
-    """Timing statistics of raw samples (milliseconds)."""
+def summarize(samples_ms: list[float], noisy: bool, meter: Optional[ContentionMeter] = None) -> Timing:
+    """Timing statistics of raw samples (milliseconds), with the contention ``meter`` saw."""
     xs = sorted(samples_ms)
     mean = statistics.fmean(xs)
     std = statistics.stdev(xs) if len(xs) > 1 else 0.0
     lo, hi, _ = median_ci(xs)
+    other = meter.other_cores if meter is not None else None
+    steal = meter.steal if meter is not None else None
     return Timing(
         median_ms=statistics.median(xs),
         p10_ms=percentile(xs, 10),
@@ -101,6 +106,9 @@ def summarize(samples_ms: list[float], noisy: bool) -> Timing:
         ci_low_ms=lo,
         ci_high_ms=hi,
         noisy=noisy,
+        other_cores=None if other is None else round(other, 4),
+        steal=None if steal is None else round(steal, 4),
+        contended=bool(meter is not None and meter.contended),
     )
 
 
@@ -114,17 +122,30 @@ def converged(samples_ms: list[float], target_rel_ci: float) -> bool:
     return med - lo <= target_rel_ci * med and hi - med <= target_rel_ci * med
 
 
+_GC_LOCK = threading.Lock()
+_GC_DEPTH = [0, False]  # [timings in progress, was the collector enabled before the first]
+
+
 @contextlib.contextmanager
 def gc_paused() -> Iterator[None]:
-    """Collect once, then keep the collector off; always restore its previous state."""
-    was_enabled = gc.isenabled()
-    gc.collect()
-    gc.disable()
+    """Collect once, then keep the collector off; always restore its previous state.
+
+    Nested and concurrent uses (interleaved timings run in threads) share one pause: the first
+    collects and disables, the last restores.
+    """
+    with _GC_LOCK:
+        if _GC_DEPTH[0] == 0:
+            _GC_DEPTH[1] = gc.isenabled()
+            gc.collect()
+            gc.disable()
+        _GC_DEPTH[0] += 1
     try:
         yield
     finally:
-        if was_enabled:
-            gc.enable()
+        with _GC_LOCK:
+            _GC_DEPTH[0] -= 1
+            if _GC_DEPTH[0] == 0 and _GC_DEPTH[1]:
+                gc.enable()
 
 
 @contextlib.contextmanager
@@ -153,9 +174,11 @@ def synchronize(device: torch.device) -> None:
 class _Sampler:
     """Times ``reps`` back-to-back calls of ``fn`` on one device; returns ms per call."""
 
-    def __init__(self, fn: Callable[[], Any], device: torch.device) -> None:
+    def __init__(self, fn: Callable[[], Any], device: torch.device,
+                 clock: Callable[[], int] = time.perf_counter_ns) -> None:
         self.fn = fn
         self.device = device
+        self.clock = clock
         if device.type == "cuda":
             self._start = torch.cuda.Event(enable_timing=True)
             self._end = torch.cuda.Event(enable_timing=True)
@@ -172,55 +195,90 @@ class _Sampler:
             return self._start.elapsed_time(self._end) / reps
         if self.device.type == "mps":
             torch.mps.synchronize()
-            t0 = time.perf_counter_ns()
+            t0 = self.clock()
             for _ in range(reps):
                 fn()
             torch.mps.synchronize()
-            return (time.perf_counter_ns() - t0) / 1e6 / reps
-        t0 = time.perf_counter_ns()
+            return (self.clock() - t0) / 1e6 / reps
+        t0 = self.clock()
         for _ in range(reps):
             fn()
-        return (time.perf_counter_ns() - t0) / 1e6 / reps
+        return (self.clock() - t0) / 1e6 / reps
 
 
 def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
-                  module: Optional[nn.Module] = None) -> Timing:
+                  module: Optional[nn.Module] = None,
+                  counters: Optional[Callable[[], CpuCounters]] = None,
+                  clock: Optional[Callable[[], int]] = None) -> Timing:
     """Latency statistics of ``fn()`` under ``settings``' protocol (see the module docstring).
 
     ``fn`` takes no arguments and does all the work of one measured call (inputs prepared
     outside it). ``module``, when given (or when ``fn`` is itself a module), is put in eval
-    mode for the measurement.
+    mode for the measurement. Under :func:`~explorer.measure.interleave.run_interleaved` every
+    call runs on the round's timing thread and the baton is handed on after each turn; the
+    time cap counts this callable's own sampling time only. ``counters`` reads the CPU counters
+    for the contention record (default: :func:`~explorer.measure.contention.read_cpu_counters`);
+    ``clock`` (nanoseconds, default ``time.perf_counter_ns``) times CPU calls and the caps (tests
+    inject a fake clock that the fake call advances).
     """
     settings.validate()
     device = settings.resolve_device()
     if module is None and isinstance(fn, nn.Module):
         module = fn
-    sampler = _Sampler(fn, device)
+    tick = clock or time.perf_counter_ns
+    sampler = _Sampler(fn, device, tick)
+
+    def now() -> float:
+        return tick() / 1e9
+
+    rnd = current_round()
+    meter = ContentionMeter(counters) if counters is not None else ContentionMeter()
+    if rnd is None:
+        def call(reps: int) -> float:
+            return sampler(reps)
+    else:
+        def call(reps: int) -> float:
+            return float(rnd.call(lambda: sampler(reps)))
+
+        if settings.threads is not None and device.type == "cpu":
+            threads = int(settings.threads)
+            # OpenMP's thread count belongs to the calling thread: set it where the samples run.
+            rnd.call(lambda: torch.set_num_threads(threads) if torch.get_num_threads() != threads else None)
     with thread_scope(settings), eval_mode(module), torch.inference_mode(), gc_paused():
         synchronize(device)
         # Warm-up: by count AND by time.
-        start = time.perf_counter()
+        start = now()
         done = 0
         last_ms: Optional[float] = None
-        while done < settings.warmup_iters or time.perf_counter() - start < settings.warmup_s:
-            last_ms = sampler(1)
+        while done < settings.warmup_iters or now() - start < settings.warmup_s:
+            last_ms = call(1)
             done += 1
         if last_ms is None:  # no warm-up requested: one untimed calibration call is still needed
-            last_ms = sampler(1)
+            last_ms = call(1)
         reps = 1
         if last_ms < _MIN_SAMPLE_S * 1e3:
             reps = min(_MAX_INNER_REPS, max(1, math.ceil(_MIN_SAMPLE_S * 1e3 / max(last_ms, 1e-6))))
         # Timed samples.
         samples: list[float] = []
-        start = time.perf_counter()
+        sampling_s = 0.0  # this callable's own sampling time (the cap), whatever else ran between turns
+        turn_s = 0.0
         ok = False
         while True:
-            samples.append(sampler(reps))
+            t0 = now()
+            meter.start()
+            samples.append(call(reps))
+            meter.stop()
+            spent = now() - t0
+            sampling_s += spent
+            turn_s += spent
             n = len(samples)
             if n >= settings.min_iters and converged(samples, settings.target_rel_ci):
                 ok = True
                 break
             # The time cap ends the protocol only once min_iters samples exist; max_iters always does.
-            if n >= settings.max_iters or (n >= settings.min_iters and time.perf_counter() - start >= settings.max_time_s):
+            if n >= settings.max_iters or (n >= settings.min_iters and sampling_s >= settings.max_time_s):
                 break
-    return summarize(samples, noisy=not ok)
+            if rnd is not None and turn_s >= rnd.turn_s:
+                rnd.end_turn()
+                turn_s = 0.0
+    return summarize(samples, noisy=not ok, meter=meter)

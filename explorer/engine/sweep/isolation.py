@@ -15,6 +15,7 @@ Isolation (``sweep.isolation``) decides how a measurement runs and how its timeo
 from __future__ import annotations
 
 import dataclasses
+import functools
 import gc
 import multiprocessing
 import os
@@ -133,6 +134,33 @@ class InlineRunner:
                 signal.signal(signal.SIGALRM, previous if previous is not None else signal.SIG_DFL)
             _free_memory(collect=failed)
 
+    def run_group(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], timeout: Optional[float],
+                  seed: int = 0) -> Optional[list[Outcome]]:
+        """Run ``calls`` interleaved in shuffled rounds (:func:`explorer.measure.interleave.run_interleaved`).
+
+        With ``alarm`` the calls run one at a time instead (a SIGALRM cannot stop one thread of
+        an interleaved group), each with its own timeout. Never None here (see ProcessRunner).
+        """
+        if self.alarm or len(calls) == 1:
+            return [self.run(fn, args, timeout) for fn, args in calls]
+        from explorer.measure.interleave import run_interleaved
+
+        failed = False
+        try:
+            results = run_interleaved([functools.partial(fn, *args) for fn, args in calls], seed=seed)
+            outcomes = []
+            for r in results:
+                if r.error is None:
+                    outcomes.append(Outcome("ok", _payload(r.value), None))
+                    continue
+                if isinstance(r.error, KeyboardInterrupt):
+                    raise r.error
+                failed = True
+                outcomes.append(Outcome(_classify(r.error), None, _error_text(r.error)))
+            return outcomes
+        finally:
+            _free_memory(collect=failed)
+
     def ensure_started(self) -> None:
         """Nothing to start in this process."""
 
@@ -170,19 +198,27 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
         if msg[0] == "ping":
             conn.send(("pong", None, None))
             continue
-        _, fn, args = msg
-        out = runner.run(fn, args, None)
+        if msg[0] == "group":
+            _, calls, seed = msg
+            outs = runner.run_group(calls, None, seed) or []
+            reply: Any = [(o.status, o.payload, o.error) for o in outs]
+        else:
+            _, fn, args = msg
+            out = runner.run(fn, args, None)
+            reply = (out.status, out.payload, out.error)
         try:
-            conn.send((out.status, out.payload, out.error))
+            conn.send(reply)
         except Exception as exc:  # an unpicklable payload
-            conn.send(("failed", None, f"cannot send the result back: {exc}"))
+            bad = ("failed", None, f"cannot send the result back: {exc}")
+            conn.send([bad] * len(reply) if isinstance(reply, list) else bad)
 
 
 class ProcessRunner:
     """A persistent spawned worker; timeouts and crashes kill and replace it."""
 
-    def __init__(self, preload: Sequence[str] = ()):
+    def __init__(self, preload: Sequence[str] = (), environ: Optional[Mapping[str, str]] = None):
         self.ctx = multiprocessing.get_context("spawn")
+        self.environ = dict(environ or {})  # set in the worker's environment before it imports anything
         self.proc: Any = None
         self.conn: Any = None
         self.preload = list(preload)
@@ -192,7 +228,16 @@ class ProcessRunner:
         parent, child = self.ctx.Pipe()
         self.proc = self.ctx.Process(target=_worker_main, args=(child, os.getpid()), daemon=True,
                                      name="explorer-measure")
-        self.proc.start()
+        saved = {k: os.environ.get(k) for k in self.environ}
+        os.environ.update(self.environ)  # a spawned child starts with the parent's environment now
+        try:
+            self.proc.start()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
         child.close()
         self.conn = parent
         # Import torch & co. now, so that start-up does not count against a measurement's timeout.
@@ -240,6 +285,36 @@ class ProcessRunner:
                 return Outcome("timeout", None, f"MeasurementTimeout: measurement exceeded its timeout of "
                                                  f"{timeout:g} s (worker process killed)")
 
+    def run_group(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], timeout: Optional[float],
+                  seed: int = 0) -> Optional[list[Outcome]]:
+        """Run ``calls`` interleaved in the worker; ``timeout`` is the whole group's.
+
+        None when the group timed out or the worker died: which call was to blame is unknown, so
+        the caller runs them again one at a time (each with its own timeout).
+        """
+        if len(calls) == 1:
+            fn, args = calls[0]
+            return [self.run(fn, args, timeout)]
+        self.ensure_started()
+        self._oom_before = oom_kill_count()
+        self.conn.send(("group", list(calls), seed))
+        deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
+        while True:
+            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
+            if self.conn.poll(wait):
+                try:
+                    replies = self.conn.recv()
+                except (EOFError, OSError):
+                    self._died()
+                    return None
+                return [Outcome(*r) for r in replies]
+            if not self.proc.is_alive():
+                self._died()
+                return None
+            if deadline is not None and time.monotonic() >= deadline:
+                self._kill()
+                return None
+
     def _died(self) -> Outcome:
         code = self.proc.exitcode if self.proc is not None else None
         if code is None and self.proc is not None:
@@ -285,8 +360,13 @@ def _can_alarm() -> bool:
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
 
-def make_runner(isolation: str, measure_fns: Sequence[Callable[..., Any]], settings: Any) -> Any:
-    """The runner for ``isolation`` (``auto`` resolved as the module docstring says)."""
+def make_runner(isolation: str, measure_fns: Sequence[Callable[..., Any]], settings: Any,
+                environ: Optional[Mapping[str, str]] = None) -> Any:
+    """The runner for ``isolation`` (``auto`` resolved as the module docstring says).
+
+    ``environ``: variables for the worker process's environment (``process`` only; the OpenMP
+    wait policy must be set before the worker loads torch).
+    """
     mode = isolation
     picklable = _picklable(*measure_fns, settings)
     if mode == "auto":
@@ -300,5 +380,5 @@ def make_runner(isolation: str, measure_fns: Sequence[Callable[..., Any]], setti
         mode = "inline"
     if mode == "process":
         preload = sorted({getattr(f, "__module__", "") for f in measure_fns} - {"", "__main__"})
-        return ProcessRunner(preload)
+        return ProcessRunner(preload, environ)
     return InlineRunner(alarm=(mode == "alarm"))

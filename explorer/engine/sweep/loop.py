@@ -21,6 +21,7 @@ from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
 from explorer.engine.sweep.isolation import make_runner
 from explorer.engine.sweep.keys import KINDS, Job
+from explorer.engine.sweep.machine import MachinePolicy, machine_policy
 from explorer.engine.sweep.plan import SweepPlan, default_settings, plan_sweep, resolve_space
 from explorer.engine.sweep.report import SweepReport
 
@@ -68,6 +69,47 @@ def _progress_bar(todo: Sequence[Job], plan: SweepPlan, enabled: bool) -> Any:
                 mininterval=0.5)
 
 
+#: A group of interleaved encoders or projectors holds at most this share of the available memory
+#: in parameters (each counted three times: the model, its runtime's copy, working buffers).
+GROUP_MEMORY_SHARE = 0.25
+
+
+def measurement_groups(todo: Sequence[Job], plan: SweepPlan, size: int, settings: Any) -> list[list[Job]]:
+    """Split ``todo`` into groups measured together in shuffled rounds.
+
+    A group holds jobs of one kind (prefills: of one LLM, which they share), at most ``size`` of
+    them, and for encoders and projectors parameters within :data:`GROUP_MEMORY_SHARE` of the
+    available memory. Encoders come first, then projectors, then prefills, each in plan order.
+    """
+    from explorer.engine.sweep.footprint import available_memory_bytes
+
+    if size <= 1:
+        return [[j] for j in todo]
+    free = available_memory_bytes(settings) if hasattr(settings, "resolve_device") else None
+    budget = GROUP_MEMORY_SHARE * free if free else float("inf")
+    elt = {"float16": 2, "bfloat16": 2}.get(str(getattr(settings, "dtype", "float32")), 4)
+    by_kind: dict[tuple[str, str], list[Job]] = {}
+    for j in todo:
+        by_kind.setdefault((j.kind, str(j.inputs.get("llm", "")) if j.kind == "prefill" else ""), []).append(j)
+    groups: list[list[Job]] = []
+    for kind in KINDS:
+        for (k, _), jobs in by_kind.items():
+            if k != kind:
+                continue
+            current: list[Job] = []
+            used = 0.0
+            for j in jobs:
+                need = 0.0 if kind == "prefill" else 3 * plan.params_m.get(j.key, 0.0) * 1e6 * elt
+                if current and (len(current) >= size or used + need > budget):
+                    groups.append(current)
+                    current, used = [], 0.0
+                current.append(j)
+                used += need
+            if current:
+                groups.append(current)
+    return groups
+
+
 def _store_error_text(err: BaseException, url: str) -> str:
     text = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
     hint = "free disk space" if "full" in text.lower() or "space" in text.lower() else "make the database reachable"
@@ -99,10 +141,13 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
     elif hasattr(settings, "validate"):
         settings.validate()
     st = store if isinstance(store, Store) else Store(store or f"results/{space.name}")
+    policy = MachinePolicy(settings)
     if plan is None:
+        policy = machine_policy(settings, options, backend)
+        settings = policy.settings
         plan = plan_sweep(space, settings, st, options, backend)
     fns = {kind: backend.measure(kind) for kind in KINDS}
-    runner = make_runner(options.isolation, list(fns.values()), settings)
+    runner = make_runner(options.isolation, list(fns.values()), settings, environ=policy.environ)
 
     st.save_points(plan.point_records)
     todo = list(plan.todo)
@@ -111,7 +156,8 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
     unique = {k: v["unique"] for k, v in plan.counts().items()}
     report = SweepReport(space=space.name, store_url=st.url, env_key=plan.env_key, environment=plan.environment,
                          n_points=len(plan.points), unique=unique, measured={k: 0 for k in unique},
-                         skipped=len(plan.jobs) - len(plan.todo))
+                         skipped=len(plan.jobs) - len(plan.todo), machine=policy.summary(),
+                         machine_warning=policy.warning)
     if not todo:
         report.elapsed_s = time.monotonic() - t0
         return report
@@ -120,34 +166,50 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
     stop.install()
     bar = _progress_bar(todo, plan, enabled=options.progress)
     done = 0
+    groups = measurement_groups(todo, plan, options.interleave, settings)
     try:
-        for job in todo:
+        for number, group in enumerate(groups):
             if stop.requested:
                 break
             if bar is not None:
-                bar.set_postfix_str(f"{done}/{len(todo)} {job.kind} {job.label}", refresh=True)
+                what = f"{group[0].kind} {group[0].label}" if len(group) == 1 else \
+                    f"{len(group)} {group[0].kind}s interleaved"
+                bar.set_postfix_str(f"{done}/{len(todo)} {what}", refresh=True)
             runner.ensure_started()
             started = utcnow()
             t_start = time.monotonic()
-            outcome = runner.run(fns[job.kind], job.call_args() + (settings,), options.timeout_s)
+            calls = [(fns[job.kind], job.call_args() + (settings,)) for job in group]
+            timeout = None if options.timeout_s is None else options.timeout_s * len(group)
+            outcomes = runner.run_group(calls, timeout, seed=number)
+            if outcomes is None:  # timed out or died as a group: find the culprit one at a time
+                _note(bar, f"a group of {len(group)} {group[0].kind} measurements failed together; "
+                           "measuring them one at a time")
+                outcomes = []
+                for fn, args in calls:
+                    runner.ensure_started()
+                    outcomes.append(runner.run(fn, args, options.timeout_s))
             duration = time.monotonic() - t_start
-            try:
-                st.save_measurement(MeasurementRecord(
-                    kind=job.kind, key=job.key, env_key=plan.env_key, environment=plan.environment,
-                    inputs=job.inputs, status=outcome.status, payload=outcome.payload, error=outcome.error,
-                    started_at=started, finished_at=utcnow(), duration_s=duration))
-            except (SQLAlchemyError, OSError) as err:  # disk full, database gone: stop, keep what is stored
-                report.store_error = _store_error_text(err, st.url)
+            weights = [max(plan.estimates_s.get(j.key, 0.0), 1e-9) for j in group]
+            for job, outcome, w in zip(group, outcomes, weights):
+                try:
+                    st.save_measurement(MeasurementRecord(
+                        kind=job.kind, key=job.key, env_key=plan.env_key, environment=plan.environment,
+                        inputs=job.inputs, status=outcome.status, payload=outcome.payload, error=outcome.error,
+                        started_at=started, finished_at=utcnow(), duration_s=duration * w / sum(weights)))
+                except (SQLAlchemyError, OSError) as err:  # disk full, database gone: stop, keep what is stored
+                    report.store_error = _store_error_text(err, st.url)
+                    break
+                done += 1
+                report.measured[job.kind] += 1
+                if outcome.status != "ok":
+                    report.failures.append({"kind": job.kind, "key": job.key, "label": job.label,
+                                            "status": outcome.status, "error": outcome.error})
+                    first = (outcome.error or "").splitlines()[0] if outcome.error else ""
+                    _note(bar, f"{outcome.status}: {job.kind} {job.label}: {first}")
+                if bar is not None:
+                    bar.update(plan.estimates_s[job.key])
+            if report.store_error:
                 break
-            done += 1
-            report.measured[job.kind] += 1
-            if outcome.status != "ok":
-                report.failures.append({"kind": job.kind, "key": job.key, "label": job.label,
-                                        "status": outcome.status, "error": outcome.error})
-                first = (outcome.error or "").splitlines()[0] if outcome.error else ""
-                _note(bar, f"{outcome.status}: {job.kind} {job.label}: {first}")
-            if bar is not None:
-                bar.update(plan.estimates_s[job.key])
     except KeyboardInterrupt:
         stop.requested = True
     finally:

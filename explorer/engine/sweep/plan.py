@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
 from explorer.data.space import DesignPoint, EncoderShape, Space, SpaceError, digest, enumerate_points, load_space
@@ -37,6 +37,7 @@ class SweepPlan:
     environment: dict[str, Any]
     estimates_s: dict[str, float]  # job key -> estimated seconds
     estimate_basis: dict[str, str]  # job key -> "model" | "past"
+    params_m: dict[str, float] = field(default_factory=dict)  # job key -> parameters (millions)
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -215,7 +216,7 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
             estimates[j.key] = estimate_seconds(j.kind, j.gflops_est, params_m[j.key], settings, device_type, threads)
             basis[j.key] = "model"
     return SweepPlan(space=space, points=points, point_records=records, jobs=ordered, todo=todo, env_key=env_key,
-                     environment=env_dict, estimates_s=estimates, estimate_basis=basis)
+                     environment=env_dict, estimates_s=estimates, estimate_basis=basis, params_m=params_m)
 
 
 #: Encoder configs whose FLOPs a plan counts on the meta device (about a second each); the rest

@@ -27,6 +27,8 @@ class SweepReport:
     elapsed_s: float = 0.0
     remaining: int = 0  # measurements still missing when the run stopped
     store_error: Optional[str] = None  # why the store stopped taking measurements (disk full, database gone)
+    machine: str = "not checked"  # what the machine check saw before measuring (explorer.engine.sweep.machine)
+    machine_warning: str = ""  # the warning printed when the machine was busy
 
     def frame(self, store: Optional[Store] = None) -> Any:
         """The results table of this space and environment (see explorer.data.results.load)."""

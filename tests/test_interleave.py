@@ -1,0 +1,148 @@
+"""The interleaved schedule, with injected timings: a fake clock that each fake call advances.
+
+Oracle: a burst that slows the machine for a stretch of calls. Measured one after another, it
+lands on one configuration and distorts the ratios; in shuffled rounds it is shared and the
+medians keep the true ratios (1 : 2 : 4) exactly.
+"""
+import pytest
+
+from explorer.measure.contention import CpuCounters
+from explorer.measure.interleave import run_interleaved
+from explorer.measure.settings import MeasureSettings
+from explorer.measure.timing import time_callable
+
+SETTINGS = MeasureSettings(device="cpu", warmup_iters=1, warmup_s=0.0, min_iters=9, max_iters=12,
+                           max_time_s=1000.0, target_rel_ci=0.01)
+BASE_MS = {"a": 10.0, "b": 20.0, "c": 40.0}
+
+
+class FakeMachine:
+    """A clock in ns and a call counter; calls number [lo, hi) run 3x slower (the burst)."""
+
+    def __init__(self, lo: int, hi: int):
+        self.t_ns = 0
+        self.calls = 0
+        self.lo, self.hi = lo, hi
+        self.log: list[str] = []
+
+    def clock(self) -> int:
+        return self.t_ns
+
+    def counters(self) -> CpuCounters:  # an idle neighbour: nothing else runs
+        s = self.t_ns / 1e9
+        return CpuCounters(wall_s=s, busy_s=s, steal_s=0.0, total_s=2 * s, own_s=s)
+
+    def fn(self, name: str):
+        def call():
+            slow = 3.0 if self.lo <= self.calls < self.hi else 1.0
+            self.calls += 1
+            self.log.append(name)
+            self.t_ns += int(BASE_MS[name] * slow * 1e6)
+        return call
+
+
+def _time(machine: FakeMachine, name: str):
+    return time_callable(machine.fn(name), SETTINGS, clock=machine.clock, counters=machine.counters)
+
+
+def test_sequential_measurement_lets_a_burst_distort_the_ratios():
+    m = FakeMachine(lo=12, hi=24)  # b's samples are calls 13..24
+    t = {name: _time(m, name) for name in "abc"}
+    assert t["a"].median_ms == 10.0 and t["c"].median_ms == 40.0
+    assert t["b"].median_ms == 60.0  # 3x: the burst hit b alone
+    assert t["b"].noisy is False or t["b"].n == SETTINGS.max_iters
+
+
+def test_rounds_share_a_burst_and_keep_the_true_ratios():
+    m = FakeMachine(lo=12, hi=24)
+    orders = []
+    results = run_interleaved([lambda n=n: _time(m, n) for n in "abc"], seed=0, turn_s=0.005,
+                              on_round=lambda i, order: orders.append(order))
+    t = {n: r.value for n, r in zip("abc", results)}
+    assert all(r.error is None for r in results)
+    assert [t[n].median_ms for n in "abc"] == [10.0, 20.0, 40.0]  # exactly 1 : 2 : 4
+    # the burst's 12 calls were spread: no configuration took more than half of them
+    burst = m.log[12:24]
+    assert max(burst.count(n) for n in "abc") <= 6
+    # every round gives each pending measurement one turn, in a shuffled order
+    assert sorted(orders[0]) == [0, 1, 2] and len({tuple(o) for o in orders if len(o) == 3}) > 1
+
+
+def test_rounds_are_reproducible_from_the_seed():
+    def orders(seed):
+        m = FakeMachine(lo=0, hi=0)
+        seen = []
+        run_interleaved([lambda n=n: _time(m, n) for n in "abc"], seed=seed, turn_s=0.0,
+                        on_round=lambda i, o: seen.append(tuple(o)))
+        return seen, m.log
+
+    assert orders(1) == orders(1)
+    assert orders(1)[1] != orders(2)[1]
+
+
+def test_a_turn_lasts_turn_s_of_own_samples():
+    m = FakeMachine(lo=0, hi=0)
+    run_interleaved([lambda: _time(m, "a"), lambda: _time(m, "c")], seed=0, turn_s=0.035)
+    # a (10 ms a sample) takes 4 samples a turn (>= 35 ms), c (40 ms) one; the warm-up call joins
+    # the first turn; once one converges (9 equal samples) the other runs on alone
+    both = m.log[: max(i for i, n in enumerate(m.log) if n == "a") + 1]
+    runs, prev = [], None
+    for name in both:
+        if name != prev:
+            runs.append([name, 0])
+            prev = name
+        runs[-1][1] += 1
+    a_runs = [r[1] for r in runs if r[0] == "a"]
+    c_runs = [r[1] for r in runs if r[0] == "c"]
+    # a: warm-up + 4 samples, then 4 a turn; the 9th sample converges it mid-turn
+    assert a_runs[0] == 5 and all(n == 4 for n in a_runs[1:-1]) and 1 <= a_runs[-1] <= 4
+    assert sum(a_runs) == 1 + 9
+    # c: one sample a turn (two turns meet across a round boundary when the shuffle puts c last, then first)
+    assert c_runs[0] >= 2 and all(n <= 2 for n in c_runs)
+
+
+def test_a_failing_task_does_not_stop_the_others():
+    m = FakeMachine(lo=0, hi=0)
+
+    def broken():
+        raise ValueError("bad knob")
+
+    results = run_interleaved([lambda: _time(m, "a"), broken, lambda: _time(m, "b")], seed=0)
+    assert isinstance(results[1].error, ValueError)
+    assert results[0].value.median_ms == 10.0 and results[2].value.median_ms == 20.0
+
+
+def test_the_time_cap_counts_only_own_samples():
+    # with a 0.5 s cap, c (40 ms a sample) alone would stop after 13 samples by wall time if the
+    # others' turns counted; its own samples reach the cap only at the 13th, so n >= 12
+    capped = SETTINGS.replace(max_time_s=0.5, max_iters=1000, target_rel_ci=0.001)
+    m = FakeMachine(lo=0, hi=10_000)  # alternating speeds would never converge; constant 3x does
+    m.lo, m.hi = 10_000, 10_001
+
+    def jitter(name):
+        base = m.fn(name)
+
+        def call():
+            base()
+            m.t_ns += (m.calls % 3) * 1_000_000  # 0/1/2 ms jitter keeps the CI from converging
+        return call
+
+    results = run_interleaved([lambda n=n: time_callable(jitter(n), capped, clock=m.clock, counters=m.counters)
+                               for n in "abc"], seed=0, turn_s=0.0)
+    c = results[2].value
+    assert c.noisy and c.n >= int(0.5 / 0.040)  # at least the samples its own 0.5 s held
+    a = results[0].value
+    assert a.n >= int(0.5 / 0.012)
+
+
+def test_contention_is_recorded_per_timing():
+    m = FakeMachine(lo=0, hi=0)
+
+    def busy_neighbour() -> CpuCounters:  # one other core busy all the time
+        s = m.t_ns / 1e9
+        return CpuCounters(wall_s=s, busy_s=2 * s, steal_s=0.0, total_s=2 * s, own_s=s)
+
+    quiet = time_callable(m.fn("a"), SETTINGS, clock=m.clock, counters=m.counters)
+    loaded = time_callable(m.fn("a"), SETTINGS, clock=m.clock, counters=busy_neighbour)
+    assert quiet.other_cores == 0.0 and not quiet.contended
+    assert loaded.other_cores == pytest.approx(1.0) and loaded.contended
