@@ -361,11 +361,12 @@ def summary_table(frame: pd.DataFrame, space: Optional[str] = None) -> tuple[str
             noisy, contended = any(f[0] for f in flags), any(f[1] for f in flags)
             value = row[column]
             if value is None or value != value:
-                texts.append("NaN")
+                texts.append(("NaN", ""))
                 continue
             seen[0], seen[1] = seen[0] or noisy, seen[1] or contended
-            texts.append(f"{float(value):.{_SUMMARY_DIGITS[column]}f}{marks(noisy, contended)}")
-        shown[column] = texts
+            texts.append((f"{float(value):.{_SUMMARY_DIGITS[column]}f}", marks(noisy, contended)))
+        width = max(len(m) for _, m in texts)  # marks padded so the numbers of a column stay aligned
+        shown[column] = [number + m.ljust(width) for number, m in texts]
     return shown.to_string(index=False), legend(seen[0], seen[1], space)
 
 
