@@ -289,3 +289,11 @@ def test_a_bad_remeasure_value_is_refused_naming_the_field(tmp_path, capsys, mon
     err = capsys.readouterr().err
     assert "invalid sweep.remeasure='bogus'" in err and "flagged" in err and "Traceback" not in err
     assert time.monotonic() - t0 < 60 and not (tmp_path / "results").exists()
+
+
+def test_a_search_refuses_remeasure_before_any_work(tmp_path):
+    # a search measures each proposed point once: remeasure would re-measure a flagged factor only
+    # when a new point happened to share it, so it is refused rather than half-honoured
+    with pytest.raises(OptionError, match=r"invalid sweep\.remeasure='flagged': none for a search"):
+        F.search(space(), SETTINGS, tmp_path / "s", trials=2, sampler="random", remeasure="flagged")
+    assert not (tmp_path / "s").exists()
