@@ -18,8 +18,8 @@ import plotly.graph_objects as go
 from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
-from explorer.data.confidence import CONTENDED_MARK, NOISY_MARK, any_true, marks
 from explorer.analysis.pareto import OVERALL, FrontierResult, Objective, ObjectivesLike, group_label, pareto_front, status_ok
+from explorer.data.confidence import CONTENDED_MARK, NOISY_MARK, any_true, marks
 
 __all__ = [
     "hover_text",
@@ -133,8 +133,15 @@ PART_FACTORS: dict[str, str] = {"encoder_latency_ms": "encoder", "projector_late
                                 "prefill_latency_ms": "prefill"}
 
 
+def _marked(r: dict, column: str, factor: str) -> str:
+    """A latency as hover text followed by its factor's marks ('' when not measured)."""
+    text = _fmt(r.get(column))
+    return text + marks(r.get(f"{factor}_noisy"), r.get(f"{factor}_contended")) if text else ""
+
+
 def _flags_line(r: dict) -> str:
-    """``"~ noisy: encoder · ! contended: prefill (1.5 other cores)"``, '' when nothing is flagged."""
+    """``"~ CI missed its target: encoder · ! measured under contention: prefill (1.5 other cores
+    busy)"``; '' when nothing is flagged."""
     noisy, contended = [], []
     for factor in ("preprocess", "encoder", "projector", "prefill"):
         if any_true([r.get(f"{factor}_noisy")]):
@@ -163,9 +170,7 @@ def hover_text(df: pd.DataFrame) -> pd.Series:
                   (("visual", "visual_tokens"), ("text", "text_tokens"), ("prefill", "prefill_tokens"))]
         if any(v for _, v in tokens):
             lines.append("tokens: " + ", ".join(f"{n} {v}" for n, v in tokens if v))
-        parts = [(PART_NAMES[c], _fmt(r.get(c)) and _fmt(r.get(c)) + marks(r.get(f"{PART_FACTORS[c]}_noisy"),
-                                                                          r.get(f"{PART_FACTORS[c]}_contended")))
-                 for c in PART_COLOURS]
+        parts = [(PART_NAMES[c], _marked(r, c, PART_FACTORS[c])) for c in PART_COLOURS]
         if _fmt(r.get("ttft_ms")) or any(v for _, v in parts):
             ttft = _fmt(r.get("ttft_ms"))
             ttft += marks(r.get("noisy"), r.get("contended")) if ttft else ""
