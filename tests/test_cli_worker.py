@@ -50,7 +50,8 @@ def test_no_database_file_is_made_by_a_joining_worker(capsys, tmp_path):
                                        ("worker.workers=3", "invalid worker.workers=3"),
                                        ("worker.launcher=slurm", "invalid worker.launcher='slurm'"),
                                        ("sweep.dry_run=true", "invalid sweep.dry_run=True"),
-                                       ("sweep.max_measurements=3", "use worker.max_jobs")])
+                                       ("sweep.max_measurements=3", "use worker.max_jobs"),
+                                       ("sweep.remeasure=noisy", "invalid sweep.remeasure='noisy': none for a worker")])
 def test_bad_options(capsys, tmp_path, arg, text):
     args = [arg] if arg.startswith("store=") else [f"store=sqlite:///{tmp_path}/s.db", arg]
     code, err = _run(capsys, *args)

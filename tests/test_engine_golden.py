@@ -30,14 +30,21 @@ def test_default_space_rows_equal_the_pre_redesign_engine():
     assert got["points"] == expected["points"]
     # Payloads are the cost dataclasses' to_dict(); fields added to those classes since (runtime,
     # preprocessing, LM-head convention) appear as new keys, every key of then keeps its value.
-    added = set()
+    # Timings gained the contention seen while they were taken; these fakes report none, so the
+    # new timing fields hold their "not observed" defaults.
+    added, timing_added = set(), set()
     for new, old in zip(got["measurements"], expected["measurements"]):
         assert new[:5] == old[:5] and new[6:] == old[6:]
         new_payload, old_payload = json.loads(new[5]), json.loads(old[5])
-        for name in ("latency", "preprocess_latency"):  # Timing gained the contention record since
-            if isinstance(old_payload.get(name), dict):
-                timing = new_payload[name]
-                assert (timing.pop("other_cores"), timing.pop("steal"), timing.pop("contended")) == (None, None, False)
-        assert {k: new_payload[k] for k in old_payload} == old_payload
+        new_latency, old_latency = new_payload.get("latency"), old_payload.get("latency")
+        assert (new_latency is None) == (old_latency is None)
+        if old_latency is not None:
+            assert {k: new_latency[k] for k in old_latency} == old_latency
+            extra = {k: v for k, v in new_latency.items() if k not in old_latency}
+            assert extra == {"other_cores": None, "steal": None, "contended": False}
+            timing_added |= set(extra)
+        assert {k: new_payload[k] for k in old_payload if k != "latency"} == \
+            {k: v for k, v in old_payload.items() if k != "latency"}
         added |= set(new_payload) - set(old_payload)
     assert added <= {"runtime", "runtime_error", "preprocess", "preprocess_latency", "lm_head", "attention"}
+    assert timing_added == {"other_cores", "steal", "contended"}

@@ -160,7 +160,7 @@ def test_a_version_2_store_is_upgraded(tmp_path):
     db.close()
     assert Store(tmp_path / "old", create=False).schema_version() == 2  # reading needs no upgrade
     st = Store(tmp_path / "old")
-    assert st.schema_version() == SCHEMA_VERSION == 3
+    assert st.schema_version() == SCHEMA_VERSION == 4
     assert run_worker(st, space(), SETTINGS, WorkerOptions(), INLINE, Q.BACKEND).measured["encoder"] == 8
 
 

@@ -19,6 +19,7 @@ from plotly.colors import qualitative
 from plotly.subplots import make_subplots
 
 from explorer.analysis.pareto import OVERALL, FrontierResult, Objective, ObjectivesLike, group_label, pareto_front, status_ok
+from explorer.data.confidence import CONTENDED_MARK, NOISY_MARK, any_true, marks
 
 __all__ = [
     "hover_text",
@@ -127,8 +128,39 @@ def _config_labels(df: pd.DataFrame) -> pd.Series:
     return pd.Series([config_label(r) for r in df.to_dict("records")], index=df.index, dtype=object)
 
 
+#: The factor whose confidence columns (``<factor>_noisy``, ``_contended``) mark each TTFT part.
+PART_FACTORS: dict[str, str] = {"encoder_latency_ms": "encoder", "projector_latency_ms": "projector",
+                                "prefill_latency_ms": "prefill"}
+
+
+def _marked(r: dict, column: str, factor: str) -> str:
+    """A latency as hover text followed by its factor's marks ('' when not measured)."""
+    text = _fmt(r.get(column))
+    return text + marks(r.get(f"{factor}_noisy"), r.get(f"{factor}_contended")) if text else ""
+
+
+def _flags_line(r: dict) -> str:
+    """``"~ CI missed its target: encoder · ! measured under contention: prefill (1.5 other cores
+    busy)"``; '' when nothing is flagged."""
+    noisy, contended = [], []
+    for factor in ("preprocess", "encoder", "projector", "prefill"):
+        if any_true([r.get(f"{factor}_noisy")]):
+            noisy.append(factor)
+        if any_true([r.get(f"{factor}_contended")]):
+            cores = _fmt(r.get(f"{factor}_other_cores"), 2)
+            contended.append(factor + (f" ({cores} other cores busy)" if cores else ""))
+    out = []
+    if noisy:
+        out.append(f"{NOISY_MARK} CI missed its target: {', '.join(noisy)}")
+    if contended:
+        out.append(f"{CONTENDED_MARK} measured under contention: {', '.join(contended)}")
+    return " · ".join(out)
+
+
 def hover_text(df: pd.DataFrame) -> pd.Series:
-    """One HTML hover block per row: configuration, tokens, every cost, accuracy and its source."""
+    """One HTML hover block per row: configuration, tokens, every cost (each latency followed by
+    ``~`` when its CI missed its target and ``!`` when taken under contention, with a line naming
+    them), accuracy and its source."""
 
     def one(r: dict) -> str:
         lines = [f"<b>{config_label(r)}</b>"]
@@ -138,9 +170,12 @@ def hover_text(df: pd.DataFrame) -> pd.Series:
                   (("visual", "visual_tokens"), ("text", "text_tokens"), ("prefill", "prefill_tokens"))]
         if any(v for _, v in tokens):
             lines.append("tokens: " + ", ".join(f"{n} {v}" for n, v in tokens if v))
-        parts = [(PART_NAMES[c], _fmt(r.get(c))) for c in PART_COLOURS]
+        parts = [(PART_NAMES[c], _marked(r, c, PART_FACTORS[c])) for c in PART_COLOURS]
         if _fmt(r.get("ttft_ms")) or any(v for _, v in parts):
-            lines.append(f"TTFT {_fmt(r.get('ttft_ms'))} ms = " + " + ".join(f"{n} {v}" for n, v in parts if v))
+            ttft = _fmt(r.get("ttft_ms"))
+            ttft += marks(r.get("noisy"), r.get("contended")) if ttft else ""
+            lines.append(f"TTFT {ttft} ms = " + " + ".join(f"{n} {v}" for n, v in parts if v))
+        lines.append(_flags_line(r))
         spread = (_fmt(r.get("encoder_latency_p10_ms")), _fmt(r.get("encoder_latency_p90_ms")))
         if all(spread):
             lines.append(f"encoder p10–p90 {spread[0]}–{spread[1]} ms, cv {_fmt(r.get('encoder_latency_cv'), 2)}")

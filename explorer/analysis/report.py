@@ -49,7 +49,7 @@ STATIC_EXPORT_HELP = (
 FRONTIER_COLUMNS: tuple[str, ...] = (
     "encoder", "knobs", "resolution", "llm", "text_tokens", "visual_tokens", "encoder_params_m",
     "encoder_latency_ms", "projector_latency_ms", "prefill_latency_ms", "ttft_ms", "ttft_gflops",
-    "accuracy", "accuracy_source", "n_identical", "point_key",
+    "accuracy", "accuracy_source", "noisy", "contended", "n_identical", "point_key",
 )
 ENVIRONMENT_COLUMNS: tuple[str, ...] = ("device", "dtype", "threads", "torch_version")
 
@@ -203,6 +203,23 @@ def _fleet_section(df: pd.DataFrame, objectives: ObjectivesLike, budgets: Sequen
     return "\n".join(parts)
 
 
+def _confidence_note(df: pd.DataFrame) -> str:
+    """How many rows have a latency whose CI missed its target or that was taken under
+    contention (the hover marks them); '' when none has."""
+    from explorer.data.confidence import CONTENDED_MARK, NOISY_MARK
+    from explorer.data.results import flag_line
+
+    space = None
+    if "space" in df.columns and df["space"].nunique() == 1:
+        space = str(df["space"].dropna().iloc[0])
+    line = flag_line(df, space)
+    if line is None:
+        return ""
+    return (f'<p class="warn" id="confidence-note">{html.escape(line)}. In the hover text, {NOISY_MARK} follows a '
+            f"latency whose 95% CI missed its target and {CONTENDED_MARK} one measured while other processes "
+            "used the machine.</p>")
+
+
 def _excluded_section(result: FrontierResult) -> str:
     if result.excluded.empty:
         return "<p>None: every row took part.</p>"
@@ -240,6 +257,7 @@ def render_report(
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     n_ok = int(status_ok(df).sum())
     notes = "".join(f"<p class=\"warn\">{html.escape(n)}</p>" for n in result.notes)
+    notes += _confidence_note(df)
 
     blocks = []
     for entry in figures:

@@ -24,10 +24,12 @@ def run_from_config(cfg: DictConfig) -> int:
     from explorer.data.store import Store
     from explorer.engine.options import SearchOptions, SweepOptions
     from explorer.engine.search import SearchError, count_finished, prepare_search, run_search
+    from explorer.engine.search.evaluate import check_search_sweep_options
 
     try:
         options = options_of(SearchOptions, cfg.search)
         sweep = options_of(SweepOptions, cfg.sweep)
+        check_search_sweep_options(sweep)
     except ValueError as err:
         error(str(err))
         return 2

@@ -46,6 +46,9 @@ def _refuse_sweep_only_options(options: Any) -> None:
     if not options.resume:
         raise OptionError("sweep.resume", False, "true for a worker (what is stored is done; "
                           "sweep.retry_failed=true measures stored failures again)")
+    if options.remeasure != "none":
+        raise OptionError("sweep.remeasure", options.remeasure, "none for a worker (re-measure flagged values "
+                          "with `explorer sweep +space=NAME sweep.remeasure=...` in that environment)")
 
 
 def run_from_config(cfg: DictConfig) -> int:

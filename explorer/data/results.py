@@ -13,11 +13,13 @@ from typing import Any, Mapping, Optional, Union
 
 import pandas as pd
 
+from explorer.data.confidence import TimingFlags, any_true, legend, marks, remeasure_command, timing_flags
 from explorer.data.space import canonical_json
 from explorer.data.atomic import atomic_path
 from explorer.data.store import AccuracyRecord, MeasurementRecord, PointRecord, Store
 
-__all__ = ["COLUMNS", "EXTRA_COLUMNS", "load", "frame_from_store", "fastest_per_resolution", "export"]
+__all__ = ["COLUMNS", "EXTRA_COLUMNS", "CONFIDENCE_COLUMNS", "load", "frame_from_store", "fastest_per_resolution",
+           "summary_table", "flag_counts", "flag_line", "export"]
 
 #: The documented columns, in order (docs/architecture.md "Results table columns").
 COLUMNS: tuple[str, ...] = (
@@ -28,10 +30,22 @@ COLUMNS: tuple[str, ...] = (
     "prefill_latency_p90_ms", "prefill_method", "llm_params_m", "ttft_ms", "ttft_gflops", "accuracy",
     "accuracy_source", "device", "dtype", "threads", "torch_version", "status", "error", "measured_at",
 )
+#: How far each latency can be trusted (explorer.data.confidence), per timed factor: ``*_noisy``
+#: (a cap ended its timing before the median's 95% CI reached its target), ``*_contended``
+#: (other processes or the hypervisor took the machine while it was timed) and ``*_other_cores``
+#: (mean logical cores other processes kept busy meanwhile; NaN: not observed); NA where the
+#: factor was not timed. ``noisy`` / ``contended``: any timed part of the point is.
+CONFIDENCE_COLUMNS: tuple[str, ...] = (
+    "encoder_noisy", "encoder_contended", "encoder_other_cores", "preprocess_noisy", "preprocess_contended",
+    "projector_noisy", "projector_contended", "projector_other_cores", "prefill_noisy", "prefill_contended",
+    "prefill_other_cores", "noisy", "contended",
+)
 #: Appended after COLUMNS: the space the point came from, the environment key of its values, the
-#: runtime that ran encoder and projector, the LM-head convention of the prefill and whether
-#: ``ttft_ms`` counts ``preprocess_ms``.
-EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key", "runtime", "lm_head", "ttft_includes_preprocess")
+#: runtime that ran encoder and projector, the LM-head convention of the prefill, whether
+#: ``ttft_ms`` counts ``preprocess_ms``, then :data:`CONFIDENCE_COLUMNS`.
+EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key", "runtime", "lm_head", "ttft_includes_preprocess",
+                                  *CONFIDENCE_COLUMNS)
+_BOOL_COLUMNS = tuple(c for c in CONFIDENCE_COLUMNS if c.endswith(("_noisy", "_contended")) or c in ("noisy", "contended"))
 
 _FAIL_ORDER = ("oom", "killed", "timeout", "failed")
 
@@ -54,6 +68,21 @@ def _latency(payload: Optional[Mapping[str, Any]], field: str) -> float:
     if not isinstance(lat, Mapping):
         return _nan()
     return _num(lat.get(field))
+
+
+def _confidence(timings: Mapping[str, Optional[TimingFlags]]) -> dict[str, Any]:
+    """The CONFIDENCE_COLUMNS of a row from the flags of its timings (None: not timed)."""
+    out: dict[str, Any] = {}
+    for part, flags in timings.items():
+        out[f"{part}_noisy"] = flags.noisy if flags is not None else None
+        out[f"{part}_contended"] = flags.contended if flags is not None else None
+        if part != "preprocess":
+            out[f"{part}_other_cores"] = (flags.other_cores if flags is not None and flags.other_cores is not None
+                                          else _nan())
+    timed = [f for f in timings.values() if f is not None]
+    out["noisy"] = any(f.noisy for f in timed) if timed else None
+    out["contended"] = any(f.contended for f in timed) if timed else None
+    return out
 
 
 def _open(source: Union[str, Path, Store]) -> tuple[Store, bool]:
@@ -206,6 +235,9 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
 
     enc_ms, proj_ms, pre_ms = (_latency(enc, "median_ms"), _latency(proj, "median_ms"), _latency(pre, "median_ms"))
     prep = (enc or {}).get("preprocess_latency")
+    confidence = _confidence({"encoder": timing_flags((enc or {}).get("latency")), "preprocess": timing_flags(prep),
+                              "projector": timing_flags((proj or {}).get("latency")),
+                              "prefill": timing_flags((pre or {}).get("latency"))})
     prep_ms = _num(prep.get("median_ms")) if isinstance(prep, Mapping) else _nan()
     with_prep = bool(include_preprocess and prep_ms == prep_ms)  # not NaN
     ttft_ms = enc_ms + proj_ms + pre_ms + (prep_ms if with_prep else 0.0)  # NaN unless all parts were timed
@@ -258,6 +290,7 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         "runtime": env.get("runtime", "eager") if environment else None,
         "lm_head": (pre or {}).get("lm_head", "last") if pre is not None else None,
         "ttft_includes_preprocess": with_prep,
+        **confidence,
     }
 
 
@@ -269,19 +302,96 @@ def _types(frame: pd.DataFrame) -> pd.DataFrame:
     for c in ("resolution", "text_tokens", "visual_tokens", "prefill_tokens", "threads"):
         frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("Int64")
     frame["measured_at"] = pd.to_datetime(frame["measured_at"])
+    for c in _BOOL_COLUMNS:
+        frame[c] = frame[c].astype("boolean")
+    for c in ("encoder_other_cores", "projector_other_cores", "prefill_other_cores"):
+        frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
     return frame
+
+
+_SUMMARY_COLUMNS = ("llm", "resolution", "encoder", "knobs", "visual_tokens", "preprocess_ms", "encoder_latency_ms",
+                    "projector_latency_ms", "prefill_latency_ms", "ttft_ms")
+_SUMMARY_DIGITS = {"preprocess_ms": 1, "encoder_latency_ms": 1, "projector_latency_ms": 2, "prefill_latency_ms": 1,
+                   "ttft_ms": 1}
+#: The summary's latency columns and the factor whose flags mark each.
+_MARKED_BY = {"preprocess_ms": "preprocess", "encoder_latency_ms": "encoder", "projector_latency_ms": "projector",
+              "prefill_latency_ms": "prefill"}
+
+
+def _fastest_rows(frame: pd.DataFrame) -> pd.DataFrame:
+    ok = frame[(frame["status"] == "ok") & frame["ttft_ms"].notna()]
+    if ok.empty:
+        return ok
+    idx = ok.groupby(["llm", "resolution"])["ttft_ms"].idxmin()
+    return ok.loc[idx].sort_values(["llm", "resolution"]).reset_index(drop=True)
 
 
 def fastest_per_resolution(frame: pd.DataFrame) -> pd.DataFrame:
     """Per LLM and resolution, the complete point with the lowest TTFT (the sweep's summary)."""
-    ok = frame[(frame["status"] == "ok") & frame["ttft_ms"].notna()]
-    cols = ["llm", "resolution", "encoder", "knobs", "visual_tokens", "preprocess_ms", "encoder_latency_ms",
-            "projector_latency_ms", "prefill_latency_ms", "ttft_ms"]
-    if ok.empty:
-        return pd.DataFrame(columns=cols)
-    idx = ok.groupby(["llm", "resolution"])["ttft_ms"].idxmin()
-    best = ok.loc[idx, cols].sort_values(["llm", "resolution"]).reset_index(drop=True)
-    return best.round({"preprocess_ms": 1, "encoder_latency_ms": 1, "projector_latency_ms": 2, "prefill_latency_ms": 1, "ttft_ms": 1})
+    best = _fastest_rows(frame)
+    if best.empty:
+        return pd.DataFrame(columns=list(_SUMMARY_COLUMNS))
+    return best[list(_SUMMARY_COLUMNS)].round(_SUMMARY_DIGITS)
+
+
+def _part_flags(row: Mapping[str, Any], part: str) -> tuple[bool, bool]:
+    return any_true([row.get(f"{part}_noisy")]), any_true([row.get(f"{part}_contended")])
+
+
+def summary_table(frame: pd.DataFrame, space: Optional[str] = None) -> tuple[str, Optional[str]]:
+    """:func:`fastest_per_resolution` as text, each latency followed by its marks (``~``: its CI
+    missed the target, ``!``: taken under contention; TTFT takes the marks of the parts it sums),
+    and the one-line legend for the marks present (``None`` when no value is marked; ``space``
+    names the space in its re-measure command). ``("", None)`` when no point is complete."""
+    best = _fastest_rows(frame)
+    if best.empty:
+        return "", None
+    shown = best[list(_SUMMARY_COLUMNS)].copy().astype(object)
+    seen = [False, False]
+    records = best.to_dict("records")
+    for column in _SUMMARY_DIGITS:
+        texts = []
+        for row in records:
+            if column == "ttft_ms":
+                parts = ["encoder", "projector", "prefill"] + (["preprocess"] if row.get("ttft_includes_preprocess")
+                                                               else [])
+            else:
+                parts = [_MARKED_BY[column]]
+            flags = [_part_flags(row, p) for p in parts]
+            noisy, contended = any(f[0] for f in flags), any(f[1] for f in flags)
+            value = row[column]
+            if value is None or value != value:
+                texts.append(("NaN", ""))
+                continue
+            seen[0], seen[1] = seen[0] or noisy, seen[1] or contended
+            texts.append((f"{float(value):.{_SUMMARY_DIGITS[column]}f}", marks(noisy, contended)))
+        width = max(len(m) for _, m in texts)  # marks padded so the numbers of a column stay aligned
+        shown[column] = [number + m.ljust(width) for number, m in texts]
+    return shown.to_string(index=False), legend(seen[0], seen[1], space)
+
+
+def flag_counts(frame: pd.DataFrame) -> dict[str, int]:
+    """How many rows have a noisy value, a contended one, either (``flagged``), out of ``rows``."""
+    def column(name: str) -> pd.Series:
+        if name not in frame.columns:
+            return pd.Series(False, index=frame.index)
+        return frame[name].astype("boolean").fillna(False).astype(bool)
+
+    noisy, contended = column("noisy"), column("contended")
+    return {"noisy": int(noisy.sum()), "contended": int(contended.sum()), "flagged": int((noisy | contended).sum()),
+            "rows": int(len(frame))}
+
+
+def flag_line(frame: pd.DataFrame, space: Optional[str] = None, command: bool = True) -> Optional[str]:
+    """``"3 of 18 points have a noisy or contended value ..."``; ``None`` when none has."""
+    counts = flag_counts(frame)
+    if not counts["flagged"]:
+        return None
+    text = (f"{counts['flagged']} of {counts['rows']} points have a noisy or contended value "
+            f"({counts['noisy']} noisy, {counts['contended']} contended: columns noisy, contended of the results)")
+    if command:
+        text += f"; re-measure: {remeasure_command(space, counts['noisy'] > 0, counts['contended'] > 0)}"
+    return text
 
 
 def export(source: Union[str, Path, Store], out: Union[str, Path], fmt: Optional[str] = None, *,

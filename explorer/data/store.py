@@ -2,7 +2,8 @@
 
 SQLite in the results folder by default (``sqlite:///results/<space>/store.db``); any SQLAlchemy
 URL (PostgreSQL) when several machines share a sweep. Optuna may keep its study tables in the
-same database: this module only owns ``measurements``, ``points`` and ``accuracy``.
+same database: this module only owns ``measurements``, ``measurement_history``, ``points`` and
+``accuracy`` (and the queue tables of :mod:`explorer.data.queue`).
 
 Why it looks like this:
 
@@ -11,6 +12,10 @@ Why it looks like this:
 - A measurement row is identified by ``(kind, key, env_key)``: the factor (encoder, projector or
   prefill), the digest of that factor's own inputs and the measuring environment. Values from
   different environments live side by side and are never mixed silently.
+- Measuring the same row again (``sweep.remeasure``, ``sweep.resume=false``, a retried failure)
+  replaces it, and the row it replaces is first copied to ``measurement_history`` with the time
+  it was superseded: the results show the latest value and nothing is lost
+  (:meth:`Store.history`).
 - SQLite runs in WAL mode with a busy timeout, and write transactions start with
   ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing on a lock upgrade.
 """
@@ -39,9 +44,10 @@ KINDS = ("encoder", "projector", "prefill")
 STATUSES = ("ok", "failed", "timeout", "oom", "killed")
 #: Version of the tables this module writes (kept in the ``explorer_meta`` table). A database of a
 #: newer version is refused rather than misread; version 1 databases had no meta table.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 #: Tables added by each version (an older database is upgraded by creating them).
-SCHEMA_HISTORY = {2: "explorer_meta", 3: "sweeps, sweep_jobs, leases, device_claims (explorer.data.queue)"}
+SCHEMA_HISTORY = {2: "explorer_meta", 3: "sweeps, sweep_jobs, leases, device_claims (explorer.data.queue)",
+                  4: "measurement_history"}
 
 
 class StoreError(ValueError):
@@ -76,6 +82,35 @@ class _Measurement(_Base):
     started_at: Mapped[datetime] = mapped_column(DateTime)
     finished_at: Mapped[datetime] = mapped_column(DateTime)
     duration_s: Mapped[float] = mapped_column(Float)
+
+
+class _MeasurementHistory(_Base):
+    """A measurement row as it was before a later measurement of the same (kind, key, env_key)
+    replaced it: the columns of ``measurements`` (``measurement_id`` is the id of the row it was
+    replaced in) plus ``superseded_at``. Rows are only ever added."""
+
+    __tablename__ = "measurement_history"
+    __table_args__ = (Index("ix_measurement_history_slot", "kind", "key", "env_key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    measurement_id: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(16))
+    key: Mapped[str] = mapped_column(String(64))
+    env_key: Mapped[str] = mapped_column(String(64))
+    environment: Mapped[Any] = mapped_column(JSON)
+    inputs: Mapped[Any] = mapped_column(JSON)
+    payload: Mapped[Optional[Any]] = mapped_column(JSON, nullable=True)
+    status: Mapped[str] = mapped_column(String(16))
+    error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime)
+    finished_at: Mapped[datetime] = mapped_column(DateTime)
+    duration_s: Mapped[float] = mapped_column(Float)
+    superseded_at: Mapped[datetime] = mapped_column(DateTime)
+
+
+#: The columns a history row copies from the measurement row it keeps.
+_COPIED = ("kind", "key", "env_key", "environment", "inputs", "payload", "status", "error", "started_at",
+           "finished_at", "duration_s")
 
 
 class _Point(_Base):
@@ -187,7 +222,10 @@ class _Accuracy(_Base):
 
 @dataclass(frozen=True)
 class MeasurementRecord:
-    """One stored measurement (payload is ``cost.to_dict()`` when status is ok)."""
+    """One stored measurement (payload is ``cost.to_dict()`` when status is ok).
+
+    From :meth:`Store.history`: an earlier value, replaced at ``superseded_at`` (``id`` is then
+    the id of the ``measurements`` row it was replaced in); None for current values."""
 
     kind: str
     key: str
@@ -201,6 +239,7 @@ class MeasurementRecord:
     finished_at: Optional[datetime] = None
     duration_s: float = 0.0
     id: Optional[int] = None
+    superseded_at: Optional[datetime] = None
 
 
 @dataclass(frozen=True)
@@ -429,7 +468,9 @@ class Store:
     # -- measurements ---------------------------------------------------------------------------
 
     def save_measurement(self, rec: MeasurementRecord) -> int:
-        """Insert or replace the row for ``(kind, key, env_key)`` in one transaction; returns its id."""
+        """Insert or replace the row for ``(kind, key, env_key)`` in one transaction; returns its id.
+
+        A replaced row is first copied to ``measurement_history`` (see :meth:`history`)."""
         def attempt() -> int:
             with self._write() as s, s.begin():
                 return self._upsert_measurement(s, rec)
@@ -441,7 +482,8 @@ class Store:
 
     @staticmethod
     def _upsert_measurement(s: Session, rec: MeasurementRecord) -> int:
-        """Insert or replace ``rec``'s row inside the open transaction of ``s``; returns its id."""
+        """Insert or replace ``rec``'s row inside the open transaction of ``s`` (a replaced row is
+        copied to ``measurement_history`` in the same transaction); returns its id."""
         if rec.kind not in KINDS:
             raise ValueError(f"invalid kind={rec.kind!r}: one of {', '.join(KINDS)}")
         if rec.status not in STATUSES:
@@ -458,6 +500,8 @@ class Store:
             row = _Measurement(kind=rec.kind, key=rec.key, env_key=rec.env_key, **values)
             s.add(row)
         else:
+            s.add(_MeasurementHistory(measurement_id=row.id, superseded_at=now,
+                                      **{name: getattr(row, name) for name in _COPIED}))
             for name, v in values.items():
                 setattr(row, name, v)
         s.flush()
@@ -469,6 +513,26 @@ class Store:
                                  inputs=row.inputs or {}, status=row.status, payload=row.payload, error=row.error,
                                  started_at=row.started_at, finished_at=row.finished_at,
                                  duration_s=row.duration_s or 0.0, id=row.id)
+
+    def history(self, kind: Optional[str] = None, key: Optional[str] = None,
+                env_key: Optional[str] = None) -> list[MeasurementRecord]:
+        """The earlier values later measurements replaced, oldest first, optionally filtered
+        (each with ``superseded_at``; the current value is :meth:`get_measurement`'s). Empty for a
+        database opened read-only (``create=False``) before it had the table (schema < 4)."""
+        stmt = select(_MeasurementHistory).order_by(_MeasurementHistory.id)
+        for column, value in (("kind", kind), ("key", key), ("env_key", env_key)):
+            if value is not None:
+                stmt = stmt.where(getattr(_MeasurementHistory, column) == value)
+        from sqlalchemy import inspect
+
+        if _MeasurementHistory.__tablename__ not in inspect(self.engine).get_table_names():
+            return []
+        with self._read() as s:
+            return [MeasurementRecord(kind=r.kind, key=r.key, env_key=r.env_key, environment=r.environment or {},
+                                      inputs=r.inputs or {}, status=r.status, payload=r.payload, error=r.error,
+                                      started_at=r.started_at, finished_at=r.finished_at,
+                                      duration_s=r.duration_s or 0.0, id=r.measurement_id,
+                                      superseded_at=r.superseded_at) for r in s.scalars(stmt)]
 
     def get_measurement(self, kind: str, key: str, env_key: str) -> Optional[MeasurementRecord]:
         with self._read() as s:

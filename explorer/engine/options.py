@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping, Optional
 
 from explorer.checks import OptionError, check_bool, check_choice, check_int, check_number, check_text
+from explorer.data.confidence import REMEASURE_MODES
 
-__all__ = ["ISOLATION_MODES", "SAMPLERS", "LAUNCHERS", "SweepOptions", "SearchOptions", "TrainOptions", "WorkerOptions",
+__all__ = ["ISOLATION_MODES", "REMEASURE_MODES", "SAMPLERS", "LAUNCHERS", "SweepOptions", "SearchOptions", "TrainOptions", "WorkerOptions",
            "options_from"]
 
 #: How a measurement runs and how its timeout is enforced (see explorer.engine.sweep.isolation).
@@ -39,8 +40,10 @@ def options_from(cls: type, values: Optional[Mapping[str, Any]]) -> Any:
 class SweepOptions:
     """``sweep.*``: how the sweep engine runs.
 
-    ``resume=False`` re-measures what is stored (the earlier value is replaced in place);
-    ``retry_failed`` re-measures stored failures; ``timeout_s`` caps one measurement (null: none);
+    ``resume=False`` re-measures what is stored; ``remeasure`` re-measures the stored ok values
+    that are ``noisy`` (a timing's CI missed its target), ``contended`` (taken while other
+    processes used the machine), ``flagged`` (either) or ``all`` (default ``none``); a replaced
+    value is kept in the store's ``measurement_history``; ``retry_failed`` re-measures stored failures; ``timeout_s`` caps one measurement (null: none);
     ``isolation`` is ``auto | process | alarm | inline``; ``max_measurements`` stops after that many
     (resume later); ``dry_run`` plans and prints, measuring nothing. ``interleave``: up to this many
     measurements of one kind are built together and timed in shuffled rounds (1: one at a time);
@@ -59,6 +62,7 @@ class SweepOptions:
     max_measurements: Optional[int] = None
     interleave: int = 12
     machine_check: bool = True
+    remeasure: str = "none"
 
     def __post_init__(self) -> None:
         check_int("sweep.interleave", self.interleave, low=1, high=1000)
@@ -69,6 +73,7 @@ class SweepOptions:
         check_choice("sweep.isolation", self.isolation, ISOLATION_MODES)
         check_int("sweep.max_measurements", self.max_measurements, low=1, optional=True,
                   none_means="measure everything")
+        check_choice("sweep.remeasure", self.remeasure, REMEASURE_MODES)
 
     def replace(self, **changes: Any) -> "SweepOptions":
         return dataclasses.replace(self, **changes)

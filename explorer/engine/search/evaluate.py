@@ -10,7 +10,18 @@ from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
 from explorer.engine.sweep.isolation import RETRIED_ON_RESUME
 
-__all__ = ["Evaluation", "PointEvaluator"]
+__all__ = ["Evaluation", "PointEvaluator", "check_search_sweep_options"]
+
+
+def check_search_sweep_options(sweep: SweepOptions) -> None:
+    """Refuse ``sweep.*`` values a search cannot honour (rather than ignore them): a search
+    measures each proposed point once, so ``sweep.remeasure`` would re-measure a flagged factor
+    only when a new point happens to share it."""
+    if sweep.remeasure != "none":
+        from explorer.checks import OptionError
+
+        raise OptionError("sweep.remeasure", sweep.remeasure, "none for a search (re-measure flagged values "
+                          "with `explorer sweep +space=NAME sweep.remeasure=...`, then search again)")
 
 
 @dataclass(frozen=True)

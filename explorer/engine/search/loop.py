@@ -19,7 +19,7 @@ from explorer.engine.sweep.plan import MAX_SWEEP_POINTS, default_settings, resol
 from explorer.data.store import Store
 from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SearchOptions, SweepOptions
-from explorer.engine.search.evaluate import PointEvaluator
+from explorer.engine.search.evaluate import PointEvaluator, check_search_sweep_options
 from explorer.engine.search.objectives import SearchConstraints, SearchError, finite, has_accuracy, resolve_objectives
 from explorer.engine.search.params import ParamSpace
 from explorer.engine.search.report import SearchReport, SearchSetup
@@ -105,6 +105,7 @@ def run_search(space: Union[Space, str, Any], settings: Any = None, store: Union
     work on bad input.
     """
     t0 = time.monotonic()
+    check_search_sweep_options(sweep)
     space = resolve_space(space, backend)
     owned = not isinstance(store, Store)
     # validate before creating a database file for a search that cannot run

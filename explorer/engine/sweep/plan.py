@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Sequence, Union
 
+from explorer.data.confidence import selected_for_remeasure
 from explorer.data.space import DesignPoint, EncoderShape, Space, SpaceError, digest, enumerate_points, load_space
 from explorer.data.store import PointRecord, Store
 from explorer.engine.backend import MeasureBackend
@@ -38,6 +39,8 @@ class SweepPlan:
     estimates_s: dict[str, float]  # job key -> estimated seconds
     estimate_basis: dict[str, str]  # job key -> "model" | "past"
     params_m: dict[str, float] = field(default_factory=dict)  # job key -> parameters (millions)
+    remeasured: int = 0  # stored ok values put back into todo by sweep.remeasure
+    remeasure: str = "none"
 
     def counts(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {}
@@ -61,6 +64,9 @@ class SweepPlan:
         for kind, v in c.items():
             lines.append(f"  {kind:<9} {v['unique']:>4} unique, {v['stored']:>4} already stored, "
                          f"{v['to_measure']:>4} to measure")
+        if self.remeasure != "none":
+            lines.append(f"  sweep.remeasure={self.remeasure}: {self.remeasured} stored value(s) measured again "
+                         f"(the earlier ones are kept in measurement_history)")
         past = sum(1 for j in self.todo if self.estimate_basis.get(j.key) == "past")
         lines.append(f"estimated time: about {format_duration(self.estimated_seconds())} for {len(self.todo)} "
                      f"measurements ({past} from past durations in the store, {len(self.todo) - past} from the "
@@ -120,7 +126,9 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
 
     ``points`` plans exactly these design points instead of enumerating the whole space (what the
     search engine does for each trial); duplicates are dropped, order is kept. ``options.resume``
-    and ``options.retry_failed`` decide which stored measurements count as done.
+    and ``options.retry_failed`` decide which stored measurements count as done;
+    ``options.remeasure`` puts stored ok ones whose timings are flagged (noisy, contended, either,
+    or all of them) back to be measured in this environment.
     """
     space = resolve_space(space, backend)
     if settings is None:
@@ -191,10 +199,11 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
     ordered = list(jobs.values())
     _check_fits(space, records, llm_cache, ordered, settings, backend)
     stored: dict[tuple[str, str], str] = store.measurement_status(env_key) if store is not None else {}
+    again = _remeasured(store, env_key, options.remeasure) if options.resume else set()
     if options.resume:
         def done(j: Job) -> bool:
             status = stored.get((j.kind, j.key))
-            if status is None or status in RETRIED_ON_RESUME:
+            if status is None or status in RETRIED_ON_RESUME or (j.kind, j.key) in again:
                 return False
             return status == "ok" or not options.retry_failed
         todo = [j for j in ordered if not done(j)]
@@ -215,8 +224,10 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
         else:
             estimates[j.key] = estimate_seconds(j.kind, j.gflops_est, params_m[j.key], settings, device_type, threads)
             basis[j.key] = "model"
+    remeasured = sum((j.kind, j.key) in again for j in todo)
     return SweepPlan(space=space, points=points, point_records=records, jobs=ordered, todo=todo, env_key=env_key,
-                     environment=env_dict, estimates_s=estimates, estimate_basis=basis, params_m=params_m)
+                     environment=env_dict, estimates_s=estimates, estimate_basis=basis, params_m=params_m,
+                     remeasured=remeasured, remeasure=options.remeasure)
 
 
 #: Encoder configs whose FLOPs a plan counts on the meta device (about a second each); the rest

@@ -43,20 +43,30 @@ class SweepReport:
         return results.fastest_per_resolution(self.frame(store))
 
     def format(self, store: Optional[Store] = None) -> str:
+        """The closing text: counts, the summary table (latencies marked ``~`` noisy / ``!``
+        contended, with a legend when any is), how many points are flagged, failures, the store."""
+        from explorer.data import results
+
         n = sum(self.measured.values())
         lines = [f"sweep {self.space!r}: {self.n_points} points, {n} measured now, {self.skipped} already stored, "
                  f"{len(self.failures)} failed, {format_duration(self.elapsed_s)}"]
         try:
-            table = self.summary(store)
+            frame = self.frame(store)
+            table, legend = results.summary_table(frame, self.space)
+            flagged = results.flag_line(frame, self.space, command=legend is None)
         except Exception as exc:  # a summary must never hide where the results are
-            table = None
+            table, legend, flagged = None, None, None
             lines.append(f"(no summary table: {exc})")
-        if table is not None and len(table):
+        if table:
             lines.append("fastest point at each resolution, per LLM (TTFT = preprocess + encoder + projector + prefill; "
                          "results.load(..., ttft_includes_preprocess=False) gives the paper's definition):")
-            lines.append(table.to_string(index=False))
+            lines.append(table)
+            if legend:
+                lines.append(legend)
         elif table is not None:
             lines.append("no complete points yet")
+        if flagged:
+            lines.append(flagged)
         for f in self.failures[:10]:
             first = (f.get("error") or "").splitlines()[0] if f.get("error") else ""
             lines.append(f"  {f['status']}: {f['kind']} {f['label']}: {first}")
