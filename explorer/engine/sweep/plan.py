@@ -230,6 +230,15 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
                      remeasured=remeasured, remeasure=options.remeasure)
 
 
+def _remeasured(store: Optional[Store], env_key: str, mode: str) -> set[tuple[str, str]]:
+    """``(kind, key)`` of the stored measurements of this environment ``sweep.remeasure=mode``
+    takes again (see :func:`explorer.data.confidence.selected_for_remeasure`)."""
+    if store is None or mode == "none":
+        return set()
+    return {(m.kind, m.key) for m in store.measurements(env_key=env_key)
+            if selected_for_remeasure(mode, m.status, m.payload)}
+
+
 #: Encoder configs whose FLOPs a plan counts on the meta device (about a second each); the rest
 #: are scaled from those of the same family, so planning a wide space stays quick.
 MAX_COUNTED_CONFIGS: int = 16
