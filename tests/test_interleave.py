@@ -80,6 +80,15 @@ def test_rounds_are_reproducible_from_the_seed():
     assert orders(1)[1] != orders(2)[1]
 
 
+def test_one_sample_a_turn_by_default():
+    m = FakeMachine(lo=0, hi=0)
+    run_interleaved([lambda: _time(m, "a"), lambda: _time(m, "b")], seed=3)
+    # warm-up + first sample in the first turn, then one sample a turn: no run longer than 2
+    # except where a round boundary joins two turns of the same measurement
+    runs = "".join(m.log)
+    assert runs.count("aaaa") == 0 and runs.count("bbbb") == 0
+
+
 def test_a_turn_lasts_turn_s_of_own_samples():
     m = FakeMachine(lo=0, hi=0)
     run_interleaved([lambda: _time(m, "a"), lambda: _time(m, "c")], seed=0, turn_s=0.035)
@@ -112,27 +121,31 @@ def test_a_failing_task_does_not_stop_the_others():
     assert results[0].value.median_ms == 10.0 and results[2].value.median_ms == 20.0
 
 
-def test_the_time_cap_counts_only_own_samples():
-    # with a 0.5 s cap, c (40 ms a sample) alone would stop after 13 samples by wall time if the
-    # others' turns counted; its own samples reach the cap only at the 13th, so n >= 12
-    capped = SETTINGS.replace(max_time_s=0.5, max_iters=1000, target_rel_ci=0.001)
-    m = FakeMachine(lo=0, hi=10_000)  # alternating speeds would never converge; constant 3x does
-    m.lo, m.hi = 10_000, 10_001
+def test_the_time_cap_is_the_groups_and_stops_the_unconverged_together():
+    # three measurements that never converge (jitter, an unreachable CI target), 0.5 s cap each:
+    # alone, a (10-12 ms a sample) takes about 45 samples and c (40-42 ms) 12; in rounds
+    # they share a 1.5 s budget and stop in the same round, each with the same number of samples
+    capped = SETTINGS.replace(max_time_s=0.5, max_iters=1000, target_rel_ci=1e-6)
+    m = FakeMachine(lo=0, hi=0)
 
     def jitter(name):
         base = m.fn(name)
 
         def call():
             base()
-            m.t_ns += (m.calls % 3) * 1_000_000  # 0/1/2 ms jitter keeps the CI from converging
+            m.t_ns += (m.calls * 7919) % 2000 * 1000  # 0-2 ms, spread: the CI never closes
         return call
 
+    alone = time_callable(jitter("a"), capped, clock=m.clock, counters=m.counters)
+    assert alone.noisy and 40 <= alone.n <= 50
+    start = m.t_ns
     results = run_interleaved([lambda n=n: time_callable(jitter(n), capped, clock=m.clock, counters=m.counters)
-                               for n in "abc"], seed=0, turn_s=0.0)
-    c = results[2].value
-    assert c.noisy and c.n >= int(0.5 / 0.040)  # at least the samples its own 0.5 s held
-    a = results[0].value
-    assert a.n >= int(0.5 / 0.012)
+                               for n in "abc"], seed=0)
+    counts = [r.value.n for r in results]
+    assert all(r.value.noisy for r in results)
+    assert max(counts) - min(counts) <= 1 and 18 <= min(counts) <= 23
+    sampled_s = (m.t_ns - start) / 1e9  # warm-up calls included: 3 x ~25 ms
+    assert 1.5 <= sampled_s <= 1.5 + 0.08 + 0.1
 
 
 def test_contention_is_recorded_per_timing():

@@ -1,39 +1,44 @@
 """Interleaved measurement: several measurements timed in shuffled rounds, so that drift and bursts
 of other work hit all of them alike.
 
-:func:`run_interleaved` runs each task (a whole measurement: build, count, export, time) in a
-thread of its own, but only one task runs at a time: the caller's thread hands a baton round.
-A task keeps the baton through its set-up (building the model, counting FLOPs, exporting) and
-gives it back after each *turn* of timed samples (:func:`time_callable` does this on its own when
-it runs under a round). Every timed call runs on the caller's thread, so one OpenMP team and one
-``torch.set_num_threads`` setting serve every sample (OpenMP's thread count is per calling
-thread). Round order is shuffled with a seeded generator: in every round, each pending
+:func:`run_interleaved` runs each task (a whole measurement: build, count, export, time) as a
+coroutine (a greenlet) on the calling thread, one at a time. A task runs through its set-up
+(building the model, counting FLOPs, exporting) and hands control back after each *turn* of
+timed samples (:func:`~explorer.measure.timing.time_callable` does this on its own when it runs
+under a round). Round order is shuffled with a seeded generator: in every round, each pending
 measurement takes one turn, in a new order.
 
-Within a round a measurement's turn is at least one sample and lasts until ``turn_s`` seconds of
-its own samples, so millisecond-long calls take many samples per turn and second-long calls one.
-The stopping rule stays each measurement's own (the median's CI, :mod:`.timing`); a measurement
-that has converged leaves the rounds and the rest go on.
+Why coroutines on one thread rather than threads: OpenMP keeps a thread team and a thread count
+per calling thread, and libgomp shortens its spin-waits when it manages more threads than there
+are cores. Tasks in threads of their own made every 2-thread sample 20-40% slower on 2 cores; on
+one thread, every sample runs with the one team and the one ``torch.set_num_threads`` setting
+that a one-at-a-time measurement has.
+
+A turn is one sample (``turn_s`` > 0 lets a turn run on until that many seconds of its own
+samples). The stopping rule stays each measurement's own (the median's CI, :mod:`.timing`); a
+measurement that has converged leaves the rounds and the rest go on. The time cap is the
+group's: the measurements that have not converged stop together, once the group's samples have
+used the sum of its members' ``max_time_s``. A per-measurement cap would let the fast ones go on
+alone for many rounds after the slow ones stopped, so their samples would span a longer stretch
+of the machine's drift than the slow ones' (it cost 13% between two quiet runs on the two largest
+of nine settings); with one sample a turn and one cap, every measurement still running has taken
+as many samples as the others, over the same rounds.
 """
 from __future__ import annotations
 
-import queue
 import random
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
-import torch
+__all__ = ["Round", "SharedCap", "TaskResult", "run_interleaved", "current_round", "DEFAULT_TURN_S"]
 
-__all__ = ["Round", "TaskResult", "run_interleaved", "current_round"]
-
-_LOCAL = threading.local()
-DEFAULT_TURN_S = 0.2
+DEFAULT_TURN_S = 0.0
+_ACTIVE: list[Optional["Round"]] = [None]
 
 
 def current_round() -> Optional["Round"]:
-    """The round the calling thread's task runs under (None outside :func:`run_interleaved`)."""
-    return getattr(_LOCAL, "round", None)
+    """The round of the task running now (None outside :func:`run_interleaved`)."""
+    return _ACTIVE[0]
 
 
 @dataclass
@@ -44,39 +49,46 @@ class TaskResult:
     error: Optional[BaseException] = None
 
 
-class Round:
-    """The handle a task's timer talks to: run a call on the timing thread; end a turn."""
+class SharedCap:
+    """The group's time cap: the sum of the members' caps, spent by all their samples."""
 
-    def __init__(self, index: int, inbox: "queue.Queue[Any]", outbox: "queue.Queue[Any]", turn_s: float) -> None:
+    def __init__(self) -> None:
+        self.budget_s = 0.0
+        self.spent_s = 0.0
+
+    def register(self, cap_s: float) -> None:
+        self.budget_s += float(cap_s)
+
+    def spend(self, seconds: float) -> None:
+        self.spent_s += float(seconds)
+
+    @property
+    def exhausted(self) -> bool:
+        return self.budget_s > 0 and self.spent_s >= self.budget_s
+
+
+class Round:
+    """The handle a task's timer talks to: run a call, end a turn, share the group's time cap."""
+
+    def __init__(self, index: int, turn_s: float, scheduler: Any, cap: Optional[SharedCap] = None) -> None:
         self.index = index
         self.turn_s = turn_s
-        self._to_timer = inbox
-        self._from_timer = outbox
+        self.cap = cap if cap is not None else SharedCap()
+        self._scheduler = scheduler  # the greenlet that hands out the turns
 
     def call(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn()`` on the timing thread (inside ``torch.inference_mode``) and return its result."""
-        self._to_timer.put(("call", fn))
-        ok, value = self._from_timer.get()
-        if not ok:
-            raise value
-        return value
+        """Run one timed call (inside ``torch.inference_mode``, entered and left around it: a
+        context that stayed open across turns would be closed by whichever task ends first)."""
+        import torch
+
+        with torch.inference_mode():
+            return fn()
 
     def end_turn(self) -> None:
-        """Give the baton back; returns when this task's next turn comes."""
-        self._to_timer.put(("turn",))
-        self._from_timer.get()
-
-
-def _task_main(task: Callable[[], Any], rnd: Round, result: TaskResult) -> None:
-    _LOCAL.round = rnd
-    try:
-        rnd._from_timer.get()  # wait for the first turn
-        result.value = task()
-    except BaseException as exc:  # noqa: BLE001 - every failure is the task's result
-        result.error = exc
-    finally:
-        _LOCAL.round = None
-        rnd._to_timer.put(("done",))
+        """Hand control back; returns when this task's next turn comes."""
+        _ACTIVE[0] = None
+        self._scheduler.switch()
+        _ACTIVE[0] = self
 
 
 def run_interleaved(tasks: Sequence[Callable[[], Any]], seed: int = 0, turn_s: float = DEFAULT_TURN_S,
@@ -84,20 +96,40 @@ def run_interleaved(tasks: Sequence[Callable[[], Any]], seed: int = 0, turn_s: f
     """Run ``tasks`` one at a time in shuffled rounds of turns (see the module docstring).
 
     Returns one :class:`TaskResult` per task, in the tasks' order. A task that raises does not
-    stop the others. ``on_round(round_number, order)`` is told each round's order (tests).
+    stop the others; KeyboardInterrupt stops the group. ``on_round(round_number, order)`` is told
+    each round's order (tests). Runs on the calling thread; not reentrant.
     """
+    from greenlet import GreenletExit, getcurrent, greenlet
+
     if not tasks:
         return []
     if turn_s < 0:
         raise ValueError(f"invalid turn_s={turn_s!r}: a number of seconds >= 0")
+    if _ACTIVE[0] is not None:
+        raise RuntimeError("run_interleaved inside an interleaved task")
+    import torch
+
+    scheduler = getcurrent()
     results = [TaskResult() for _ in tasks]
-    rounds = [Round(i, queue.Queue(), queue.Queue(), turn_s) for i in range(len(tasks))]
-    threads = [threading.Thread(target=_task_main, args=(t, r, res), name=f"explorer-measure-{i}", daemon=True)
-               for i, (t, r, res) in enumerate(zip(tasks, rounds, results))]
-    for th in threads:
-        th.start()
+    cap = SharedCap()
+    rounds = [Round(i, turn_s, scheduler, cap) for i in range(len(tasks))]
+    finished: set[int] = set()
+
+    def body(i: int) -> None:
+        _ACTIVE[0] = rounds[i]
+        try:
+            results[i].value = tasks[i]()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure is the task's result
+            results[i].error = exc
+        finally:
+            _ACTIVE[0] = None
+            finished.add(i)
+
+    lets = [greenlet(lambda i=i: body(i), parent=scheduler) for i in range(len(tasks))]
     rng = random.Random(seed)
-    threads_before = torch.get_num_threads()  # timings may set the timing thread's; restored below
+    threads_before = torch.get_num_threads()  # a timing may set them; restored below
     active = list(range(len(tasks)))
     number = 0
     try:
@@ -108,24 +140,14 @@ def run_interleaved(tasks: Sequence[Callable[[], Any]], seed: int = 0, turn_s: f
                 on_round(number, list(order))
             number += 1
             for i in order:
-                rnd = rounds[i]
-                rnd._from_timer.put(None)  # your turn
-                while True:
-                    msg = rnd._to_timer.get()
-                    if msg[0] == "call":
-                        try:
-                            with torch.inference_mode():
-                                out = (True, msg[1]())
-                        except BaseException as exc:  # noqa: BLE001 - handed back to the task
-                            out = (False, exc)
-                        rnd._from_timer.put(out)
-                        continue
-                    if msg[0] == "done":
-                        active.remove(i)
-                    break
+                lets[i].switch()
+                if i in finished:
+                    active.remove(i)
     finally:
-        for th in threads:
-            th.join(timeout=0 if active else None)
+        _ACTIVE[0] = None
+        for i in active:  # interrupted: end the others' frames (their finally blocks run)
+            if not lets[i].dead:
+                lets[i].throw(GreenletExit)
         if torch.get_num_threads() != threads_before:
             torch.set_num_threads(threads_before)
     return results

@@ -214,9 +214,8 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
 
     ``fn`` takes no arguments and does all the work of one measured call (inputs prepared
     outside it). ``module``, when given (or when ``fn`` is itself a module), is put in eval
-    mode for the measurement. Under :func:`~explorer.measure.interleave.run_interleaved` every
-    call runs on the round's timing thread and the baton is handed on after each turn; the
-    time cap counts this callable's own sampling time only. ``counters`` reads the CPU counters
+    mode for the measurement. Under :func:`~explorer.measure.interleave.run_interleaved` control
+    goes back to the round after each turn, and the time cap is the group's. ``counters`` reads the CPU counters
     for the contention record (default: :func:`~explorer.measure.contention.read_cpu_counters`);
     ``clock`` (nanoseconds, default ``time.perf_counter_ns``) times CPU calls and the caps (tests
     inject a fake clock that the fake call advances).
@@ -233,18 +232,24 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
 
     rnd = current_round()
     meter = ContentionMeter(counters) if counters is not None else ContentionMeter()
+    threads = int(settings.threads) if settings.threads is not None and device.type == "cpu" else None
     if rnd is None:
         def call(reps: int) -> float:
             return sampler(reps)
     else:
         def call(reps: int) -> float:
+            # Other tasks ran since the last turn: this one's thread count, and inference mode
+            # around the call itself (a context left open across turns would be closed by
+            # whichever task ends first).
+            if threads is not None and torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)
             return float(rnd.call(lambda: sampler(reps)))
-
-        if settings.threads is not None and device.type == "cpu":
-            threads = int(settings.threads)
-            # OpenMP's thread count belongs to the calling thread: set it where the samples run.
-            rnd.call(lambda: torch.set_num_threads(threads) if torch.get_num_threads() != threads else None)
-    with thread_scope(settings), eval_mode(module), torch.inference_mode(), gc_paused():
+    with contextlib.ExitStack() as stack:
+        if rnd is None:
+            stack.enter_context(thread_scope(settings))
+            stack.enter_context(torch.inference_mode())
+        stack.enter_context(eval_mode(module))
+        stack.enter_context(gc_paused())
         synchronize(device)
         # Warm-up: by count AND by time.
         start = now()
@@ -263,6 +268,8 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
         sampling_s = 0.0  # this callable's own sampling time (the cap), whatever else ran between turns
         turn_s = 0.0
         ok = False
+        if rnd is not None:
+            rnd.cap.register(settings.max_time_s)
         while True:
             t0 = now()
             meter.start()
@@ -275,8 +282,14 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
             if n >= settings.min_iters and converged(samples, settings.target_rel_ci):
                 ok = True
                 break
-            # The time cap ends the protocol only once min_iters samples exist; max_iters always does.
-            if n >= settings.max_iters or (n >= settings.min_iters and sampling_s >= settings.max_time_s):
+            # The time cap ends the protocol only once min_iters samples exist; max_iters always
+            # does. Under a round the cap is the group's (see explorer.measure.interleave).
+            if rnd is not None:
+                rnd.cap.spend(spent)
+                capped = rnd.cap.exhausted
+            else:
+                capped = sampling_s >= settings.max_time_s
+            if n >= settings.max_iters or (n >= settings.min_iters and capped):
                 break
             if rnd is not None and turn_s >= rnd.turn_s:
                 rnd.end_turn()
