@@ -12,7 +12,7 @@ from explorer.measure.settings import MeasureSettings
 from explorer.measure.timing import time_callable
 
 SETTINGS = MeasureSettings(device="cpu", warmup_iters=1, warmup_s=0.0, min_iters=9, max_iters=12,
-                           max_time_s=1000.0, target_rel_ci=0.01)
+                           max_time_s=1000.0, target_rel_ci=0.01, probe=False)
 BASE_MS = {"a": 10.0, "b": 20.0, "c": 40.0}
 
 
@@ -159,3 +159,20 @@ def test_contention_is_recorded_per_timing():
     loaded = time_callable(m.fn("a"), SETTINGS, clock=m.clock, counters=busy_neighbour)
     assert quiet.other_cores == 0.0 and not quiet.contended
     assert loaded.other_cores == pytest.approx(1.0) and loaded.contended
+
+
+def test_the_probe_measures_the_machines_speed_beside_each_sample():
+    # the probe (1 ms at full speed) slows with the machine: latency in probe units stays exact
+    # through a burst that moves the median itself
+    m = FakeMachine(lo=4, hi=30)  # calls alternate probe, sample: samples 2..12 of 12 are slow
+
+    def probe():
+        slow = 3.0 if m.lo <= m.calls < m.hi else 1.0
+        m.calls += 1
+        m.t_ns += int(1e6 * slow)
+
+    t = time_callable(m.fn("b"), SETTINGS.replace(probe=True), clock=m.clock, counters=m.counters, probe=probe)
+    assert t.median_ms == 60.0  # most samples fell in the burst
+    assert t.probe_units == 20.0 and t.probe_ms == 3.0
+    off = time_callable(m.fn("b"), SETTINGS, clock=m.clock, counters=m.counters, probe=probe)
+    assert off.probe_ms is None and off.probe_units is None

@@ -88,6 +88,8 @@ class StabilityArm:
     neighbours: int
     threads: int
     latency_ms: dict[tuple[float, int], float]
+    probe_units: dict[tuple[float, int], float]  # latency / reference probe, per setting
+    probe_ms: float  # median probe time over the settings: how fast the machine was
     noisy: int
     contended: int
     other_cores: float  # median over the settings
@@ -107,17 +109,23 @@ class StabilityReport:
         return next(a for a in self.arms if a.name == name)
 
     def figures(self) -> dict[str, Any]:
-        q1, loaded = self.arm("quiet-1"), self.arm("loaded")
-        spread, ratios = ratio_spread(loaded.latency_ms, q1.latency_ms)
-        out: dict[str, Any] = {"order_violations": {a.name: len(a.violations) for a in self.arms},
-                               "loaded_over_quiet": {f"{w:g}@{r}": round(v, 3) for (w, r), v in sorted(ratios.items())},
-                               "ratio_spread": spread,
-                               "threads": {a.name: a.threads for a in self.arms}}
-        if any(a.name == "quiet-2" for a in self.arms):
-            agree, _ = ratio_spread(self.arm("quiet-2").latency_ms, q1.latency_ms)
-            diffs = [abs(self.arm("quiet-2").latency_ms[k] / q1.latency_ms[k] - 1) for k in q1.latency_ms
-                     if k in self.arm("quiet-2").latency_ms]
-            out["quiet_agreement_max"] = max(diffs) if diffs else float("nan")
+        """Order violations, loaded/quiet ratio spread and quiet agreement, from the medians
+        (``raw``) and from the probe-normalised latencies (``probe``: sample / probe)."""
+        out: dict[str, Any] = {"threads": {a.name: a.threads for a in self.arms},
+                               "probe_ms": {a.name: a.probe_ms for a in self.arms}}
+        for kind in ("raw", "probe"):
+            values = {a.name: (a.latency_ms if kind == "raw" else a.probe_units) for a in self.arms}
+            if not all(values.values()):
+                continue
+            q1 = values["quiet-1"]
+            spread, ratios = ratio_spread(values["loaded"], q1)
+            fig: dict[str, Any] = {"order_violations": {n: len(order_violations(v)) for n, v in values.items()},
+                                   "loaded_over_quiet": {f"{w:g}@{r}": round(x, 3) for (w, r), x in sorted(ratios.items())},
+                                   "ratio_spread": spread}
+            if "quiet-2" in values:
+                q2 = values["quiet-2"]
+                fig["quiet_agreement_max"] = max(abs(q2[k] / q1[k] - 1) for k in q1 if k in q2)
+            out[kind] = fig
         return out
 
     def markdown(self) -> str:
@@ -125,21 +133,32 @@ class StabilityReport:
         keys = sorted(self.arms[0].latency_ms)
         lines = [f"Command: `{self.command}`", "",
                  "| arm | busy neighbours | threads | machine check | load average (after) | noisy | contended | "
-                 "other cores (median) | order violations | elapsed |",
+                 "other cores (median) | probe ms (median) | elapsed |",
                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
         for a in self.arms:
             lines.append(f"| {a.name} | {a.neighbours} | {a.threads} | {a.machine[:60]} | {a.load_average} | "
-                         f"{a.noisy} | {a.contended} | {a.other_cores:.2f} | {len(a.violations)} | {a.elapsed_s:.0f} s |")
-        lines += ["", "| width@resolution | " + " | ".join(f"{a.name} ms" for a in self.arms) + " | loaded/quiet-1 |",
-                  "| --- | " + " | ".join("---" for _ in self.arms) + " | --- |"]
+                         f"{a.noisy} | {a.contended} | {a.other_cores:.2f} | {a.probe_ms:.3f} | {a.elapsed_s:.0f} s |")
+        names = [a.name for a in self.arms]
+        lines += ["", "| width@resolution | " + " | ".join(f"{n} ms" for n in names) + " | loaded/quiet-1 | "
+                  + " | ".join(f"{n} probe units" for n in names) + " | loaded/quiet-1 (probe) |",
+                  "| --- | " + " | ".join("---" for _ in names) + " | --- | " + " | ".join("---" for _ in names) + " | --- |"]
         for k in keys:
-            ratio = fig["loaded_over_quiet"].get(f"{k[0]:g}@{k[1]}", float("nan"))
-            lines.append(f"| {k[0]:g}@{k[1]} | " + " | ".join(f"{a.latency_ms.get(k, float('nan')):.1f}" for a in self.arms)
-                         + f" | {ratio:.3f} |")
-        lines += ["", f"Loaded/quiet ratios: spread around their median {100 * fig['ratio_spread']:.1f}% "
-                      f"(largest |ratio/median - 1|)."]
-        if "quiet_agreement_max" in fig:
-            lines.append(f"Two quiet arms: largest |quiet-2/quiet-1 - 1| = {100 * fig['quiet_agreement_max']:.1f}%.")
+            label = f"{k[0]:g}@{k[1]}"
+            raw = fig.get("raw", {}).get("loaded_over_quiet", {}).get(label, float("nan"))
+            pr = fig.get("probe", {}).get("loaded_over_quiet", {}).get(label, float("nan"))
+            lines.append(f"| {label} | " + " | ".join(f"{a.latency_ms.get(k, float('nan')):.1f}" for a in self.arms)
+                         + f" | {raw:.3f} | "
+                         + " | ".join(f"{a.probe_units.get(k, float('nan')):.2f}" for a in self.arms) + f" | {pr:.3f} |")
+        lines.append("")
+        for kind, title in (("raw", "Medians"), ("probe", "Probe-normalised (sample / probe)")):
+            if kind not in fig:
+                continue
+            f = fig[kind]
+            text = (f"{title}: order violations " + ", ".join(f"{n} {v}" for n, v in f["order_violations"].items())
+                    + f"; loaded/quiet ratios within {100 * f['ratio_spread']:.1f}% of their median")
+            if "quiet_agreement_max" in f:
+                text += f"; two quiet arms agree within {100 * f['quiet_agreement_max']:.1f}%"
+            lines.append(text + ".")
         return "\n".join(lines) + "\n"
 
 
@@ -160,6 +179,8 @@ def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, ba
         load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     elapsed = time.monotonic() - t0
     latency: dict[tuple[float, int], float] = {}
+    units: dict[tuple[float, int], float] = {}
+    probes: list[float] = []
     noisy = contended = 0
     others = []
     for rec in store.measurements(kind="encoder", env_key=report.env_key):
@@ -168,12 +189,16 @@ def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, ba
         t = rec.payload["latency"]
         width = float(rec.inputs["knobs"].get("width_mult", 1.0))
         latency[(width, int(rec.inputs["resolution"]))] = float(t["median_ms"])
+        if t.get("probe_units") is not None:
+            units[(width, int(rec.inputs["resolution"]))] = float(t["probe_units"])
+            probes.append(float(t["probe_ms"]))
         noisy += bool(t.get("noisy"))
         contended += bool(t.get("contended"))
         if t.get("other_cores") is not None:
             others.append(float(t["other_cores"]))
     threads = int(report.environment.get("threads") or 0)
-    arm = StabilityArm(name=name, neighbours=neighbours, threads=threads, latency_ms=latency, noisy=noisy,
+    arm = StabilityArm(name=name, neighbours=neighbours, threads=threads, latency_ms=latency, probe_units=units,
+                       probe_ms=statistics.median(probes) if probes else float("nan"), noisy=noisy,
                        contended=contended, other_cores=statistics.median(others) if others else float("nan"),
                        machine=report.machine, load_average=load, elapsed_s=elapsed)
     arm.violations = order_violations(latency)

@@ -47,6 +47,10 @@ class Timing(_Serialisable):
     other_cores: Optional[float] = None
     steal: Optional[float] = None
     contended: bool = False
+    # How fast the machine was (explorer.measure.probe): the median time of the reference probe
+    # over the samples, and the median of sample / probe (latency in probe units). None: no probe.
+    probe_ms: Optional[float] = None
+    probe_units: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -77,6 +77,8 @@ class MeasureSettings:
     attention implementation for the prefill (``sdpa`` or ``eager``). ``preprocess``: how a
     ``source_image`` (``WIDTHxHEIGHT`` pixels) becomes the encoder's input (``pil``, ``torch`` or
     ``none`` to skip it), by resizing the shortest side and a centre ``crop`` or a ``pad`` to square.
+    ``probe``: time the reference probe beside the samples (``explorer.measure.probe``; how fast
+    the machine was; not part of the environment key, it changes no measured value).
     """
 
     device: str = "auto"
@@ -98,6 +100,7 @@ class MeasureSettings:
     preprocess: str = "pil"
     source_image: str = "1920x1080"
     preprocess_fit: str = "crop"
+    probe: bool = True
 
     def validate(self) -> "MeasureSettings":
         """Raise ValueError naming the field, the value and what is allowed; returns self."""
@@ -108,7 +111,7 @@ class MeasureSettings:
         check_int("measure.threads", self.threads, low=1, high=cores, optional=True,
                   none_means=f"torch's default; this machine has {cores} logical cores")
         check_int("measure.batch_size", self.batch_size, low=1, high=4096)
-        for name in ("channels_last", "compile", "reparameterize"):
+        for name in ("channels_last", "compile", "reparameterize", "probe"):
             check_bool(f"measure.{name}", getattr(self, name))
         check_number("measure.warmup_s", self.warmup_s, low=0, high=3600)
         check_int("measure.warmup_iters", self.warmup_iters, low=0, high=100_000)

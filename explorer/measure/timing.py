@@ -38,6 +38,7 @@ from torch import nn
 from .contention import ContentionMeter, CpuCounters
 from .costs import Timing
 from .interleave import current_round
+from .probe import PROBE_EVERY_MS, reference_probe
 from .settings import MeasureSettings, thread_scope
 
 CONFIDENCE = 0.95
@@ -88,8 +89,10 @@ def percentile(sorted_samples: list[float], q: float) -> float:
     return sorted_samples[lo] + (sorted_samples[hi] - sorted_samples[lo]) * frac
 
 
-def summarize(samples_ms: list[float], noisy: bool, meter: Optional[ContentionMeter] = None) -> Timing:
-    """Timing statistics of raw samples (milliseconds), with the contention ``meter`` saw."""
+def summarize(samples_ms: list[float], noisy: bool, meter: Optional[ContentionMeter] = None,
+              probes_ms: Optional[list[float]] = None) -> Timing:
+    """Timing statistics of raw samples (milliseconds), with the contention ``meter`` saw and, when
+    given, the probe time beside each sample (``probes_ms[i]`` for ``samples_ms[i]``)."""
     xs = sorted(samples_ms)
     mean = statistics.fmean(xs)
     std = statistics.stdev(xs) if len(xs) > 1 else 0.0
@@ -109,6 +112,8 @@ def summarize(samples_ms: list[float], noisy: bool, meter: Optional[ContentionMe
         other_cores=None if other is None else round(other, 4),
         steal=None if steal is None else round(steal, 4),
         contended=bool(meter is not None and meter.contended),
+        probe_ms=statistics.median(probes_ms) if probes_ms else None,
+        probe_units=statistics.median(v / p for v, p in zip(samples_ms, probes_ms)) if probes_ms else None,
     )
 
 
@@ -209,7 +214,8 @@ class _Sampler:
 def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
                   module: Optional[nn.Module] = None,
                   counters: Optional[Callable[[], CpuCounters]] = None,
-                  clock: Optional[Callable[[], int]] = None) -> Timing:
+                  clock: Optional[Callable[[], int]] = None,
+                  probe: Optional[Callable[[], Any]] = None) -> Timing:
     """Latency statistics of ``fn()`` under ``settings``' protocol (see the module docstring).
 
     ``fn`` takes no arguments and does all the work of one measured call (inputs prepared
@@ -218,7 +224,8 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
     goes back to the round after each turn, and the time cap is the group's. ``counters`` reads the CPU counters
     for the contention record (default: :func:`~explorer.measure.contention.read_cpu_counters`);
     ``clock`` (nanoseconds, default ``time.perf_counter_ns``) times CPU calls and the caps (tests
-    inject a fake clock that the fake call advances).
+    inject a fake clock that the fake call advances); ``probe`` replaces the reference probe
+    (:mod:`.probe`) timed beside the samples when ``settings.probe`` is on.
     """
     settings.validate()
     device = settings.resolve_device()
@@ -263,6 +270,10 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
         reps = 1
         if last_ms < _MIN_SAMPLE_S * 1e3:
             reps = min(_MAX_INNER_REPS, max(1, math.ceil(_MIN_SAMPLE_S * 1e3 / max(last_ms, 1e-6))))
+        probe_call = _probe_caller(settings, device, rnd, threads, probe, tick)
+        probe_every = max(1, math.ceil(PROBE_EVERY_MS / max(last_ms * reps, 1e-6)))
+        probes: list[float] = []
+        probe_ms = 0.0
         # Timed samples.
         samples: list[float] = []
         sampling_s = 0.0  # this callable's own sampling time (the cap), whatever else ran between turns
@@ -271,10 +282,14 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
         if rnd is not None:
             rnd.cap.register(settings.max_time_s)
         while True:
+            if probe_call is not None and len(samples) % probe_every == 0:
+                probe_ms = probe_call()
             t0 = now()
             meter.start()
             samples.append(call(reps))
             meter.stop()
+            if probe_call is not None:
+                probes.append(probe_ms)
             spent = now() - t0
             sampling_s += spent
             turn_s += spent
@@ -294,4 +309,22 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
             if rnd is not None and turn_s >= rnd.turn_s:
                 rnd.end_turn()
                 turn_s = 0.0
-    return summarize(samples, noisy=not ok, meter=meter)
+    return summarize(samples, noisy=not ok, meter=meter, probes_ms=probes or None)
+
+
+def _probe_caller(settings: MeasureSettings, device: torch.device, rnd: Any, threads: Optional[int],
+                  fn: Optional[Callable[[], Any]], clock: Callable[[], int]) -> Optional[Callable[[], float]]:
+    """One timed call of the reference probe (ms), with the measurement's threads; None when off."""
+    if not getattr(settings, "probe", False) or device.type not in ("cpu", "cuda"):
+        return None
+    probe = _Sampler(fn if fn is not None else reference_probe(device), device, clock)
+    probe(1)  # built and warm before the first sample
+
+    def run() -> float:
+        if rnd is None:
+            return probe(1)
+        if threads is not None and torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+        return float(rnd.call(lambda: probe(1)))
+
+    return run
