@@ -155,10 +155,14 @@ def test_contention_is_recorded_per_timing():
         s = m.t_ns / 1e9
         return CpuCounters(wall_s=s, busy_s=2 * s, steal_s=0.0, total_s=2 * s, own_s=s)
 
-    quiet = time_callable(m.fn("a"), SETTINGS, clock=m.clock, counters=m.counters)
-    loaded = time_callable(m.fn("a"), SETTINGS, clock=m.clock, counters=busy_neighbour)
+    twelve = SETTINGS.replace(min_iters=12, max_iters=12)  # 12 x 40 ms: a span the 100 Hz counters can judge
+    quiet = time_callable(m.fn("c"), twelve, clock=m.clock, counters=m.counters)
+    loaded = time_callable(m.fn("c"), twelve, clock=m.clock, counters=busy_neighbour)
     assert quiet.other_cores == 0.0 and not quiet.contended
     assert loaded.other_cores == pytest.approx(1.0) and loaded.contended
+    # 9 x 10 ms is under the 0.4 s the counters need: no record rather than a guess
+    short = time_callable(m.fn("a"), SETTINGS, clock=m.clock, counters=busy_neighbour)
+    assert short.other_cores is None and not short.contended
 
 
 def test_the_probe_measures_the_machines_speed_beside_each_sample():

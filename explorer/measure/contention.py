@@ -7,15 +7,15 @@ Two uses (see docs/measurement.md, "Contention"):
   the load average, steal time, the clock against its maximum where the OS tells it, and on a
   GPU its utilisation and the other processes holding it. :func:`free_cores` turns that into a
   thread count that does not fight the neighbours.
-- :class:`ContentionMeter` accumulates, over exactly the windows in which one callable's samples
-  were taken, the CPU time other processes used and the time the hypervisor stole; the result
-  goes into that callable's :class:`~explorer.measure.costs.Timing` (``other_cores``, ``steal``,
-  ``contended``).
+- :class:`ContentionMeter` accumulates, over the span from a callable's first sample to its last,
+  the CPU time other processes used and the time the hypervisor stole; the result goes into that
+  callable's :class:`~explorer.measure.costs.Timing` (``other_cores``, ``steal``, ``contended``).
+  Spans shorter than :data:`MIN_SPAN_S` record nothing.
 
 "Other processes" is the machine's busy CPU time (``/proc/stat``: user, nice, system, irq,
 softirq) minus the CPU time of this process (all its threads). Both counters tick at 100 Hz on
-Linux, so a single window of 50 ms is uncertain by about 0.4 cores; sums over a callable's samples
-(seconds) are good to a few hundredths of a core.
+Linux, so a span of 50 ms is uncertain by about 0.4 cores; spans of seconds are good to a few
+hundredths of a core.
 """
 from __future__ import annotations
 
@@ -31,6 +31,9 @@ CONTENDED_CORES = 0.25
 STEAL_FRACTION = 0.05
 #: A machine is called *busy* at a sweep's start from this many cores of other processes.
 BUSY_CORES = 0.5
+#: The counters tick at 100 Hz: a timing whose samples span less than this carries no record
+#: (one stray tick of another process would read as a quarter of a core).
+MIN_SPAN_S = 0.4
 
 
 @dataclass(frozen=True)
@@ -82,8 +85,9 @@ class ContentionMeter:
     turns the meter off and the timing records ``None``.
     """
 
-    def __init__(self, read: Callable[[], CpuCounters] = read_cpu_counters) -> None:
+    def __init__(self, read: Callable[[], CpuCounters] = read_cpu_counters, min_span_s: float = MIN_SPAN_S) -> None:
         self._read = read
+        self.min_span_s = min_span_s
         self.wall_s = 0.0
         self.other_s = 0.0
         self.steal_s = 0.0
@@ -116,13 +120,13 @@ class ContentionMeter:
 
     @property
     def other_cores(self) -> Optional[float]:
-        if not self.ok or self.wall_s <= 0:
+        if not self.ok or self.wall_s < self.min_span_s or self.wall_s <= 0:
             return None
         return max(0.0, self.other_s / self.wall_s)
 
     @property
     def steal(self) -> Optional[float]:
-        if not self.ok or self.total_s <= 0:
+        if not self.ok or self.wall_s < self.min_span_s or self.total_s <= 0:
             return None
         return max(0.0, self.steal_s / self.total_s)
 

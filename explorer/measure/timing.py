@@ -280,14 +280,14 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
         turn_s = 0.0
         ok = False
         if rnd is not None:
-            rnd.cap.register(settings.max_time_s)
+            # what this timing would use alone: its cap, or max_iters samples if they take less
+            rnd.cap.register(min(settings.max_time_s, settings.max_iters * last_ms * reps / 1e3))
+        meter.start()  # one span from the first sample to the last (other tasks' turns are ours)
         while True:
             if probe_call is not None and len(samples) % probe_every == 0:
                 probe_ms = probe_call()
             t0 = now()
-            meter.start()
             samples.append(call(reps))
-            meter.stop()
             if probe_call is not None:
                 probes.append(probe_ms)
             spent = now() - t0
@@ -309,6 +309,7 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
             if rnd is not None and turn_s >= rnd.turn_s:
                 rnd.end_turn()
                 turn_s = 0.0
+    meter.stop()
     return summarize(samples, noisy=not ok, meter=meter, probes_ms=probes or None)
 
 

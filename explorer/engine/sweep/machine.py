@@ -6,12 +6,13 @@ and decides:
 - **threads**: with ``measure.threads`` unset on a CPU, the sweep measures with the cores other
   processes leave free (at least one) when that is fewer than torch's default; the environment
   records the thread count, so these values never mix with full-machine ones. A thread that
-  shares its core with a busy neighbour stalls every other thread at each OpenMP barrier (2.3-3.4x
-  slower and uneven on 2 cores beside one busy loop, against 1.0-1.1x for one thread on the free core).
+  shares its core with a busy neighbour stalls every other thread at each OpenMP barrier (2.3-3.6x
+  the quiet 1-thread time, unevenly, on 2 cores beside one busy loop, against 0.94-1.09x for one
+  thread on the free core).
 - **OpenMP wait policy**: when the user's ``measure.threads`` exceeds the free cores, the
   measuring process gets ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep instead of spinning
   on a core the neighbour needs). It is not the default: on a quiet machine passive waits cost
-  10-50% on these encoders (docs/benchmarks.md, "Thread policy").
+  6-60% on these encoders (docs/benchmarks.md, "Thread policy").
 - **the warning**: a busy machine is named, with what was seen and what to do.
 """
 from __future__ import annotations
