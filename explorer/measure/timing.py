@@ -221,7 +221,7 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
     ``fn`` takes no arguments and does all the work of one measured call (inputs prepared
     outside it). ``module``, when given (or when ``fn`` is itself a module), is put in eval
     mode for the measurement. Under :func:`~explorer.measure.interleave.run_interleaved` control
-    goes back to the round after each turn, and the time cap is the group's. ``counters`` reads the CPU counters
+    goes back to the round after each turn; the time cap counts this callable's own samples only. ``counters`` reads the CPU counters
     for the contention record (default: :func:`~explorer.measure.contention.read_cpu_counters`);
     ``clock`` (nanoseconds, default ``time.perf_counter_ns``) times CPU calls and the caps (tests
     inject a fake clock that the fake call advances); ``probe`` replaces the reference probe
@@ -279,9 +279,6 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
         sampling_s = 0.0  # this callable's own sampling time (the cap), whatever else ran between turns
         turn_s = 0.0
         ok = False
-        if rnd is not None:
-            # what this timing would use alone: its cap, or max_iters samples if they take less
-            rnd.cap.register(min(settings.max_time_s, settings.max_iters * last_ms * reps / 1e3))
         meter.start()  # one span from the first sample to the last (other tasks' turns are ours)
         while True:
             if probe_call is not None and len(samples) % probe_every == 0:
@@ -297,14 +294,9 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
             if n >= settings.min_iters and converged(samples, settings.target_rel_ci):
                 ok = True
                 break
-            # The time cap ends the protocol only once min_iters samples exist; max_iters always
-            # does. Under a round the cap is the group's (see explorer.measure.interleave).
-            if rnd is not None:
-                rnd.cap.spend(spent)
-                capped = rnd.cap.exhausted
-            else:
-                capped = sampling_s >= settings.max_time_s
-            if n >= settings.max_iters or (n >= settings.min_iters and capped):
+            # The time cap (this callable's own sampling time) ends the protocol only once
+            # min_iters samples exist; max_iters always does.
+            if n >= settings.max_iters or (n >= settings.min_iters and sampling_s >= settings.max_time_s):
                 break
             if rnd is not None and turn_s >= rnd.turn_s:
                 rnd.end_turn()
