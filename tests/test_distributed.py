@@ -87,8 +87,14 @@ def test_three_workers_one_killed_every_measurement_committed_once(pg_url, tmp_p
     calls = Q.read_log(log)
     per_job = collections.Counter((kind, key) for _, kind, key in calls)
     assert per_job[("encoder", stalled_key)] == 2  # the killed attempt, then another worker's
-    assert {k: n for k, n in per_job.items() if k != ("encoder", stalled_key)} == {k: 1 for k in want
-                                                                                 if k != ("encoder", stalled_key)}
+    # Every other job was measured once, unless its lease ran out while a starved worker held it
+    # (then the queue leased it again and a second worker measured it; still committed once above).
+    leased = WorkQueue(st).attempts("toy", "fake-env")
+    assert leased[("encoder", stalled_key)] == 2
+    assert set(per_job) == set(want)
+    for job, n in per_job.items():
+        if job != ("encoder", stalled_key):
+            assert n == 1 or n <= leased[job], (job, n, leased[job])
     finisher = [pid for pid, kind, key in calls if (kind, key) == ("encoder", stalled_key)][1]
     assert finisher != victim.pid and finisher in {p.pid for p in procs}
     assert len({pid for pid, _, _ in calls}) >= 2  # the work was shared

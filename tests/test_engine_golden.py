@@ -41,10 +41,11 @@ def test_default_space_rows_equal_the_pre_redesign_engine():
         if old_latency is not None:
             assert {k: new_latency[k] for k in old_latency} == old_latency
             extra = {k: v for k, v in new_latency.items() if k not in old_latency}
-            assert extra == {"other_cores": None, "steal": None, "contended": False}
+            assert extra == {"other_cores": None, "steal": None, "contended": False, "probe_ms": None,
+                             "probe_units": None}
             timing_added |= set(extra)
         assert {k: new_payload[k] for k in old_payload if k != "latency"} == \
             {k: v for k, v in old_payload.items() if k != "latency"}
         added |= set(new_payload) - set(old_payload)
     assert added <= {"runtime", "runtime_error", "preprocess", "preprocess_latency", "lm_head", "attention"}
-    assert timing_added == {"other_cores", "steal", "contended"}
+    assert timing_added == {"other_cores", "steal", "contended", "probe_ms", "probe_units"}

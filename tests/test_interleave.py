@@ -177,3 +177,18 @@ def test_the_probe_measures_the_machines_speed_beside_each_sample():
     assert t.probe_units == 20.0 and t.probe_ms == 3.0
     off = time_callable(m.fn("b"), SETTINGS, clock=m.clock, counters=m.counters, probe=probe)
     assert off.probe_ms is None and off.probe_units is None
+
+
+def test_the_real_probe_works_inside_and_outside_inference_mode():
+    # regression: a probe first built inside a one-at-a-time timing (inference mode) made every
+    # later interleaved timing fail with "Inference tensors cannot be saved for backward"
+    import torch
+
+    s = MeasureSettings(device="cpu", warmup_iters=1, warmup_s=0.0, min_iters=3, max_iters=3)
+    a = torch.randn(64, 64)
+    first = time_callable(lambda: a @ a, s)
+    lin = torch.nn.Linear(64, 64)
+    results = run_interleaved([lambda: time_callable(lambda: lin(a), s, module=lin),
+                               lambda: time_callable(lambda: a @ a, s)])
+    assert [r.error for r in results] == [None, None]
+    assert first.probe_ms > 0 and all(r.value.probe_ms > 0 and r.value.probe_units > 0 for r in results)

@@ -6,8 +6,13 @@ import pytest
 from explorer.engine.stability import StabilityArm, StabilityReport, order_violations, ratio_spread
 
 
+def key(w, r, depth=None):
+    knobs = (("depth_mult", depth), ("width_mult", w)) if depth is not None else (("width_mult", w),)
+    return ("fastvithd", knobs, r)
+
+
 def grid(f):
-    return {(w, r): f(w, r) for w in (0.5, 1.0) for r in (128, 256)}
+    return {key(w, r): f(w, r) for w in (0.5, 1.0) for r in (128, 256)}
 
 
 def test_a_consistent_grid_has_no_violations():
@@ -16,12 +21,20 @@ def test_a_consistent_grid_has_no_violations():
 
 def test_each_inverted_pair_is_named_once():
     lat = grid(lambda w, r: w * r * r)
-    lat[(0.5, 256)] = lat[(1.0, 256)] + 1  # narrower but slower at 256: one violation
-    assert order_violations(lat) == [((0.5, 256), (1.0, 256))]
-    lat[(0.5, 128)] = 1e9  # now slower than everything it should beat: three more
+    lat[key(0.5, 256)] = lat[key(1.0, 256)] + 1  # narrower but slower at 256: one violation
+    assert order_violations(lat) == [(key(0.5, 256), key(1.0, 256))]
+    lat[key(0.5, 128)] = 1e9  # now slower than everything it should beat: three more
     assert len(order_violations(lat)) == 4
-    # settings the order does not compare (wider but smaller) are never violations
-    assert order_violations({(0.5, 256): 10.0, (1.0, 128): 5.0}) == []
+    # settings the order does not compare (wider but smaller; other encoders) are never violations
+    assert order_violations({key(0.5, 256): 10.0, key(1.0, 128): 5.0}) == []
+    assert order_violations({key(0.5, 128): 10.0, ("vit", (("width_mult", 1.0),), 256): 5.0}) == []
+
+
+def test_two_knobs_order_only_pairs_no_larger_in_both():
+    lat = {key(1.0, 256, depth=0.5): 10.0, key(0.5, 256, depth=1.0): 9.0, key(1.0, 256, depth=1.0): 9.5}
+    # (1.0, 0.5) and (0.5, 1.0) are not comparable; both are no costlier than (1.0, 1.0): the first is
+    # measured slower than it, one violation
+    assert order_violations(lat) == [(key(1.0, 256, depth=0.5), key(1.0, 256, depth=1.0))]
 
 
 def test_ratio_spread_is_the_largest_relative_distance_from_the_median_ratio():
@@ -42,7 +55,7 @@ def test_report_figures_from_medians_and_probe_units():
     q1 = grid(lambda w, r: w * r)
     loaded = {k: 2 * v for k, v in q1.items()}
     q2 = {k: 1.05 * v for k, v in q1.items()}
-    q2[(1.0, 256)] = q1[(1.0, 256)] * 1.2  # the host ran slower for this one
+    q2[key(1.0, 256)] = q1[key(1.0, 256)] * 1.2  # the host ran slower for this one
     units = grid(lambda w, r: w * r / 10)
     report = StabilityReport(arms=[_arm("quiet-1", q1, units), _arm("loaded", loaded, units),
                                    _arm("quiet-2", q2, units)], command="x", threads_setting=None)
@@ -52,4 +65,4 @@ def test_report_figures_from_medians_and_probe_units():
     assert fig["probe"]["quiet_agreement_max"] == pytest.approx(0.0)
     assert fig["raw"]["order_violations"] == {"quiet-1": 0, "loaded": 0, "quiet-2": 0}
     text = report.markdown()
-    assert "two quiet arms agree within 20.0%" in text and "1@256" in text
+    assert "two quiet arms agree within 20.0%" in text and "fastvithd width_mult=1@256" in text

@@ -196,6 +196,14 @@ class WorkQueue:
 
         return self.store._retry(attempt)
 
+    def attempts(self, sweep: str, env_key: str) -> dict[tuple[str, str], int]:
+        """``(kind, key) -> how many times a worker leased it`` (more than once: a lease ran out, or
+        a worker died holding it, and another worker took the job over)."""
+        with self.store._read() as s:
+            rows = s.execute(select(_Lease.kind, _Lease.key, _Lease.attempts)
+                             .where(_Lease.sweep == sweep, _Lease.env_key == env_key)).all()
+        return {(str(k), str(key)): int(n or 0) for k, key, n in rows}
+
     def renew(self) -> int:
         """Extend every lease this worker holds (what the heartbeat calls); returns how many."""
         def attempt() -> int:

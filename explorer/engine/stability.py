@@ -1,8 +1,9 @@
 """The stability benchmark: one space with a known latency order, measured quiet, beside busy
 neighbours, and quiet again, by the sweep engine itself (machine check, thread policy, rounds).
 
-Reported (docs/benchmarks.md, "Stability"): order violations in each arm (pairs that the space's
-order says are faster-slower but were measured the other way), the loaded/quiet ratio of every
+Reported (docs/benchmarks.md, "Stability"): order violations in each arm (pairs that the known
+order says are faster-slower but were measured the other way: same encoder, knobs and resolution
+no larger, see :func:`no_costlier`; any space of size knobs works, not only the shipped one), the loaded/quiet ratio of every
 setting and their spread around the median ratio, and how far two quiet arms agree. Only the
 encoders are timed (projector and prefill are counted, not timed): the benchmark is about the timer.
 """
@@ -23,7 +24,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
 
-__all__ = ["StabilityArm", "StabilityReport", "run_stability", "order_violations", "ratio_spread", "busy_neighbours"]
+__all__ = ["Setting", "setting_label", "no_costlier", "StabilityArm", "StabilityReport", "run_stability", "order_violations", "ratio_spread", "busy_neighbours"]
 
 BUSY_LOOP = "while True:\n    pass\n"
 
@@ -44,14 +45,36 @@ def _untimed_prefill(llm: str, tokens: int, settings: Any) -> Any:
 ENCODERS_ONLY = MeasureBackend(measure_projector=_untimed_projector, measure_prefill=_untimed_prefill)
 
 
-def order_violations(latency: Mapping[tuple[float, int], float]) -> list[tuple[tuple[float, int], tuple[float, int]]]:
-    """Pairs ``(a, b)`` of ``(width, resolution)`` settings with ``a`` no wider and no larger than
-    ``b`` (and not equal) but ``latency[a] >= latency[b]``."""
-    bad = []
-    for a, b in itertools.permutations(latency, 2):
-        if a[0] <= b[0] and a[1] <= b[1] and a != b and latency[a] >= latency[b]:
-            bad.append((a, b))
-    return bad
+#: One setting of the space: ``(encoder, ((knob, value), ...) sorted, resolution)``.
+Setting = tuple[str, tuple[tuple[str, Any], ...], int]
+
+
+def setting_label(key: Setting) -> str:
+    """``fastvithd width_mult=0.5@256`` (knobs left out when the space has none)."""
+    enc, knobs, res = key
+    text = " ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in knobs)
+    return f"{enc} {text}@{res}" if text else f"{enc}@{res}"
+
+
+def no_costlier(a: Setting, b: Setting) -> bool:
+    """The known order: same encoder and knob names, every numeric knob of ``a`` at most ``b``'s
+    (others equal), resolution at most ``b``'s. Knobs that make a model bigger as they grow
+    (width, depth, MLP ratio) and resolution all do; a space whose knob works the other way (a
+    patch size) has no known order by this rule."""
+    if a[0] != b[0] or [k for k, _ in a[1]] != [k for k, _ in b[1]] or a[2] > b[2]:
+        return False
+    for (_, va), (_, vb) in zip(a[1], b[1]):
+        numeric = isinstance(va, (int, float)) and isinstance(vb, (int, float))
+        if (numeric and va > vb) or (not numeric and va != vb):
+            return False
+    return True
+
+
+def order_violations(latency: Mapping[Setting, float]) -> list[tuple[Setting, Setting]]:
+    """Pairs ``(a, b)`` with ``a`` :func:`no_costlier` than ``b`` (and not equal) but
+    ``latency[a] >= latency[b]``."""
+    return [(a, b) for a, b in itertools.permutations(latency, 2)
+            if a != b and no_costlier(a, b) and latency[a] >= latency[b]]
 
 
 def ratio_spread(numerator: Mapping[Any, float], denominator: Mapping[Any, float]) -> tuple[float, dict[Any, float]]:
@@ -87,8 +110,8 @@ class StabilityArm:
     name: str  # quiet-1, loaded, quiet-2
     neighbours: int
     threads: int
-    latency_ms: dict[tuple[float, int], float]
-    probe_units: dict[tuple[float, int], float]  # latency / reference probe, per setting
+    latency_ms: dict[Setting, float]
+    probe_units: dict[Setting, float]  # latency / reference probe, per setting
     probe_ms: float  # median probe time over the settings: how fast the machine was
     noisy: int
     contended: int
@@ -120,7 +143,7 @@ class StabilityReport:
             q1 = values["quiet-1"]
             spread, ratios = ratio_spread(values["loaded"], q1)
             fig: dict[str, Any] = {"order_violations": {n: len(order_violations(v)) for n, v in values.items()},
-                                   "loaded_over_quiet": {f"{w:g}@{r}": round(x, 3) for (w, r), x in sorted(ratios.items())},
+                                   "loaded_over_quiet": {setting_label(k): round(x, 3) for k, x in sorted(ratios.items())},
                                    "ratio_spread": spread}
             if "quiet-2" in values:
                 q2 = values["quiet-2"]
@@ -139,11 +162,11 @@ class StabilityReport:
             lines.append(f"| {a.name} | {a.neighbours} | {a.threads} | {a.machine[:60]} | {a.load_average} | "
                          f"{a.noisy} | {a.contended} | {a.other_cores:.2f} | {a.probe_ms:.3f} | {a.elapsed_s:.0f} s |")
         names = [a.name for a in self.arms]
-        lines += ["", "| width@resolution | " + " | ".join(f"{n} ms" for n in names) + " | loaded/quiet-1 | "
+        lines += ["", "| setting | " + " | ".join(f"{n} ms" for n in names) + " | loaded/quiet-1 | "
                   + " | ".join(f"{n} probe units" for n in names) + " | loaded/quiet-1 (probe) |",
                   "| --- | " + " | ".join("---" for _ in names) + " | --- | " + " | ".join("---" for _ in names) + " | --- |"]
         for k in keys:
-            label = f"{k[0]:g}@{k[1]}"
+            label = setting_label(k)
             raw = fig.get("raw", {}).get("loaded_over_quiet", {}).get(label, float("nan"))
             pr = fig.get("probe", {}).get("loaded_over_quiet", {}).get(label, float("nan"))
             lines.append(f"| {label} | " + " | ".join(f"{a.latency_ms.get(k, float('nan')):.1f}" for a in self.arms)
@@ -178,8 +201,8 @@ def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, ba
         report = run_sweep(space, settings, store, opts, backend)
         load = " ".join(f"{v:.2f}" for v in os.getloadavg())
     elapsed = time.monotonic() - t0
-    latency: dict[tuple[float, int], float] = {}
-    units: dict[tuple[float, int], float] = {}
+    latency: dict[Setting, float] = {}
+    units: dict[Setting, float] = {}
     probes: list[float] = []
     noisy = contended = 0
     others = []
@@ -187,10 +210,11 @@ def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, ba
         if rec.status != "ok":
             continue
         t = rec.payload["latency"]
-        width = float(rec.inputs["knobs"].get("width_mult", 1.0))
-        latency[(width, int(rec.inputs["resolution"]))] = float(t["median_ms"])
+        key: Setting = (str(rec.inputs["encoder"]), tuple(sorted(dict(rec.inputs["knobs"]).items())),
+                        int(rec.inputs["resolution"]))
+        latency[key] = float(t["median_ms"])
         if t.get("probe_units") is not None:
-            units[(width, int(rec.inputs["resolution"]))] = float(t["probe_units"])
+            units[key] = float(t["probe_units"])
             probes.append(float(t["probe_ms"]))
         noisy += bool(t.get("noisy"))
         contended += bool(t.get("contended"))

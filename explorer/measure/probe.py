@@ -36,6 +36,11 @@ def _probe_modules(device: str) -> tuple[nn.Module, nn.Module, torch.Tensor, tor
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     x = torch.randn(1, 32, 80, 80, generator=gen)
     y = torch.randn(192, 384, generator=gen)
+    # No gradients anywhere: the probe may run under inference mode or not (its first call may
+    # build it inside an inference-mode timing, and later calls run outside one), and autograd
+    # must never record it.
+    convs.requires_grad_(False)
+    linear.requires_grad_(False)
     return convs.to(device).eval(), linear.to(device).eval(), x.to(device), y.to(device)
 
 
@@ -44,6 +49,7 @@ def reference_probe(device: torch.device) -> Callable[[], object]:
     convs, linear, x, y = _probe_modules(str(device))
 
     def run() -> object:
-        return convs(x).sum() + linear(y).sum()
+        with torch.no_grad():
+            return convs(x).sum() + linear(y).sum()
 
     return run

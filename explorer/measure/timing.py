@@ -311,7 +311,6 @@ def _probe_caller(settings: MeasureSettings, device: torch.device, rnd: Any, thr
     if not getattr(settings, "probe", False) or device.type not in ("cpu", "cuda"):
         return None
     probe = _Sampler(fn if fn is not None else reference_probe(device), device, clock)
-    probe(1)  # built and warm before the first sample
 
     def run() -> float:
         if rnd is None:
@@ -320,4 +319,5 @@ def _probe_caller(settings: MeasureSettings, device: torch.device, rnd: Any, thr
             torch.set_num_threads(threads)
         return float(rnd.call(lambda: probe(1)))
 
+    run()  # built and warm before the first sample, the way the samples will call it
     return run
