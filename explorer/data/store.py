@@ -65,12 +65,9 @@ class _Base(DeclarativeBase):
     metadata = MetaData()
 
 
-class _Measurement(_Base):
-    __tablename__ = "measurements"
-    __table_args__ = (UniqueConstraint("kind", "key", "env_key", name="uq_measurement"),
-                      Index("ix_measurements_env", "env_key", "kind"))
+class _MeasurementColumns:
+    """The columns of one measurement, shared by the live table and its history."""
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     kind: Mapped[str] = mapped_column(String(16))
     key: Mapped[str] = mapped_column(String(64))
     env_key: Mapped[str] = mapped_column(String(64))
@@ -84,7 +81,15 @@ class _Measurement(_Base):
     duration_s: Mapped[float] = mapped_column(Float)
 
 
-class _MeasurementHistory(_Base):
+class _Measurement(_MeasurementColumns, _Base):
+    __tablename__ = "measurements"
+    __table_args__ = (UniqueConstraint("kind", "key", "env_key", name="uq_measurement"),
+                      Index("ix_measurements_env", "env_key", "kind"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+
+
+class _MeasurementHistory(_MeasurementColumns, _Base):
     """A measurement row as it was before a later measurement of the same (kind, key, env_key)
     replaced it: the columns of ``measurements`` (``measurement_id`` is the id of the row it was
     replaced in) plus ``superseded_at``. Rows are only ever added."""
@@ -94,17 +99,6 @@ class _MeasurementHistory(_Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     measurement_id: Mapped[int] = mapped_column(Integer)
-    kind: Mapped[str] = mapped_column(String(16))
-    key: Mapped[str] = mapped_column(String(64))
-    env_key: Mapped[str] = mapped_column(String(64))
-    environment: Mapped[Any] = mapped_column(JSON)
-    inputs: Mapped[Any] = mapped_column(JSON)
-    payload: Mapped[Optional[Any]] = mapped_column(JSON, nullable=True)
-    status: Mapped[str] = mapped_column(String(16))
-    error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime)
-    finished_at: Mapped[datetime] = mapped_column(DateTime)
-    duration_s: Mapped[float] = mapped_column(Float)
     superseded_at: Mapped[datetime] = mapped_column(DateTime)
 
 
