@@ -22,6 +22,7 @@ from explorer.engine.options import SearchOptions, SweepOptions
 from explorer.engine.search.evaluate import PointEvaluator, check_search_sweep_options
 from explorer.engine.search.objectives import SearchConstraints, SearchError, finite, has_accuracy, resolve_objectives
 from explorer.engine.search.params import ParamSpace
+from explorer.engine.sweep.machine import machine_policy
 from explorer.engine.search.report import SearchReport, SearchSetup
 from explorer.engine.search.study import (SET_CONSTRAINT, check_study, counts_toward_total, default_study_name,
                                           fail_abandoned, make_sampler, optuna_storage, study_summary)
@@ -101,13 +102,20 @@ def run_search(space: Union[Space, str, Any], settings: Any = None, store: Union
     constraints, study name); ``sweep``: the sweep engine's options for each point (isolation,
     timeout, retry_failed; ``sweep.progress`` shows a bar over trials). A resumed run uses
     ``seed`` + the number of trials already finished, so it does not replay the first run's
-    proposals. Raises :class:`SearchError` or :class:`~explorer.data.space.SpaceError` before any
+    proposals. The machine is checked once, before the first trial, as a sweep checks it
+    (:func:`explorer.engine.sweep.machine.machine_policy`). Raises :class:`SearchError` or :class:`~explorer.data.space.SpaceError` before any
     work on bad input.
     """
     t0 = time.monotonic()
     check_search_sweep_options(sweep)
     space = resolve_space(space, backend)
     owned = not isinstance(store, Store)
+    if settings is None:
+        settings = default_settings(space)
+    elif hasattr(settings, "validate"):
+        settings.validate()
+    # the look at the machine, once for the whole search (threads from the free cores, warning)
+    settings = machine_policy(settings, sweep, backend).settings
     # validate before creating a database file for a search that cannot run
     setup = prepare_search(space, settings, None if owned else store, options, backend)
     st: Store = store if isinstance(store, Store) else Store(store or f"results/{space.name}")
