@@ -58,7 +58,7 @@ def test_report_figures_from_medians_and_probe_units():
     q2[key(1.0, 256)] = q1[key(1.0, 256)] * 1.2  # the host ran slower for this one
     units = grid(lambda w, r: w * r / 10)
     report = StabilityReport(arms=[_arm("quiet-1", q1, units), _arm("loaded", loaded, units),
-                                   _arm("quiet-2", q2, units)], command="x", threads_setting=None)
+                                   _arm("quiet-2", q2, units)], command="x")
     fig = report.figures()
     assert fig["raw"]["ratio_spread"] == pytest.approx(0.0)
     assert fig["raw"]["quiet_agreement_max"] == pytest.approx(0.2)

@@ -10,7 +10,6 @@ encoders are timed (projector and prefill are counted, not timed): the benchmark
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import statistics
 import subprocess
@@ -19,7 +18,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional
 
 from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
@@ -126,7 +125,6 @@ class StabilityArm:
 class StabilityReport:
     arms: list[StabilityArm]
     command: str
-    threads_setting: Optional[int]
 
     def arm(self, name: str) -> StabilityArm:
         return next(a for a in self.arms if a.name == name)
@@ -186,7 +184,6 @@ class StabilityReport:
 
 
 def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, backend: MeasureBackend) -> StabilityArm:
-    from explorer.data import results
     from explorer.data.store import Store
     from explorer.engine.sweep import run_sweep
 
@@ -247,8 +244,4 @@ def run_stability(space: Any = "stability", settings: Any = None, neighbours: in
             arms.append(arm)
             if on_arm is not None:
                 on_arm(arm)
-    return StabilityReport(arms=arms, command=command, threads_setting=getattr(settings, "threads", None))
-
-
-def figures_json(report: StabilityReport) -> str:
-    return json.dumps(report.figures(), indent=2, sort_keys=True)
+    return StabilityReport(arms=arms, command=command)

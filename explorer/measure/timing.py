@@ -135,8 +135,8 @@ _GC_DEPTH = [0, False]  # [timings in progress, was the collector enabled before
 def gc_paused() -> Iterator[None]:
     """Collect once, then keep the collector off; always restore its previous state.
 
-    Nested and concurrent uses (interleaved timings run in threads) share one pause: the first
-    collects and disables, the last restores.
+    Nested and overlapping uses (interleaved timings, each open across its turns) share one
+    pause: the first collects and disables, the last restores.
     """
     with _GC_LOCK:
         if _GC_DEPTH[0] == 0:
@@ -245,12 +245,7 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
             return sampler(reps)
     else:
         def call(reps: int) -> float:
-            # Other tasks ran since the last turn: this one's thread count, and inference mode
-            # around the call itself (a context left open across turns would be closed by
-            # whichever task ends first).
-            if threads is not None and torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)
-            return float(rnd.call(lambda: sampler(reps)))
+            return _in_round(rnd, threads, lambda: sampler(reps))
     with contextlib.ExitStack() as stack:
         if rnd is None:
             stack.enter_context(thread_scope(settings))
@@ -305,6 +300,15 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
     return summarize(samples, noisy=not ok, meter=meter, probes_ms=probes or None)
 
 
+def _in_round(rnd: Any, threads: Optional[int], fn: Callable[[], float]) -> float:
+    """One timed call under a round. Other tasks ran since the last turn: set this one's thread
+    count again, and enter inference mode around the call itself (``Round.call``; a context left
+    open across turns would be closed by whichever task ends first)."""
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return float(rnd.call(fn))
+
+
 def _probe_caller(settings: MeasureSettings, device: torch.device, rnd: Any, threads: Optional[int],
                   fn: Optional[Callable[[], Any]], clock: Callable[[], int]) -> Optional[Callable[[], float]]:
     """One timed call of the reference probe (ms), with the measurement's threads; None when off."""
@@ -313,11 +317,7 @@ def _probe_caller(settings: MeasureSettings, device: torch.device, rnd: Any, thr
     probe = _Sampler(fn if fn is not None else reference_probe(device), device, clock)
 
     def run() -> float:
-        if rnd is None:
-            return probe(1)
-        if threads is not None and torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
-        return float(rnd.call(lambda: probe(1)))
+        return probe(1) if rnd is None else _in_round(rnd, threads, lambda: probe(1))
 
     run()  # built and warm before the first sample, the way the samples will call it
     return run

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Optional
 
-__all__ = ["LARGE_RESOLUTION", "largest_tensor_bytes", "available_memory_bytes"]
+__all__ = ["LARGE_RESOLUTION", "DTYPE_BYTES", "largest_tensor_bytes", "available_memory_bytes"]
 
 #: Encoders are checked for memory from this input resolution up (below it nothing comes close).
 LARGE_RESOLUTION: int = 2048
 
-_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def largest_tensor_bytes(family: str, knobs: Mapping[str, Any], resolution: int, batch: int, dtype: str) -> float:
@@ -43,7 +43,7 @@ def largest_tensor_bytes(family: str, knobs: Mapping[str, Any], resolution: int,
     finally:
         for h in handles:
             h.remove()
-    return float(largest[0]) * _DTYPE_BYTES.get(dtype, 4)
+    return float(largest[0]) * DTYPE_BYTES.get(dtype, 4)
 
 
 def available_memory_bytes(settings: Any) -> Optional[float]:

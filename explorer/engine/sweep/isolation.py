@@ -83,6 +83,11 @@ def _payload(cost: Any) -> dict[str, Any]:
     raise TypeError(f"a measure function returned {type(cost).__name__}; expected a cost dataclass")
 
 
+def _failure(exc: BaseException) -> Outcome:
+    """The stored outcome of a measurement that raised ``exc``."""
+    return Outcome(_classify(exc), None, _error_text(exc))
+
+
 def _free_memory(collect: bool) -> None:
     """Release what a measurement left behind (a full collection only after a failure: the
     traceback keeps the model alive, and gc.collect costs ~0.5 s once torch is loaded)."""
@@ -127,7 +132,7 @@ class InlineRunner:
         except BaseException as exc:  # noqa: BLE001 - every failure is data, the sweep goes on
             if isinstance(exc, (SystemExit, GeneratorExit)):
                 raise
-            return Outcome(_classify(exc), None, _error_text(exc))
+            return _failure(exc)
         finally:
             if use_alarm:
                 signal.setitimer(signal.ITIMER_REAL, 0)
@@ -138,7 +143,7 @@ class InlineRunner:
                   seed: int = 0) -> Optional[list[Outcome]]:
         """Run ``calls`` interleaved in shuffled rounds (:func:`explorer.measure.interleave.run_interleaved`).
 
-        With ``alarm`` the calls run one at a time instead (a SIGALRM cannot stop one thread of
+        With ``alarm`` the calls run one at a time instead (a SIGALRM cannot stop one member of
         an interleaved group), each with its own timeout. Never None here (see ProcessRunner).
         """
         if self.alarm or len(calls) == 1:
@@ -156,7 +161,7 @@ class InlineRunner:
                 if isinstance(r.error, KeyboardInterrupt):
                     raise r.error
                 failed = True
-                outcomes.append(Outcome(_classify(r.error), None, _error_text(r.error)))
+                outcomes.append(_failure(r.error))
             return outcomes
         finally:
             _free_memory(collect=failed)
@@ -265,25 +270,34 @@ class ProcessRunner:
             self._kill()
             self._start()
 
-    def run(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: Optional[float]) -> Outcome:
+    def _send_and_wait(self, message: tuple[Any, ...], timeout: Optional[float]) -> tuple[str, Any]:
+        """Send ``message`` to the worker and wait for its reply: ``("reply", reply)``, or
+        ``("died", outcome of _died())``, or ``("timeout", None)`` after killing the worker."""
         self.ensure_started()
         self._oom_before = oom_kill_count()
-        self.conn.send(("call", fn, args))
+        self.conn.send(message)
         deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
         while True:
             wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
             if self.conn.poll(wait):
                 try:
-                    status, payload, error = self.conn.recv()
+                    return "reply", self.conn.recv()
                 except (EOFError, OSError):
-                    return self._died()
-                return Outcome(status, payload, error)
+                    return "died", self._died()
             if not self.proc.is_alive():
-                return self._died()
+                return "died", self._died()
             if deadline is not None and time.monotonic() >= deadline:
                 self._kill()
-                return Outcome("timeout", None, f"MeasurementTimeout: measurement exceeded its timeout of "
-                                                 f"{timeout:g} s (worker process killed)")
+                return "timeout", None
+
+    def run(self, fn: Callable[..., Any], args: tuple[Any, ...], timeout: Optional[float]) -> Outcome:
+        what, reply = self._send_and_wait(("call", fn, args), timeout)
+        if what == "reply":
+            return Outcome(*reply)
+        if what == "died":
+            return reply
+        return Outcome("timeout", None, f"MeasurementTimeout: measurement exceeded its timeout of "
+                                         f"{timeout:g} s (worker process killed)")
 
     def run_group(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], timeout: Optional[float],
                   seed: int = 0) -> Optional[list[Outcome]]:
@@ -295,25 +309,8 @@ class ProcessRunner:
         if len(calls) == 1:
             fn, args = calls[0]
             return [self.run(fn, args, timeout)]
-        self.ensure_started()
-        self._oom_before = oom_kill_count()
-        self.conn.send(("group", list(calls), seed))
-        deadline = None if timeout is None or timeout <= 0 else time.monotonic() + timeout
-        while True:
-            wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
-            if self.conn.poll(wait):
-                try:
-                    replies = self.conn.recv()
-                except (EOFError, OSError):
-                    self._died()
-                    return None
-                return [Outcome(*r) for r in replies]
-            if not self.proc.is_alive():
-                self._died()
-                return None
-            if deadline is not None and time.monotonic() >= deadline:
-                self._kill()
-                return None
+        what, replies = self._send_and_wait(("group", list(calls), seed), timeout)
+        return [Outcome(*r) for r in replies] if what == "reply" else None
 
     def _died(self) -> Outcome:
         code = self.proc.exitcode if self.proc is not None else None

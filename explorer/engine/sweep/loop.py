@@ -81,13 +81,13 @@ def measurement_groups(todo: Sequence[Job], plan: SweepPlan, size: int, settings
     them, and for encoders and projectors parameters within :data:`GROUP_MEMORY_SHARE` of the
     available memory. Encoders come first, then projectors, then prefills, each in plan order.
     """
-    from explorer.engine.sweep.footprint import available_memory_bytes
+    from explorer.engine.sweep.footprint import DTYPE_BYTES, available_memory_bytes
 
     if size <= 1:
         return [[j] for j in todo]
     free = available_memory_bytes(settings) if hasattr(settings, "resolve_device") else None
     budget = GROUP_MEMORY_SHARE * free if free else float("inf")
-    elt = {"float16": 2, "bfloat16": 2}.get(str(getattr(settings, "dtype", "float32")), 4)
+    elt = DTYPE_BYTES.get(str(getattr(settings, "dtype", "float32")), 4)
     by_kind: dict[tuple[str, str], list[Job]] = {}
     for j in todo:
         by_kind.setdefault((j.kind, str(j.inputs.get("llm", "")) if j.kind == "prefill" else ""), []).append(j)

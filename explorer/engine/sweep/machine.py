@@ -58,7 +58,7 @@ def machine_policy(settings: Any, options: SweepOptions, backend: MeasureBackend
     from explorer.measure.contention import busy_warning, check_machine
 
     device = settings.resolve_device()
-    cuda = device.index or 0 if device.type == "cuda" else None
+    cuda = (device.index or 0) if device.type == "cuda" else None
     load = (check or check_machine)(window_s=CHECK_WINDOW_S, cuda_device=cuda)
     chosen = settings
     environ: dict[str, str] = {}
