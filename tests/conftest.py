@@ -7,6 +7,15 @@ import torch
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread (bit-exact comparisons, shared CI cores); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def randomize_batchnorm_and_scales(model: torch.nn.Module, seed: int = 0) -> None:
     """Make folding non-trivial: random BN statistics/affine and O(1) layer scales."""
     g = torch.Generator().manual_seed(seed)

@@ -10,12 +10,7 @@ from explorer.train.inherit import inherit_encoder, kept_blocks
 PARENT = {"depths": [2, 2, 4, 2, 2], "widths": [16, 32, 64, 64, 128], "head_dim": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-exact comparisons on shared CI cores
 
 
 def _parent() -> torch.nn.Module:

@@ -29,12 +29,7 @@ TINY_MCI2 = {"depths": [1, 1, 1, 2], "widths": [8, 16, 32, 32], "head_dim": 16}
 FASTVLM_PREFIX = "model.vision_tower.vision_tower.model."
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-exact comparisons on shared CI cores
 
 
 def _randomise(model: torch.nn.Module, seed: int) -> None:

@@ -33,12 +33,7 @@ TINY = {"depths": [1, 1, 1, 1, 1], "widths": [8, 16, 16, 32, 32], "head_dim": 16
 WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-exact comparisons on shared CI cores
 
 
 def _config(root: Path, name: str, **overrides: Any) -> dict[str, Any]:

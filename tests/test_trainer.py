@@ -25,13 +25,7 @@ from explorer.train.vlm import IGNORE_INDEX, VLM, CharCodec, DecoderConfig, Tiny
 TINY_KNOBS: dict[str, Any] = {"depths": [1, 1, 1, 1, 1], "widths": [8, 16, 16, 32, 32], "head_dim": 16}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Bit-exact comparisons and shared CI cores: run the trainer tests on one thread."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # bit-exact comparisons on shared CI cores
 
 
 def tiny(tmp_path: Path, name: str = "run", **overrides: Any) -> TrainConfig:
