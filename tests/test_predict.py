@@ -215,6 +215,64 @@ def test_fit_recovers_the_times_of_a_known_device():
     assert compute["matmul"] == pytest.approx(0.8, rel=0.05) and compute["conv_dense"] == pytest.approx(0.3, rel=0.05)
 
 
+def test_split_validate_recovers_a_known_device_and_scores_ttft_from_the_factors():
+    from explorer.predict.validate import split_validate
+
+    true = profile_from_dict(_hand_profile(efficiency={
+        "source": "truth", "compute": {"conv_dense": 0.4, "conv_grouped": 0.1, "matmul": 0.7, "attention": 0.5},
+        "memory": {"conv_dense": 1.0, "conv_grouped": 1.0, "matmul": 1.0, "attention": 1.0, "norm": 1.0,
+                   "elementwise": 0.5, "copy": 1.0}}, overhead_s={"value": 4e-6, "source": "truth"}))
+    prior = profile_from_dict(_hand_profile())
+    obs, rows, factors = [], [], {}
+    proj = trace_callable(torch.mm, _x(64, 256), _x(256, 256))
+    pre = trace_callable(torch.mm, _x(512, 512), _x(512, 512))
+    for name, t in (("projector", proj), ("prefill", pre)):
+        obs.append(Observation(name, name, name, name, t, predict_trace(t, true).seconds, 0.0, 0.0))
+    for i, c in enumerate((4, 8, 12, 16, 24, 32)):
+        t = trace_module(_meta(nn.Sequential(nn.Conv2d(c, 2 * c, 3), nn.GELU())), _x(1, c, 48, 48))
+        obs.append(Observation("encoder", f"e{i}", f"conv{c}@48", "conv", t, predict_trace(t, true).seconds, 0.0, 0.0))
+        total_ms = sum(o.seconds for o in (obs[-1], obs[0], obs[1])) * 1e3
+        # ttft_ms as a results table may hold it: with 1000 ms of preprocessing the model never predicts
+        rows.append({"point_key": f"p{i}", "encoder": "conv", "knobs": "{}", "resolution": 48, "llm": "l",
+                     "ttft_ms": total_ms + 1000.0})
+        factors[f"p{i}"] = [f"e{i}", "projector", "prefill"]
+    res = split_validate(obs, pd.DataFrame(rows), factors, prior, "float32", fraction=0.5, seed=0,
+                         options=FitOptions(noise_sigma=0.01, iterations=200))
+    s = res.summary()
+    assert s["calibration_points"] == 3 and s["held_out_points"] == 3
+    assert s["ttft"]["median_abs"] < 0.02 and s["encoder"]["max_abs"] < 0.05
+    by_key = {o.key: o.seconds * 1e3 for o in obs}
+    for _, r in res.points.iterrows():  # measured TTFT = the three observations, never the table's ttft_ms
+        assert r.measured_ms == pytest.approx(sum(by_key[k] for k in factors[r.point_key]))
+
+
+def test_probe_speed_rescales_each_median_to_the_runs_median_machine_speed(tmp_path: Path):
+    from explorer.data.store import MeasurementRecord, Store
+    from explorer.measure.settings import MeasureSettings, settings_digest
+    from explorer.predict.observations import observations_from_store
+
+    env = {"device": "cpu-x", "device_type": "cpu", "dtype": "float32", "threads": 1, "torch_version": "t",
+           "settings_digest": settings_digest(MeasureSettings(device="cpu"))}
+    store = Store(tmp_path / "s.db")
+    # the same projector timed three times (keys differ by token count) while the machine ran at
+    # probe times 2, 4 and 8 ms; probe_units = median / probe
+    for tokens, median, probe in ((16, 10.0, 2.0), (32, 30.0, 4.0), (64, 40.0, 8.0)):
+        store.save_measurement(MeasurementRecord(
+            kind="projector", key=f"proj{tokens}", env_key="env", environment=env,
+            inputs={"in_channels": 64, "hidden": 32, "tokens": tokens}, status="ok",
+            payload={"latency": {"median_ms": median, "p10_ms": median * 0.9, "p90_ms": median * 1.1,
+                                 "probe_ms": probe, "probe_units": median / probe}}))
+    measured, _, _ = observations_from_store(store)
+    scaled, _, _ = observations_from_store(store, speed="probe")
+    store.close()
+    assert [o.seconds * 1e3 for o in measured] == pytest.approx([10.0, 30.0, 40.0])
+    # the median probe is 4 ms: 10/2*4, 30/4*4, 40/8*4
+    assert [o.seconds * 1e3 for o in scaled] == pytest.approx([20.0, 30.0, 20.0])
+    assert scaled[0].p90_s * 1e3 == pytest.approx(22.0)
+    with pytest.raises(ValueError, match="invalid speed='fast'"):
+        observations_from_store(tmp_path / "s.db", speed="fast")
+
+
 def test_spearman_and_error_summary_by_hand():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)

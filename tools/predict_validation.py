@@ -80,13 +80,15 @@ def main(argv: list[str]) -> int:
     ap.add_argument("stores", nargs="+")
     ap.add_argument("--base", default=None, help="base profile (default: the stored roof profile next to the store)")
     ap.add_argument("--splits", type=int, default=10)
+    ap.add_argument("--speed", default="measured", choices=["measured", "probe"],
+                    help="probe: each median rescaled to the run's median machine speed (explorer.predict.observations)")
     ap.add_argument("--show", action="store_true", help="print the held-out rows of split 0")
     args = ap.parse_args(argv)
     base = load_profile(args.base)
     runs = []
     for path in args.stores:
         st = Store(path if "://" in path else f"sqlite:///{path}/store.db", create=False)
-        obs, env_key, env = observations_from_store(st)
+        obs, env_key, env = observations_from_store(st, speed=args.speed)
         points, factors = point_table(st)
         dtype = env["dtype"]
         print(f"store {path}: {len(obs)} measurements, {len(points)} points, env {env_key} ({env['device']}, "

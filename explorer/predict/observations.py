@@ -3,9 +3,17 @@
 Each ``ok`` measurement in a store (an encoder at a resolution, a projector, a prefill) becomes an
 :class:`Observation`: the factor's trace on ``meta`` (in the measurement's dtype) and its
 measured median. Values from different environments are never mixed: one environment is chosen.
+
+``speed="probe"`` rescales every median to one machine speed: each timing carries the reference
+probe's time beside its samples (``explorer.measure.probe``; ``probe_units`` = median of sample /
+probe), so ``probe_units x`` the environment's median probe time is the value the measurement
+would have had had the machine run at its median speed throughout. On a host whose speed moves
+on its own (docs/benchmarks.md, "host drift") this removes the drift between measurements before
+a model is fitted to them; values timed without the probe stay as measured.
 """
 from __future__ import annotations
 
+import statistics
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
@@ -94,25 +102,44 @@ def _label(record: MeasurementRecord) -> tuple[str, str]:
     return f"{inp['llm']} prefill x{inp['tokens']}", str(inp["llm"])
 
 
+SPEEDS = ("measured", "probe")
+
+
 def observations_from_store(store: Union[Store, str], env_key: Optional[str] = None,
-                            kinds: tuple[str, ...] = ("encoder", "projector", "prefill")) -> tuple[list[Observation], str, dict[str, Any]]:
-    """Every ok, timed measurement of one environment, with its trace; and that environment."""
+                            kinds: tuple[str, ...] = ("encoder", "projector", "prefill"),
+                            speed: str = "measured") -> tuple[list[Observation], str, dict[str, Any]]:
+    """Every ok, timed measurement of one environment, with its trace; and that environment.
+
+    ``speed``: ``measured`` (the medians as timed) or ``probe`` (each rescaled to the
+    environment's median machine speed; see the module docstring).
+    """
+    if speed not in SPEEDS:
+        raise ValueError(f"invalid speed={speed!r}: one of {', '.join(map(repr, SPEEDS))}")
     st = _open(store)
     key, environment = choose_environment(st, env_key)
     batch, reparam = _digest_settings(environment)
     dtype = str(environment.get("dtype", "float32"))
-    out: list[Observation] = []
+    timed = []
     for rec in st.measurements(env_key=key):
         if rec.status != "ok" or rec.kind not in kinds:
             continue
         lat = (rec.payload or {}).get("latency")
-        if not isinstance(lat, Mapping) or lat.get("median_ms") is None:
-            continue
+        if isinstance(lat, Mapping) and lat.get("median_ms") is not None:
+            timed.append((rec, lat))
+    probes = [float(lat["probe_ms"]) for _, lat in timed if lat.get("probe_ms") and lat.get("probe_units")]
+    reference = statistics.median(probes) if probes else None
+    out: list[Observation] = []
+    for rec, lat in timed:
+        scale = 1.0
+        if speed == "probe" and reference is not None and lat.get("probe_ms") and lat.get("probe_units"):
+            # probe_units * reference = the median at the reference speed; p10/p90 scale alike
+            scale = float(lat["probe_units"]) * reference / float(lat["median_ms"])
         label, family = _label(rec)
         out.append(Observation(kind=rec.kind, key=rec.key, label=label, family=family,
                                trace=trace_of(rec, dtype, batch if rec.kind == "encoder" else 1, reparam),
-                               seconds=float(lat["median_ms"]) / 1e3, p10_s=float(lat.get("p10_ms") or lat["median_ms"]) / 1e3,
-                               p90_s=float(lat.get("p90_ms") or lat["median_ms"]) / 1e3))
+                               seconds=scale * float(lat["median_ms"]) / 1e3,
+                               p10_s=scale * float(lat.get("p10_ms") or lat["median_ms"]) / 1e3,
+                               p90_s=scale * float(lat.get("p90_ms") or lat["median_ms"]) / 1e3))
     if not out:
         raise ValueError(f"store {st.url}, environment {key}: no timed measurement to calibrate on")
     return out, key, environment
