@@ -43,6 +43,11 @@ RESULTS_DB = None            # None: RESULTS_DIR/<SPACE>/store.db (what `python 
 WRITE_FIGURES = None         # None: only if $EXPLORER_WRITE_FIGURES=1; writes docs/figures/fastvlm_figure_reproduced.png
 METRIC = "avg5"              # the README figure's metric
 BASE = ("fastvithd", 256)    # TTFTs are also shown relative to this point, on each device
+RUNTIMES = ["eager", "onnxruntime", "compile"]  # what runs the encoder and projector (measure.runtime)
+RUNTIME_POINTS = {"siglip_so400m": [384], "fastvithd": [256, 1024],
+                  "vit_l14_clip": [336]}  # the points measured under each runtime other than eager
+QUICK_RUNTIMES = []          # QUICK: runtimes measured when the database holds none (ONNX export and inductor take minutes)
+HEADLINE = (("siglip_so400m", 384), ("fastvithd", 1024))  # the paper's 3.2x
 
 # %%
 # Setup: imports, paths and environment overrides (EXPLORER_QUICK, EXPLORER_RESULTS_DIR, EXPLORER_WRITE_FIGURES).
@@ -54,9 +59,10 @@ import plotly.graph_objects as go
 from IPython.display import Markdown, display
 
 from explorer.analysis import plots
-from explorer.analysis.findings import compare_ratios, environment_text, point_name, split_complete
+from explorer.analysis.findings import closest_runtime, compare_ratios, environment_text, point_name, \
+    runtime_ratios, split_complete
 from explorer.engine.notebook_run import QUICK_TIMING, env_flag, export_figure, quick_settings, read_or_measure, \
-    resolve_paths
+    resolve_paths, stored_runtimes
 from explorer.analysis.pareto import pareto_front
 from explorer.data.reference import attach_accuracy, load_references
 from explorer.data.space import encoder_shape, enumerate_points, load_space
@@ -214,6 +220,42 @@ display(Markdown(
     + "\n".join(notes)))
 
 # %% [markdown]
+# ## The ratios per runtime
+#
+# The paper ran its encoders through CoreML, not eager PyTorch. Here the encoder and projector of
+# `RUNTIME_POINTS` are measured again under each of `RUNTIMES` (`measure.runtime`: a fixed-shape
+# ONNX export run by ONNX Runtime, or torch.compile; each checked against eager within 1e-4 before
+# it is timed), each runtime in its own environment of the same database. The prefill is the same
+# transformers model in every environment (compiled with `compile`). `closest` names the runtime
+# whose TTFT ratio is nearest the paper's.
+
+# %%
+runtime_space = dataclasses.replace(full, encoders=tuple(
+    dataclasses.replace(e, resolutions=tuple(r for r in e.resolutions if r in RUNTIME_POINTS.get(e.family, ())))
+    for e in full.encoders if any(r in RUNTIME_POINTS.get(e.family, ()) for r in e.resolutions)))
+stored = stored_runtimes(PATHS.results_db)
+by_runtime = {"eager": ours}
+left_out = []
+for runtime in RUNTIMES:
+    if runtime == "eager":
+        continue
+    if QUICK and runtime not in stored and runtime not in QUICK_RUNTIMES:
+        left_out.append(runtime)
+        continue
+    rt_rows, rt_source = read_or_measure(runtime_space, runtime_space, PATHS, quick_mode=QUICK, runtime=runtime)
+    rt_done, _ = split_complete(rt_rows)
+    by_runtime[runtime] = rt_done.set_index(["encoder", "resolution"])
+    print(f"{runtime}: {len(rt_done)} complete design points from {rt_source}")
+runtime_table = runtime_ratios(by_runtime, paper.to_dict(), PAIRS)
+display(runtime_table.round(2))
+display(Markdown(
+    closest_runtime(by_runtime, paper.to_dict(), HEADLINE)
+    + ("" if not left_out else
+       f"\n\nNot measured in QUICK mode: {', '.join(left_out)} (an ONNX export or an inductor compile takes minutes "
+       "per encoder). Measure them with `QUICK = False`, or sweep the space with `measure.runtime=...` into the "
+       "results database, and run this notebook again.")))
+
+# %% [markdown]
 # ## Checks
 
 # %%
@@ -238,6 +280,10 @@ assert paper[("vit_l14_clip", 336)] > paper[("fastvithd", 256)]
 if not ours.loc[("vit_l14_clip", 336), "ttft_ms"] > fast["ttft_ms"]:
     print("note: in this run ViT-L/14@336 timed faster than FastViTHD@256 despite ~12x the FLOPs: "
           "the timings are too noisy to compare (re-run with QUICK = False on an idle machine)")
+# every runtime column holds the ratios of its own rows, and `closest` is one of the runtimes measured
+for runtime, rows_rt in by_runtime.items():
+    assert rows_rt["runtime"].eq(runtime).all(), f"{runtime} rows come from another runtime's environment"
+assert set(runtime_table["closest"]) <= set(by_runtime) | {""}
 # the paper's ratios were computed from its readings, and ours from this run, for every measured pair
 measured_pairs = ratio_table[ratio_table["our TTFT ratio"].notna()]
 assert len(measured_pairs) >= 3 and ratio_table["paper TTFT ratio"].gt(0).all()

@@ -6,7 +6,7 @@ import math
 import pandas as pd
 import pytest
 
-from explorer.analysis.findings import (Crossing, budget_answer, compare_ratios, environment_text, nice_ceil, point_name,
+from explorer.analysis.findings import (Crossing, budget_answer, closest_runtime, compare_ratios, runtime_ratios, environment_text, nice_ceil, point_name,
                                ratio_text, share_crossings, share_sentence, split_complete, ttft_budgets)
 
 
@@ -135,3 +135,43 @@ def test_compare_ratios_agreement_within_noise():
 
 def test_ratio_text():
     assert ratio_text(2.345) == "2.3x" and ratio_text(12.6) == "13x"
+
+
+def _runtime_rows(siglip_enc: float, fast_enc: float) -> pd.DataFrame:
+    # SigLIP@384 and FastViTHD@1024 with a 100 ms and a 40 ms prefill and a 1 ms projector each
+    return pd.DataFrame([
+        {"encoder": "siglip_so400m", "resolution": 384, "encoder_latency_ms": siglip_enc,
+         "prefill_latency_ms": 100.0, "ttft_ms": siglip_enc + 101.0},
+        {"encoder": "fastvithd", "resolution": 1024, "encoder_latency_ms": fast_enc,
+         "prefill_latency_ms": 40.0, "ttft_ms": fast_enc + 41.0},
+    ]).set_index(["encoder", "resolution"])
+
+
+def test_runtime_ratios_and_the_closest_runtime_by_hand():
+    pair = (("siglip_so400m", 384), ("fastvithd", 1024))
+    paper = {("siglip_so400m", 384): 535.0, ("fastvithd", 1024): 165.0, ("vit_l14_clip", 336): 255.0}
+    by_runtime = {"eager": _runtime_rows(399.0, 259.0),        # TTFT 500 / 300
+                  "onnxruntime": _runtime_rows(499.0, 159.0)}  # TTFT 600 / 200
+    table = runtime_ratios(by_runtime, paper, [pair, (("vit_l14_clip", 336), ("fastvithd", 1024))])
+    assert list(table.columns) == ["pair", "paper", "eager", "onnxruntime", "closest"]
+    first = table.iloc[0]
+    assert first["paper"] == pytest.approx(535 / 165)
+    assert first["eager"] == pytest.approx(500 / 300) and first["onnxruntime"] == pytest.approx(3.0)
+    assert first["closest"] == "onnxruntime"  # 3.0 is nearer 3.24 than 1.67
+    second = table.iloc[1]  # ViT-L/14 measured by neither runtime
+    assert math.isnan(second["eager"]) and math.isnan(second["onnxruntime"]) and second["closest"] == ""
+
+    text = closest_runtime(by_runtime, paper, pair)
+    # listed nearest first; encoder ratios 499/159 = 3.1x and 399/259 = 1.5x; prefill 140/800 and 140/800
+    assert text.startswith("**SigLIP-SO400M@384 vs FastViTHD@1024**: the paper has 3.2x; here onnxruntime 3.0x "
+                           "(encoders 3.1x, prefill 18% of the two TTFTs); eager 1.7x (encoders 1.5x, prefill 18%")
+    assert "**onnxruntime** comes closest (3.0x, 7% below the paper)" in text
+    assert "because it runs FastViTHD@1024's encoder faster relative to SigLIP-SO400M@384's" in text
+    assert "the prefills, which no encoder runtime changes, take 18% of the two TTFTs" in text
+
+    only = closest_runtime({"eager": by_runtime["eager"]}, paper, pair)
+    assert only.endswith("the only runtime measured for this pair.")
+    none = closest_runtime({"eager": by_runtime["eager"].iloc[:1]}, paper, pair)
+    assert none == "**SigLIP-SO400M@384 vs FastViTHD@1024** (paper 3.2x): not measured under any runtime here (eager ran)."
+    with pytest.raises(ValueError, match="at least one runtime"):
+        runtime_ratios({}, paper, [pair])

@@ -10,7 +10,7 @@ import pytest
 import sweep_fakes as F
 from explorer.engine.options import SweepOptions
 from explorer.engine.notebook_run import (QUICK_TIMING, env_flag, export_figure, quick_settings, read_or_measure,
-                                   resolve_paths)
+                                   resolve_paths, runtime_environment, stored_runtimes)
 from explorer.data.space import load_space
 from explorer.data.store import Store
 
@@ -79,7 +79,7 @@ def test_quick_measures_the_subset_into_its_own_database_then_reads_the_full_one
     rows, source = read_or_measure(full, quick, paths, quick_mode=True, log=lines.append, **FAKE_OPTIONS)
     assert sum(F.CALLS.values()) == 0 and source == f"{paths.results_db} (read)"
     assert sorted(rows["resolution"]) == [64, 128]
-    assert lines[-1] == f"read 2 of the 2 design points from {paths.results_db}; nothing measured"
+    assert lines[-1] == f"read 2 of the 2 design points (eager) from {paths.results_db}; nothing measured"
     # and the full sweep resumes: nothing left to measure
     rows, _ = read_or_measure(full, quick, paths, quick_mode=False, log=lines.append, **FAKE_OPTIONS)
     assert sum(F.CALLS.values()) == 0 and len(rows) == 2
@@ -92,8 +92,50 @@ def test_quick_with_a_database_of_other_points_measures_the_subset(tmp_path):
     Store(paths.results_db).close()  # exists, holds nothing of this space
     lines: list[str] = []
     rows, source = read_or_measure(full, quick, paths, quick_mode=True, log=lines.append, **FAKE_OPTIONS)
-    assert lines[0] == f"{paths.results_db} holds none of these design points: measuring the QUICK subset instead"
+    assert lines[0] == (f"{paths.results_db} holds none of these design points under runtime 'eager': "
+                        "measuring the QUICK subset instead")
     assert list(rows["resolution"]) == [64] and "QUICK timing caps" in source
+
+
+@dataclasses.dataclass(frozen=True)
+class _RuntimeEnv:
+    """A fake environment that, like the real one, records the runtime and keys on it."""
+
+    runtime: str
+
+    @property
+    def key(self) -> str:
+        return f"fake-{self.runtime}"
+
+    def to_dict(self) -> dict:
+        return {**F.FakeEnv().to_dict(), "runtime": self.runtime}
+
+
+def test_each_runtime_is_measured_into_and_read_from_its_own_environment(tmp_path):
+    full, quick = _spaces()
+    paths = resolve_paths("toy", results_dir=tmp_path, environ={}, root=tmp_path)
+    kw = dict(options=SweepOptions(isolation="inline", progress=False),
+              backend=F.backend(environment=lambda settings: _RuntimeEnv(settings.runtime)), log=lambda _: None)
+    assert stored_runtimes(paths.results_db) == []
+    F.CALLS.clear()
+    eager, _ = read_or_measure(full, quick, paths, quick_mode=False, **kw)
+    compiled, _ = read_or_measure(full, quick, paths, quick_mode=False, runtime="compile", **kw)
+    # the second runtime measured everything again, in its own environment (nothing reused across runtimes)
+    assert dict(F.CALLS) == {"encoder": 4, "projector": 4, "prefill": 4}
+    assert eager["runtime"].eq("eager").all() and set(eager["env_key"]) == {"fake-eager"} and len(eager) == 2
+    assert compiled["runtime"].eq("compile").all() and set(compiled["env_key"]) == {"fake-compile"}
+    assert stored_runtimes(paths.results_db) == ["compile", "eager"]
+    store = Store(paths.results_db, create=False)
+    try:
+        assert runtime_environment(store, "eager") == "fake-eager"
+        assert runtime_environment(store, "onnxruntime") is None
+    finally:
+        store.close()
+    # QUICK reads eager rows although compile was measured last (the newest environment is not taken blindly)
+    F.CALLS.clear()
+    rows, source = read_or_measure(full, quick, paths, quick_mode=True, **kw)
+    assert sum(F.CALLS.values()) == 0 and source == f"{paths.results_db} (read)"
+    assert rows["runtime"].eq("eager").all() and sorted(rows["resolution"]) == [64, 128]
 
 
 def test_export_figure_off_or_unavailable_says_so(tmp_path):

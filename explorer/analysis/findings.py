@@ -9,6 +9,9 @@ here). ``notebooks/*.py`` call them; each returns values or sentences that the n
   best row under each, as a sentence that names the accuracy's source.
 - :func:`compare_ratios`: the paper's TTFT ratios next to ours, with the reasons computed from the
   FLOPs, the achieved GFLOP/s and the visual tokens.
+- :func:`runtime_ratios` / :func:`closest_runtime`: the same ratios once per runtime that ran the
+  encoder and projector (eager, torch.compile, ONNX Runtime), and which runtime comes closest to
+  the paper's ratio for one pair, with the reason computed from the encoder and prefill times.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from explorer.analysis.pareto import best_under_budget
 
 __all__ = ["ENCODER_NAMES", "GLOBAL_ATTENTION", "Crossing", "point_name", "environment_text", "split_complete",
            "share_crossings", "share_sentence", "nice_ceil", "ttft_budgets", "budget_answer", "ratio_text",
-           "compare_ratios"]
+           "compare_ratios", "runtime_ratios", "closest_runtime"]
 
 ENCODER_NAMES: dict[str, str] = {"fastvithd": "FastViTHD", "fastvit_mci2": "MCi2", "convnext_l": "ConvNeXt-L",
                                  "convnext_xxl": "ConvNeXt-XXL", "vit_l14_clip": "ViT-L/14",
@@ -205,3 +208,80 @@ def compare_ratios(ours: pd.DataFrame, paper_ttft_ms: Mapping[tuple[str, int], f
         notes.append(text + f" ({'smaller' if o < pa else 'larger'} here): " + "; ".join(why) + ".")
     return pd.DataFrame(ratios), notes
 
+
+
+def _ttft_ratio(rows: pd.DataFrame, a: tuple[str, int], b: tuple[str, int]) -> float:
+    if a not in rows.index or b not in rows.index:
+        return math.nan
+    return float(rows.loc[a, "ttft_ms"] / rows.loc[b, "ttft_ms"])
+
+
+def runtime_ratios(by_runtime: Mapping[str, pd.DataFrame], paper_ttft_ms: Mapping[tuple[str, int], float],
+                   pairs: Sequence[tuple[tuple[str, int], tuple[str, int]]]) -> pd.DataFrame:
+    """One row per pair: the paper's TTFT ratio, then our TTFT ratio under each runtime.
+
+    ``by_runtime``: runtime name -> rows indexed by ``(encoder, resolution)`` with ``ttft_ms``
+    (one environment each: the runtime that ran the encoder and projector). A pair with a point a
+    runtime did not measure is NaN in that runtime's column. Columns: ``pair``, ``paper``, then
+    one per runtime in the order given, then ``closest`` (the runtime whose ratio is nearest the
+    paper's in log terms; empty where none measured the pair).
+    """
+    if not by_runtime:
+        raise ValueError("runtime_ratios needs rows of at least one runtime")
+    out = []
+    for a, b in pairs:
+        row: dict = {"pair": f"{point_name(*a)} vs {point_name(*b)}",
+                     "paper": paper_ttft_ms.get(a, math.nan) / paper_ttft_ms.get(b, math.nan)}
+        for runtime, rows in by_runtime.items():
+            row[runtime] = _ttft_ratio(rows, a, b)
+        measured = {rt: row[rt] for rt in by_runtime if math.isfinite(row[rt]) and row[rt] > 0}
+        pa = row["paper"]
+        row["closest"] = (min(measured, key=lambda rt: abs(math.log(measured[rt] / pa)))
+                          if measured and math.isfinite(pa) and pa > 0 else "")
+        out.append(row)
+    return pd.DataFrame(out, columns=["pair", "paper", *by_runtime, "closest"])
+
+
+def closest_runtime(by_runtime: Mapping[str, pd.DataFrame], paper_ttft_ms: Mapping[tuple[str, int], float],
+                    pair: tuple[tuple[str, int], tuple[str, int]]) -> str:
+    """A Markdown sentence: which runtime's TTFT ratio for ``pair`` comes closest to the paper's, and why.
+
+    The reason is read off the parts: TTFT(a) / TTFT(b) moves only through the encoder and
+    projector (the runtime's share; the prefill is the same transformers model in every
+    environment but ``compile``), so the sentence names each runtime's encoder ratio and the
+    prefills' share of TTFT, which caps how far any encoder runtime can move the ratio.
+    """
+    a, b = pair
+    name = f"{point_name(*a)} vs {point_name(*b)}"
+    pa = paper_ttft_ms.get(a, math.nan) / paper_ttft_ms.get(b, math.nan)
+    have = {rt: rows for rt, rows in by_runtime.items() if a in rows.index and b in rows.index}
+    if not have:
+        return (f"**{name}** (paper {ratio_text(pa)}): not measured under any runtime here "
+                f"({', '.join(by_runtime) or 'none'} ran).")
+    parts = []
+    for rt, rows in have.items():
+        A, B = rows.loc[a], rows.loc[b]
+        o = float(A["ttft_ms"] / B["ttft_ms"])
+        enc = float(A["encoder_latency_ms"] / B["encoder_latency_ms"])
+        share = float((A["prefill_latency_ms"] + B["prefill_latency_ms"]) / (A["ttft_ms"] + B["ttft_ms"]))
+        parts.append((abs(math.log(o / pa)), rt, o, enc, share))
+    parts.sort()
+    _, best, o, enc, share = parts[0]
+    listed = "; ".join(f"{rt} {ratio_text(x)} (encoders {ratio_text(e)}, prefill {s:.0%} of the two TTFTs)"
+                       for _, rt, x, e, s in parts)
+    text = (f"**{name}**: the paper has {ratio_text(pa)}; here {listed}. **{best}** comes closest "
+            f"({ratio_text(o)}, {abs(o / pa - 1):.0%} {'below' if o < pa else 'above'} the paper)")
+    if len(parts) == 1:
+        return text + ": the only runtime measured for this pair."
+    others = [p for p in parts[1:]]
+    faster_b = all(enc > e for _, _, _, e, _ in others)
+    slower_b = all(enc < e for _, _, _, e, _ in others)
+    if (o < pa and faster_b) or (o > pa and slower_b):
+        why = (f"because it runs {point_name(*b)}'s encoder {'faster' if faster_b else 'slower'} relative to "
+               f"{point_name(*a)}'s than the others do (encoder ratio {ratio_text(enc)})")
+    else:
+        why = f"with an encoder ratio of {ratio_text(enc)}"
+    gap = ("the prefills, which no encoder runtime changes, take "
+           f"{share:.0%} of the two TTFTs here, so closing the rest of the gap needs a faster prefill "
+           "(the paper's MLX) as much as a faster encoder runtime")
+    return text + f", {why}; {gap}."

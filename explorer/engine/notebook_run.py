@@ -27,7 +27,7 @@ from explorer.engine.options import SweepOptions
 from explorer.engine.sweep import default_settings, plan_sweep, run_sweep
 
 __all__ = ["QUICK_TIMING", "NotebookPaths", "env_flag", "resolve_paths", "quick_settings", "read_or_measure",
-           "export_figure"]
+           "runtime_environment", "stored_runtimes", "export_figure"]
 
 # QUICK: no warm-up beyond the timer's one untimed calibration call, and a single timed call per
 # measurement (a median of one sample: flagged noisy in the store, and said so in every figure).
@@ -86,10 +86,37 @@ def quick_settings(space: Space) -> Any:
     return default_settings(space, **QUICK_TIMING)
 
 
+def runtime_environment(store: Store, runtime: str) -> Optional[str]:
+    """The key of the most recently measured environment of ``store`` whose encoder and projector
+    ran under ``runtime`` (``eager``, ``compile``, ``onnxruntime``), or None."""
+    envs = store.environments()
+    keys = [k for k, e in envs.items() if e.get("runtime", "eager") == runtime]
+    return max(keys, key=lambda k: str(envs[k].get("_last") or "")) if keys else None
+
+
+def stored_runtimes(results_db: Union[str, Path]) -> list[str]:
+    """The runtimes with at least one environment in the database at ``results_db`` (none if it is absent)."""
+    if not Path(results_db).is_file():
+        return []
+    store = Store(results_db, create=False)
+    try:
+        return sorted({e.get("runtime", "eager") for e in store.environments().values()})
+    finally:
+        store.close()
+
+
+def _rows_of(store: Store, keys: set[str], runtime: str, include_preprocess: bool) -> pd.DataFrame:
+    env = runtime_environment(store, runtime)
+    if env is None:
+        return pd.DataFrame()
+    frame = load(store, env=env, accuracy_metric=None, ttft_includes_preprocess=include_preprocess)
+    return frame[frame["point_key"].isin(keys)].reset_index(drop=True)
+
+
 def read_or_measure(full: Space, quick: Space, paths: NotebookPaths, *, quick_mode: bool,
                     log: Callable[[str], None] = print, options: Optional[SweepOptions] = None,
                     backend: MeasureBackend = MeasureBackend(),
-                    ttft_includes_preprocess: bool = False) -> tuple[pd.DataFrame, str]:
+                    ttft_includes_preprocess: bool = False, runtime: str = "eager") -> tuple[pd.DataFrame, str]:
     """Rows (accuracy not joined) of ``full``'s design points, and a sentence saying where they come from.
 
     QUICK: read ``paths.results_db`` if it holds a complete measurement of any of them, else sweep
@@ -99,19 +126,27 @@ def read_or_measure(full: Space, quick: Space, paths: NotebookPaths, *, quick_mo
     mode) and ``backend`` go to ``plan_sweep``/``run_sweep`` (tests pass fake measurers there).
     ``ttft_includes_preprocess=False`` (default): ``ttft_ms`` is the paper's definition, encoder
     input tensor to first token, so it equals encoder + projector + prefill.
+    ``runtime`` (``measure.runtime``) runs the encoder and projector through eager PyTorch,
+    torch.compile or ONNX Runtime; rows are read from, and measured into, that runtime's
+    environment only, so one database holds every runtime without mixing them.
     """
+    keys = {p.key for p in enumerate_points(full)}
     if quick_mode and paths.results_db.is_file():
-        keys = {p.key for p in enumerate_points(full)}
-        frame = load(paths.results_db, accuracy_metric=None, ttft_includes_preprocess=ttft_includes_preprocess)
-        rows = frame[frame["point_key"].isin(keys)]
-        if rows["status"].eq("ok").any():
-            log(f"read {len(rows)} of the {len(keys)} design points from {paths.results_db}; nothing measured")
-            return rows.reset_index(drop=True), f"{paths.results_db} (read)"
-        log(f"{paths.results_db} holds none of these design points: measuring the QUICK subset instead")
+        store = Store(paths.results_db, create=False)
+        try:
+            rows = _rows_of(store, keys, runtime, ttft_includes_preprocess)
+        finally:
+            store.close()
+        if len(rows) and rows["status"].eq("ok").any():
+            log(f"read {len(rows)} of the {len(keys)} design points ({runtime}) from {paths.results_db}; "
+                "nothing measured")
+            return rows, f"{paths.results_db} (read)"
+        log(f"{paths.results_db} holds none of these design points under runtime {runtime!r}: "
+            "measuring the QUICK subset instead")
     if quick_mode:
-        space, settings, db = quick, quick_settings(full), paths.quick_db
+        space, settings, db = quick, default_settings(full, **QUICK_TIMING, runtime=runtime), paths.quick_db
     else:
-        space, settings, db = full, default_settings(full), paths.results_db
+        space, settings, db = full, default_settings(full, runtime=runtime), paths.results_db
     options = options if options is not None else SweepOptions(progress=not quick_mode)
     db.parent.mkdir(parents=True, exist_ok=True)
     store = Store(db)
@@ -120,11 +155,10 @@ def read_or_measure(full: Space, quick: Space, paths: NotebookPaths, *, quick_mo
         log(plan.describe())
         report = run_sweep(space, settings, store, options, backend, plan=plan)
         log(report.format(store))
-        keys = {p.key for p in plan.points}
-        frame = load(store, accuracy_metric=None, ttft_includes_preprocess=ttft_includes_preprocess)
+        frame = load(store, env=plan.env_key, accuracy_metric=None, ttft_includes_preprocess=ttft_includes_preprocess)
     finally:
         store.close()
-    rows = frame[frame["point_key"].isin(keys)].reset_index(drop=True)
+    rows = frame[frame["point_key"].isin({p.key for p in plan.points})].reset_index(drop=True)
     mode = "QUICK timing caps" if quick_mode else "the space's timing protocol"
     return rows, f"{db} (measured here with {mode})"
 
