@@ -261,6 +261,9 @@ LLM_VARIANTS: tuple[tuple[str, dict[str, Any]], ...] = (
     ("eager attention", {"llm_attention": "eager"}),
     ("torch.compile (sdpa)", {"runtime": "compile"}),
     ("lm_head=all (sdpa)", {"lm_head": "all"}),
+    ("llama.cpp f16", {"llm_runtime": "llamacpp", "llm_quant": "f16"}),
+    ("llama.cpp q8_0", {"llm_runtime": "llamacpp", "llm_quant": "q8_0"}),
+    ("llama.cpp q4_0", {"llm_runtime": "llamacpp", "llm_quant": "q4_0"}),
 )
 
 

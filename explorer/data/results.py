@@ -41,9 +41,10 @@ CONFIDENCE_COLUMNS: tuple[str, ...] = (
     "prefill_other_cores", "noisy", "contended",
 )
 #: Appended after COLUMNS: the space the point came from, the environment key of its values, the
-#: runtime that ran encoder and projector, the LM-head convention of the prefill, whether
-#: ``ttft_ms`` counts ``preprocess_ms``, then :data:`CONFIDENCE_COLUMNS`.
-EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key", "runtime", "lm_head", "ttft_includes_preprocess",
+#: runtime that ran encoder and projector, the one that ran the prefill (``transformers`` or
+#: ``llamacpp/<quant>``), the LM-head convention of the prefill, whether ``ttft_ms`` counts
+#: ``preprocess_ms``, then :data:`CONFIDENCE_COLUMNS`.
+EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key", "runtime", "llm_runtime", "lm_head", "ttft_includes_preprocess",
                                   *CONFIDENCE_COLUMNS)
 _BOOL_COLUMNS = tuple(c for c in CONFIDENCE_COLUMNS if c.endswith(("_noisy", "_contended")) or c in ("noisy", "contended"))
 
@@ -288,6 +289,7 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         "space": rec.space,
         "env_key": env_key,
         "runtime": env.get("runtime", "eager") if environment else None,
+        "llm_runtime": env.get("llm_runtime", "transformers") if environment else None,
         "lm_head": (pre or {}).get("lm_head", "last") if pre is not None else None,
         "ttft_includes_preprocess": with_prep,
         **confidence,

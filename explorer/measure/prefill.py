@@ -24,10 +24,10 @@ forward with ``logits_to_keep=1`` / ``0`` (checked in tests, on the meta device)
 from __future__ import annotations
 
 import functools
-
 import math
 import os
 import warnings
+from pathlib import Path
 from typing import Any, Callable, Optional, Union
 
 import torch
@@ -263,7 +263,44 @@ def set_attention(model: nn.Module, attention: str) -> nn.Module:
 
 
 def _compile_prefill(settings: MeasureSettings) -> bool:
-    return settings.effective_runtime == "compile"
+    return settings.effective_runtime == "compile" and settings.llm_runtime == "transformers"
+
+
+@functools.lru_cache(maxsize=1)
+def _gguf_of(spec: LLMSpec, quant: str) -> tuple[Any, str, nn.Module]:
+    """The reference model of ``spec`` (random weights, seeded, attention sharpened so that the
+    check can catch a wrong conversion) and its GGUF in ``quant``, written once and kept (one
+    entry: a sweep times one LLM at several prompt lengths in a row); (temporary folder, path, model)."""
+    from . import llamacpp
+
+    _timing_model.cache_clear()  # at most one copy of an LLM's weights resident
+    model = build_llm(spec, device="cpu", dtype="float32").eval()
+    llamacpp.sharpen_attention(model, spec)
+    folder = llamacpp.temporary_gguf_dir()
+    path = str(Path(folder.name) / f"{spec.name}-{quant}.gguf")
+    llamacpp.write_gguf(model, spec, path, quant)
+    return folder, path, model
+
+
+def time_llamacpp_prefill(spec: LLMSpec, tokens: int, settings: MeasureSettings) -> tuple[Timing, str]:
+    """Latency of the whole model's prefill through llama.cpp, checked against transformers first.
+
+    The prompt's embeddings are the reference model's own embeddings of the sweep's seeded
+    prompt, handed to llama.cpp as an embedding batch. Returns the timing and the check's
+    description; a check that fails raises :class:`explorer.measure.llamacpp.LlamaCppError`.
+    """
+    from . import llamacpp
+
+    _, path, model = _gguf_of(spec, settings.llm_quant)
+    ids = _prompt(spec, tokens, 1, torch.device("cpu"))
+    with torch.inference_mode():
+        embeddings = model.get_input_embeddings()(ids)[0].float().numpy()
+    with llamacpp.LlamaCppPrefill(path, tokens, spec.hidden, spec.vocab, settings.effective_threads(),
+                                  settings.lm_head, embeddings) as runner:
+        check = llamacpp.check_against_transformers(model, runner, embeddings, settings.llm_quant, settings.lm_head)
+        if not check.ok:
+            raise llamacpp.LlamaCppError(f"{spec.name} at {tokens} tokens: {check.describe()}; not timed")
+        return time_callable(runner, settings), check.describe()
 
 
 def time_whole_prefill(spec: LLMSpec, tokens: int, settings: MeasureSettings) -> Timing:
@@ -332,6 +369,8 @@ def measure_prefill(spec_or_name: SpecLike, tokens: int, settings: MeasureSettin
     device = settings.resolve_device()
     budget = memory_budget_gb if memory_budget_gb is not None else default_memory_budget_gb(device)
     budget_bytes = budget * 2**30
+    if settings.llm_runtime == "llamacpp":
+        return _llamacpp_cost(spec, tokens, settings, budget, method, gflops, params_m, skipped)
     k = min(sample_layers, spec.layers)
     whole_bytes = prefill_memory_bytes(spec, tokens, settings.dtype, settings.batch_size, lm_head=settings.lm_head)
     chosen = method
@@ -354,3 +393,22 @@ def measure_prefill(spec_or_name: SpecLike, tokens: int, settings: MeasureSettin
         label = f"layer-sampled(k={k})"
     return PrefillCost(llm=spec.name, tokens=tokens, params_m=params_m, gflops=gflops, latency=latency,
                        method=label, skipped_ops=skipped, lm_head=settings.lm_head, attention=settings.llm_attention)
+
+
+def _llamacpp_cost(spec: LLMSpec, tokens: int, settings: MeasureSettings, budget_gib: float, method: str,
+                   gflops: float, params_m: float, skipped: dict[str, int]) -> PrefillCost:
+    """The prefill through llama.cpp: whole model only (llama.cpp runs a GGUF, not a layer range)."""
+    from .llamacpp import gguf_bytes
+
+    if method == "sampled":
+        raise ValueError("invalid method='sampled' with llm_runtime='llamacpp': llama.cpp times whole models only")
+    # the fp32 reference model (written to the GGUF and checked against) plus the GGUF llama.cpp maps
+    need = prefill_memory_bytes(spec, tokens, "float32", 1) + gguf_bytes(spec, settings.llm_quant)
+    if need > budget_gib * 2**30:
+        raise ValueError(f"{spec.name} at {tokens} tokens through llama.cpp needs about {need / 2**30:.1f} GiB "
+                         f"(the fp32 reference model and the {settings.llm_quant} GGUF; budget {budget_gib:.1f} GiB): "
+                         "llm_runtime='llamacpp' times whole models only; use a smaller LLM or raise the memory budget")
+    latency, check = time_llamacpp_prefill(spec, tokens, settings)
+    return PrefillCost(llm=spec.name, tokens=tokens, params_m=params_m, gflops=gflops, latency=latency,
+                       method=f"whole-model (llama.cpp {settings.llm_quant}; {check})", skipped_ops=skipped,
+                       lm_head=settings.lm_head, attention="llama.cpp")

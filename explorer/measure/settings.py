@@ -29,7 +29,8 @@ _DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 _DIGEST_FIELDS = ("dtype", "batch_size", "channels_last", "compile", "reparameterize")
 # Settings added later that also change a measured value. They enter the digest only when they
 # differ from their default, so every environment key stored before they existed stays valid.
-_DIGEST_IF_SET = ("runtime", "lm_head", "llm_attention", "preprocess", "source_image", "preprocess_fit")
+_DIGEST_IF_SET = ("runtime", "lm_head", "llm_attention", "preprocess", "source_image", "preprocess_fit",
+                  "llm_runtime", "llm_quant")
 
 #: Encoder/projector runtimes: name -> (module to import, pip extra that installs it or None).
 RUNTIMES: dict[str, tuple[Optional[str], Optional[str]]] = {
@@ -37,6 +38,13 @@ RUNTIMES: dict[str, tuple[Optional[str], Optional[str]]] = {
     "compile": (None, None),
     "onnxruntime": ("onnxruntime", "onnx"),
 }
+#: LLM prefill runtimes: name -> (modules to import, pip extra that installs them or None).
+LLM_RUNTIMES: dict[str, tuple[tuple[str, ...], Optional[str]]] = {
+    "transformers": ((), None),
+    "llamacpp": (("llama_cpp", "gguf"), "llamacpp"),
+}
+#: Matrix formats of the GGUF that llama.cpp runs (see explorer.measure.llamacpp.QUANTS).
+LLM_QUANTS = ("f16", "q8_0", "q4_0")
 LM_HEADS = ("last", "all")
 LLM_ATTENTION = ("sdpa", "eager")
 PREPROCESS = ("pil", "torch", "none")
@@ -77,6 +85,9 @@ class MeasureSettings:
     attention implementation for the prefill (``sdpa`` or ``eager``). ``preprocess``: how a
     ``source_image`` (``WIDTHxHEIGHT`` pixels) becomes the encoder's input (``pil``, ``torch`` or
     ``none`` to skip it), by resizing the shortest side and a centre ``crop`` or a ``pad`` to square.
+    ``llm_runtime`` runs the prefill through ``transformers`` (PyTorch) or ``llamacpp``
+    (llama.cpp through llama-cpp-python, on a GGUF written from the same random weights, its
+    matrices in ``llm_quant``: ``f16``, ``q8_0`` or ``q4_0``; needs the ``llamacpp`` extra).
     ``probe``: time the reference probe beside the samples (``explorer.measure.probe``; how fast
     the machine was; not part of the environment key, it changes no measured value).
     """
@@ -100,6 +111,8 @@ class MeasureSettings:
     preprocess: str = "pil"
     source_image: str = "1920x1080"
     preprocess_fit: str = "crop"
+    llm_runtime: str = "transformers"
+    llm_quant: str = "f16"
     probe: bool = True
 
     def validate(self) -> "MeasureSettings":
@@ -121,6 +134,7 @@ class MeasureSettings:
         require(is_number(self.target_rel_ci) and 0 < self.target_rel_ci < 1, "measure.target_rel_ci", self.target_rel_ci,
                 "a fraction in (0, 1), e.g. 0.02 for +-2%")
         self._check_runtime()
+        self._check_llm_runtime()
         for name, allowed in (("lm_head", LM_HEADS), ("llm_attention", LLM_ATTENTION),
                               ("preprocess", PREPROCESS), ("preprocess_fit", PREPROCESS_FIT)):
             check_choice(f"measure.{name}", getattr(self, name), allowed)
@@ -150,6 +164,35 @@ class MeasureSettings:
             if self.resolve_device().type != "cpu":
                 raise OptionError("measure.device", self.device, "'cpu' with runtime='onnxruntime' (only the CPU execution "
                            "provider is wired up; see docs/measurement.md)")
+
+    def _check_llm_runtime(self) -> None:
+        check_choice("measure.llm_runtime", self.llm_runtime, LLM_RUNTIMES)
+        check_choice("measure.llm_quant", self.llm_quant, LLM_QUANTS)
+        if self.llm_runtime == "transformers":
+            if self.llm_quant != "f16":
+                raise OptionError("measure.llm_quant", self.llm_quant, "'f16' (the default) unless "
+                                  "measure.llm_runtime=llamacpp: transformers runs the prefill in measure.dtype")
+            return
+        modules, extra = LLM_RUNTIMES[self.llm_runtime]
+        missing = [m for m in modules if importlib.util.find_spec(m) is None]
+        if missing:
+            raise OptionError("measure.llm_runtime", self.llm_runtime, f"a runtime that is installed: "
+                              f"{', '.join(missing)} is not; install it with `pip install 'explorer[{extra}]'` "
+                              "(llama-cpp-python builds llama.cpp from source: a few minutes)")
+        if self.llm_attention != "sdpa":
+            raise OptionError("measure.llm_attention", self.llm_attention, "'sdpa' (the default) with "
+                              "llm_runtime='llamacpp': llama.cpp has its own attention kernels")
+        if self.resolve_device().type != "cpu":
+            raise OptionError("measure.device", self.device, "'cpu' with llm_runtime='llamacpp' (the CPU build of "
+                              "llama.cpp is what the llamacpp extra installs)")
+        if self.batch_size != 1:
+            raise OptionError("measure.batch_size", self.batch_size, "1 with llm_runtime='llamacpp' (one sequence "
+                              "per prefill)")
+
+    @property
+    def effective_llm_runtime(self) -> str:
+        """``transformers``, or ``llamacpp/<quant>`` (what the environment records)."""
+        return "transformers" if self.llm_runtime == "transformers" else f"{self.llm_runtime}/{self.llm_quant}"
 
     @property
     def effective_runtime(self) -> str:
@@ -266,16 +309,20 @@ class Environment:
     settings_digest: str  # digest of the settings that change the measured value
     runtime: str = "eager"  # what ran the encoder and projector: eager | compile | onnxruntime
     runtime_version: str = ""  # e.g. onnxruntime's version; empty for the torch runtimes
+    llm_runtime: str = "transformers"  # what ran the prefill: transformers | llamacpp/<quant>
+    llm_runtime_version: str = ""  # e.g. llama_cpp_python's version; empty for transformers
 
     @property
     def key(self) -> str:
         """Stable digest of every field (same machine + torch + settings -> same key).
 
-        ``runtime`` and ``runtime_version`` enter only when not at their defaults, so eager
-        environments keep the keys they had before those fields existed.
+        ``runtime``, ``runtime_version``, ``llm_runtime`` and ``llm_runtime_version`` enter only
+        when not at their defaults, so eager environments keep the keys they had before those
+        fields existed.
         """
         fields = dataclasses.asdict(self)
-        for name, default in (("runtime", "eager"), ("runtime_version", "")):
+        for name, default in (("runtime", "eager"), ("runtime_version", ""), ("llm_runtime", "transformers"),
+                              ("llm_runtime_version", "")):
             if fields[name] == default:
                 del fields[name]
         payload = json.dumps(fields, sort_keys=True, separators=(",", ":"))
@@ -302,6 +349,8 @@ def settings_digest(settings: MeasureSettings) -> str:
             continue  # already in "compile"
         if settings.preprocess == "none" and name in ("source_image", "preprocess_fit"):
             continue  # nothing is preprocessed: size and fit change nothing
+        if name == "llm_quant" and settings.llm_runtime == "transformers":
+            continue
         if value != getattr(defaults, name):
             payload[name] = value
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
@@ -322,17 +371,22 @@ def current_environment(settings: MeasureSettings) -> Environment:
         settings_digest=settings_digest(settings),
         runtime=settings.effective_runtime,
         runtime_version=runtime_version(settings.effective_runtime),
+        llm_runtime=settings.effective_llm_runtime,
+        llm_runtime_version=_module_version("llama_cpp_python") if settings.llm_runtime == "llamacpp" else "",
     )
 
 
 def runtime_version(runtime: str) -> str:
     """Version of the library behind ``runtime`` (empty for eager and compile: torch_version says it)."""
     module, _ = RUNTIMES.get(runtime, (None, None))
-    if module is None:
-        return ""
+    return "" if module is None else _module_version(module)
+
+
+def _module_version(distribution: str) -> str:
+    """``"<distribution> <version>"`` from the installed package's metadata (the name alone without it)."""
     try:
         from importlib.metadata import version
 
-        return f"{module} {version(module)}"
+        return f"{distribution} {version(distribution)}"
     except Exception:  # installed without metadata
-        return module
+        return distribution
