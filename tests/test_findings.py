@@ -162,12 +162,21 @@ def test_runtime_ratios_and_the_closest_runtime_by_hand():
     assert math.isnan(second["eager"]) and math.isnan(second["onnxruntime"]) and second["closest"] == ""
 
     text = closest_runtime(by_runtime, paper, pair)
-    # listed nearest first; encoder ratios 499/159 = 3.1x and 399/259 = 1.5x; prefill 140/800 and 140/800
+    # listed nearest first; encoder ratios 499/159 = 3.1x and 399/259 = 1.5x; prefills 100/40 = 2.5x in
+    # both; prefill share (100 + 40) / (600 + 200) = 17.5% and (100 + 40) / (500 + 300) = 17.5%
     assert text.startswith("**SigLIP-SO400M@384 vs FastViTHD@1024**: the paper has 3.2x; here onnxruntime 3.0x "
-                           "(encoders 3.1x, prefill 18% of the two TTFTs); eager 1.7x (encoders 1.5x, prefill 18%")
+                           "(encoders 3.1x, prefills 2.5x, prefill 18% of the two TTFTs); eager 1.7x (encoders 1.5x")
     assert "**onnxruntime** comes closest (3.0x, 7% below the paper)" in text
     assert "because it runs FastViTHD@1024's encoder faster relative to SigLIP-SO400M@384's" in text
-    assert "the prefills, which no encoder runtime changes, take 18% of the two TTFTs" in text
+    assert "the prefills take 18% of the two TTFTs here" in text
+
+    # a runtime ahead through its prefills only (compile compiles the prefill): said so
+    slow_prefill = _runtime_rows(399.0, 259.0)
+    slow_prefill.loc[("siglip_so400m", 384), ["prefill_latency_ms", "ttft_ms"]] = [300.0, 399.0 + 301.0]
+    why = closest_runtime({"eager": by_runtime["eager"], "compile": slow_prefill}, paper, pair)
+    assert "**compile** comes closest" in why  # 700 / 300 = 2.3x against eager's 1.7x
+    assert "because of its prefills, not its encoders (prefill ratio 7.5x against 2.5x under eager: compile " \
+           "compiles the prefill too; its encoder ratio is 1.5x)" in why
 
     only = closest_runtime({"eager": by_runtime["eager"]}, paper, pair)
     assert only.endswith("the only runtime measured for this pair.")

@@ -246,10 +246,11 @@ def closest_runtime(by_runtime: Mapping[str, pd.DataFrame], paper_ttft_ms: Mappi
                     pair: tuple[tuple[str, int], tuple[str, int]]) -> str:
     """A Markdown sentence: which runtime's TTFT ratio for ``pair`` comes closest to the paper's, and why.
 
-    The reason is read off the parts: TTFT(a) / TTFT(b) moves only through the encoder and
-    projector (the runtime's share; the prefill is the same transformers model in every
-    environment but ``compile``), so the sentence names each runtime's encoder ratio and the
-    prefills' share of TTFT, which caps how far any encoder runtime can move the ratio.
+    The reason is read off the parts. TTFT(a) / TTFT(b) moves through the encoder (the
+    runtime's part) and through the prefill (transformers in every environment; compiled too
+    under ``compile``), so the sentence names each runtime's encoder ratio and prefill ratio,
+    says which of the two put the closest runtime ahead, and how much of the two TTFTs the
+    prefills take (what no encoder runtime can change).
     """
     a, b = pair
     name = f"{point_name(*a)} vs {point_name(*b)}"
@@ -261,27 +262,32 @@ def closest_runtime(by_runtime: Mapping[str, pd.DataFrame], paper_ttft_ms: Mappi
     parts = []
     for rt, rows in have.items():
         A, B = rows.loc[a], rows.loc[b]
-        o = float(A["ttft_ms"] / B["ttft_ms"])
-        enc = float(A["encoder_latency_ms"] / B["encoder_latency_ms"])
-        share = float((A["prefill_latency_ms"] + B["prefill_latency_ms"]) / (A["ttft_ms"] + B["ttft_ms"]))
-        parts.append((abs(math.log(o / pa)), rt, o, enc, share))
-    parts.sort()
-    _, best, o, enc, share = parts[0]
-    listed = "; ".join(f"{rt} {ratio_text(x)} (encoders {ratio_text(e)}, prefill {s:.0%} of the two TTFTs)"
-                       for _, rt, x, e, s in parts)
-    text = (f"**{name}**: the paper has {ratio_text(pa)}; here {listed}. **{best}** comes closest "
+        parts.append({"rt": rt, "o": float(A["ttft_ms"] / B["ttft_ms"]),
+                      "enc": float(A["encoder_latency_ms"] / B["encoder_latency_ms"]),
+                      "pre": float(A["prefill_latency_ms"] / B["prefill_latency_ms"]),
+                      "share": float((A["prefill_latency_ms"] + B["prefill_latency_ms"]) / (A["ttft_ms"] + B["ttft_ms"]))})
+    parts.sort(key=lambda p: abs(math.log(p["o"] / pa)))
+    best, others = parts[0], parts[1:]
+    listed = "; ".join(f"{p['rt']} {ratio_text(p['o'])} (encoders {ratio_text(p['enc'])}, prefills "
+                       f"{ratio_text(p['pre'])}, prefill {p['share']:.0%} of the two TTFTs)" for p in parts)
+    o = best["o"]
+    text = (f"**{name}**: the paper has {ratio_text(pa)}; here {listed}. **{best['rt']}** comes closest "
             f"({ratio_text(o)}, {abs(o / pa - 1):.0%} {'below' if o < pa else 'above'} the paper)")
-    if len(parts) == 1:
+    if not others:
         return text + ": the only runtime measured for this pair."
-    others = [p for p in parts[1:]]
-    faster_b = all(enc > e for _, _, _, e, _ in others)
-    slower_b = all(enc < e for _, _, _, e, _ in others)
-    if (o < pa and faster_b) or (o > pa and slower_b):
-        why = (f"because it runs {point_name(*b)}'s encoder {'faster' if faster_b else 'slower'} relative to "
-               f"{point_name(*a)}'s than the others do (encoder ratio {ratio_text(enc)})")
+    up = o < pa  # a larger ratio is closer
+    ahead = {k: all((best[k] > p[k]) if up else (best[k] < p[k]) for p in others) for k in ("enc", "pre")}
+    if ahead["enc"]:
+        why = (f"because it runs {point_name(*b)}'s encoder {'faster' if up else 'slower'} relative to "
+               f"{point_name(*a)}'s than the others do (encoder ratio {ratio_text(best['enc'])})")
+    elif ahead["pre"]:
+        why = (f"because of its prefills, not its encoders (prefill ratio {ratio_text(best['pre'])} against "
+               + ", ".join(f"{ratio_text(p['pre'])} under {p['rt']}" for p in others)
+               + (": compile compiles the prefill too" if best["rt"] == "compile" else "")
+               + f"; its encoder ratio is {ratio_text(best['enc'])})")
     else:
-        why = f"with an encoder ratio of {ratio_text(enc)}"
-    gap = ("the prefills, which no encoder runtime changes, take "
-           f"{share:.0%} of the two TTFTs here, so closing the rest of the gap needs a faster prefill "
-           "(the paper's MLX) as much as a faster encoder runtime")
+        why = f"with an encoder ratio of {ratio_text(best['enc'])} and a prefill ratio of {ratio_text(best['pre'])}"
+    gap = (f"the prefills take {best['share']:.0%} of the two TTFTs here, and an encoder runtime does not "
+           "change them, so closing the rest of the gap needs a faster prefill (the paper's MLX) as much as a "
+           "faster encoder runtime")
     return text + f", {why}; {gap}."
