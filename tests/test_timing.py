@@ -30,6 +30,31 @@ def test_median_ci_ranks_match_binomial_tables():
         assert 1 - 2 * below >= 0.95 > 1 - 2 * tighter
 
 
+def _exact_lower_rank(n: int) -> int:
+    """The oracle, in exact rationals: the largest l with P(B <= l - 1) <= 2.5%, B ~ Binomial(n, 1/2)."""
+    from fractions import Fraction
+
+    total, cdf, best = 2 ** n, 0, 0
+    for l in range(1, n // 2 + 1):
+        cdf += math.comb(n, l - 1)
+        if Fraction(cdf, total) <= Fraction(1, 40):
+            best = l
+        else:
+            break
+    return best
+
+
+def test_median_ci_ranks_for_thousands_of_samples():
+    # 2**1024 overflows a float: a fast call timed for 0.8 s reached 1024 samples and raised
+    # OverflowError before; exact arithmetic up to 2000 samples, a normal approximation beyond
+    for n in (1023, 1024, 1500, 2000):
+        assert median_ci_ranks(n) == (_exact_lower_rank(n), n - _exact_lower_rank(n) + 1)
+    for n in (2001, 3000, 5000):
+        lo, hi = median_ci_ranks(n)
+        assert abs(lo - _exact_lower_rank(n)) <= 1 and hi == n - lo + 1
+    assert median_ci_ranks(100_000)[0] == pytest.approx(50_000 - 1.96 * 158.1, abs=2)
+
+
 def test_summarize_hand_values():
     xs = [float(i) for i in range(1, 11)]  # 1..10
     t = summarize(xs, noisy=False)

@@ -29,6 +29,7 @@ import math
 import statistics
 import threading
 import time
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any, Callable, Iterator, Optional
 
@@ -42,6 +43,8 @@ from .probe import PROBE_EVERY_MS, reference_probe
 from .settings import MeasureSettings, thread_scope
 
 CONFIDENCE = 0.95
+#: Sample counts up to which the median's CI ranks are exact binomial arithmetic (beyond: normal approximation).
+_EXACT_RANKS_UP_TO = 2000
 _MIN_SAMPLE_S = 1e-3  # calls shorter than this are repeated inside one sample
 _MAX_INNER_REPS = 1000
 
@@ -54,12 +57,21 @@ def median_ci_ranks(n: int, confidence: float = CONFIDENCE) -> Optional[tuple[in
     """
     if n < 1:
         raise ValueError(f"invalid n={n!r}: at least one sample")
-    alpha_half = (1.0 - confidence) / 2.0
+    if n > _EXACT_RANKS_UP_TO:
+        # the binomial (n, 1/2) by its normal approximation with continuity correction: the largest
+        # l with P(B <= l - 1) <= alpha / 2 is floor((n + 1 - z sqrt(n)) / 2) (within one rank of the
+        # exact answer at these n, checked in tests)
+        z = statistics.NormalDist().inv_cdf(0.5 + confidence / 2.0)
+        best_l = max(1, math.floor((n + 1 - z * math.sqrt(n)) / 2))
+        return best_l, n - best_l + 1
+    alpha_half = Fraction(1.0 - confidence) / 2  # exact rational: 2**n overflows a float from n = 1024
     total = 1 << n
     best: Optional[int] = None
     cdf = 0  # sum_{i <= l-1} C(n, i), for l = 1, 2, ...
+    term = 1  # C(n, l - 1), updated exactly
     for l in range(1, n // 2 + 1):
-        cdf += math.comb(n, l - 1)
+        cdf += term
+        term = term * (n - l + 1) // l
         if cdf <= alpha_half * total:
             best = l
         else:
