@@ -167,6 +167,10 @@ def test_measure_prefill_through_llama_cpp(tmp_path):
 
 
 def test_llm_runtime_settings_are_checked_before_work(monkeypatch):
+    from explorer.measure.llamacpp import QUANTS
+    from explorer.measure.settings import LLM_QUANTS
+
+    assert set(QUANTS) == set(LLM_QUANTS)  # every format the settings accept can be written
     base = MeasureSettings(device="cpu", preprocess="none")
     with pytest.raises(ValueError, match=r"invalid measure.llm_quant='q8_0'.*unless measure.llm_runtime=llamacpp"):
         base.replace(llm_quant="q8_0").validate()

@@ -195,11 +195,17 @@ def test_dtype_without_a_peak_is_refused():
 
 # ---------------------------------------------------------------------------- calibration
 
-def test_fit_recovers_the_times_of_a_known_device():
-    true = profile_from_dict(_hand_profile(efficiency={
-        "source": "truth", "compute": {"conv_dense": 0.3, "conv_grouped": 0.1, "matmul": 0.8, "attention": 0.5},
+def _true_device(conv_dense: float, matmul: float, elementwise: float, overhead_s: float):
+    """The hand profile with known efficiencies and overhead: what a fit is asked to recover."""
+    return profile_from_dict(_hand_profile(efficiency={
+        "source": "truth",
+        "compute": {"conv_dense": conv_dense, "conv_grouped": 0.1, "matmul": matmul, "attention": 0.5},
         "memory": {"conv_dense": 1.0, "conv_grouped": 1.0, "matmul": 1.0, "attention": 1.0, "norm": 1.0,
-                   "elementwise": 0.4, "copy": 1.0}}, overhead_s={"value": 5e-6, "source": "truth"}))
+                   "elementwise": elementwise, "copy": 1.0}}, overhead_s={"value": overhead_s, "source": "truth"}))
+
+
+def test_fit_recovers_the_times_of_a_known_device():
+    true = _true_device(conv_dense=0.3, matmul=0.8, elementwise=0.4, overhead_s=5e-6)
     prior = profile_from_dict(_hand_profile())
     traces = []
     for c in (8, 16, 32):
@@ -218,10 +224,7 @@ def test_fit_recovers_the_times_of_a_known_device():
 def test_split_validate_recovers_a_known_device_and_scores_ttft_from_the_factors():
     from explorer.predict.validate import split_validate
 
-    true = profile_from_dict(_hand_profile(efficiency={
-        "source": "truth", "compute": {"conv_dense": 0.4, "conv_grouped": 0.1, "matmul": 0.7, "attention": 0.5},
-        "memory": {"conv_dense": 1.0, "conv_grouped": 1.0, "matmul": 1.0, "attention": 1.0, "norm": 1.0,
-                   "elementwise": 0.5, "copy": 1.0}}, overhead_s={"value": 4e-6, "source": "truth"}))
+    true = _true_device(conv_dense=0.4, matmul=0.7, elementwise=0.5, overhead_s=4e-6)
     prior = profile_from_dict(_hand_profile())
     obs, rows, factors = [], [], {}
     proj = trace_callable(torch.mm, _x(64, 256), _x(256, 256))

@@ -106,11 +106,8 @@ def main(argv: list[str]) -> int:
         b = {o.key: o.seconds for o in ob}
         noise = [b[o.key] / o.seconds - 1 for o in oa if o.key in b]
         print("\nrun-to-run (run 2 / run 1 - 1) of the same measurements:", fmt(error_summary(noise)))
-        merged = with_min([r[0] for r in runs])
-        m = {o.key: o.seconds * 1e3 for o in merged}
-        pts = pa.copy()
-        pts["ttft_ms"] = [sum(m[k] for k in fa[pk]) for pk in pts.point_key]
-        res = run(merged, pts, fa, base, dt, args.splits, f"min of the {len(runs)} runs' medians")
+        merged = with_min([r[0] for r in runs])  # split_validate sums each point's TTFT from these
+        res = run(merged, pa, fa, base, dt, args.splits, f"min of the {len(runs)} runs' medians")
         if args.show:
             print(res.factors.sort_values(["kind", "label"]).to_string())
             print(res.points.sort_values(["encoder", "resolution"]).to_string())

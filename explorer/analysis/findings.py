@@ -209,7 +209,6 @@ def compare_ratios(ours: pd.DataFrame, paper_ttft_ms: Mapping[tuple[str, int], f
     return pd.DataFrame(ratios), notes
 
 
-
 def _ttft_ratio(rows: pd.DataFrame, a: tuple[str, int], b: tuple[str, int]) -> float:
     if a not in rows.index or b not in rows.index:
         return math.nan

@@ -81,9 +81,9 @@ def resolve_paths(space: str, results_dir: Union[str, Path, None] = None, result
                          figures_dir=root / "docs" / "figures")
 
 
-def quick_settings(space: Space) -> Any:
-    """The space's measurement settings with the :data:`QUICK_TIMING` caps."""
-    return default_settings(space, **QUICK_TIMING)
+def quick_settings(space: Space, **overrides: Any) -> Any:
+    """The space's measurement settings with the :data:`QUICK_TIMING` caps (and ``overrides``)."""
+    return default_settings(space, **QUICK_TIMING, **overrides)
 
 
 def runtime_environment(store: Store, runtime: str) -> Optional[str]:
@@ -144,7 +144,7 @@ def read_or_measure(full: Space, quick: Space, paths: NotebookPaths, *, quick_mo
         log(f"{paths.results_db} holds none of these design points under runtime {runtime!r}: "
             "measuring the QUICK subset instead")
     if quick_mode:
-        space, settings, db = quick, default_settings(full, **QUICK_TIMING, runtime=runtime), paths.quick_db
+        space, settings, db = quick, quick_settings(full, runtime=runtime), paths.quick_db
     else:
         space, settings, db = full, default_settings(full, runtime=runtime), paths.results_db
     options = options if options is not None else SweepOptions(progress=not quick_mode)

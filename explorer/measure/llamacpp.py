@@ -27,7 +27,6 @@ from __future__ import annotations
 import collections
 import ctypes
 import functools
-import importlib.util
 import os
 import tempfile
 from dataclasses import dataclass
@@ -40,12 +39,14 @@ from torch import nn
 
 from ..models.llm import LLMSpec
 
-__all__ = ["QUANTS", "LOGIT_TOLERANCE", "MIN_COSINE", "LlamaCppError", "available", "sharpen_attention", "write_gguf",
+__all__ = ["QUANTS", "LOGIT_TOLERANCE", "MIN_COSINE", "LlamaCppError", "sharpen_attention", "write_gguf",
            "LlamaCppPrefill", "check_against_transformers", "gguf_bytes"]
 
-#: GGUF formats of the matrices: name -> (gguf quantisation type name, llama.cpp file type name).
-QUANTS: dict[str, tuple[str, str]] = {"f16": ("F16", "MOSTLY_F16"), "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
-                                      "q4_0": ("Q4_0", "MOSTLY_Q4_0")}
+#: GGUF formats of the matrices (the names of ``measure.llm_quant``): name -> (gguf quantisation
+#: type name, llama.cpp file type name, bytes per weight: ggml blocks of a scale + 32 values).
+QUANTS: dict[str, tuple[str, str, float]] = {"f16": ("F16", "MOSTLY_F16", 2.0),
+                                             "q8_0": ("Q8_0", "MOSTLY_Q8_0", 34 / 32),
+                                             "q4_0": ("Q4_0", "MOSTLY_Q4_0", 18 / 32)}
 #: f16: logits within this relative max-abs error of transformers' fp32 logits. f16 weights carry
 #: a relative rounding error of 2^-11 ~ 5e-4 each; measured: 5e-4 on the tests' 2-layer models,
 #: 1.3e-3-2.6e-3 on Qwen2-0.5B (24 layers, attention sharpened). A Llama written without the q/k
@@ -57,21 +58,15 @@ LOGIT_TOLERANCE = 1e-2
 #: architecture) has logits unrelated to the reference: cosine near 0. Subtle conversion errors are
 #: below q4_0's own noise; the f16 check (same conversion code, tested) is the one that sees them.
 MIN_COSINE = {"q8_0": 0.99, "q4_0": 0.8}
-_BYTES_PER_WEIGHT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}  # ggml block sizes (scale + 32 values)
 
 
 class LlamaCppError(RuntimeError):
     """llama.cpp refused a model or a call; the message carries llama.cpp's last log lines."""
 
 
-def available() -> bool:
-    """Whether ``llama_cpp`` (llama-cpp-python) and ``gguf`` can be imported."""
-    return all(importlib.util.find_spec(m) is not None for m in ("llama_cpp", "gguf"))
-
-
 def gguf_bytes(spec: LLMSpec, quant: str) -> int:
     """About how many bytes the GGUF of ``spec`` in ``quant`` takes (and llama.cpp maps)."""
-    return int(spec.num_params() * _BYTES_PER_WEIGHT[quant])
+    return int(spec.num_params() * QUANTS[quant][2])
 
 
 # --------------------------------------------------------------------------------------------
@@ -139,7 +134,7 @@ def write_gguf(model: nn.Module, spec: LLMSpec, path: os.PathLike[str] | str, qu
 
     if quant not in QUANTS:
         raise ValueError(f"invalid llm_quant={quant!r}: one of {', '.join(map(repr, QUANTS))}")
-    qname, ftype = QUANTS[quant]
+    qname, ftype, _ = QUANTS[quant]
     qtype = getattr(gguf.GGMLQuantizationType, qname)
     path = Path(path)
     writer = gguf.GGUFWriter(str(path), spec.arch)

@@ -263,7 +263,7 @@ def set_attention(model: nn.Module, attention: str) -> nn.Module:
 
 
 def _compile_prefill(settings: MeasureSettings) -> bool:
-    return settings.effective_runtime == "compile" and settings.llm_runtime == "transformers"
+    return settings.effective_runtime == "compile"
 
 
 @functools.lru_cache(maxsize=1)

@@ -349,8 +349,6 @@ def settings_digest(settings: MeasureSettings) -> str:
             continue  # already in "compile"
         if settings.preprocess == "none" and name in ("source_image", "preprocess_fit"):
             continue  # nothing is preprocessed: size and fit change nothing
-        if name == "llm_quant" and settings.llm_runtime == "transformers":
-            continue
         if value != getattr(defaults, name):
             payload[name] = value
     text = json.dumps(payload, sort_keys=True, separators=(",", ":"))
