@@ -6,6 +6,7 @@ import sys
 import time
 
 import pytest
+import torch
 
 from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
@@ -63,7 +64,8 @@ def _load(other, cores=2, **kw):
                        busiest=(BusyProcess(4242, "stress", other),) if other else (), **kw)
 
 
-def test_a_busy_machine_gets_fewer_threads_and_a_warning_naming_the_neighbour():
+def test_a_busy_machine_gets_fewer_threads_and_a_warning_naming_the_neighbour(monkeypatch):
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)  # torch would use both cores
     out = io.StringIO()
     settings = MeasureSettings(device="cpu")
     policy = machine_policy(settings, SweepOptions(), MeasureBackend(), check=lambda **_: _load(1.0), out=out)

@@ -192,6 +192,15 @@ def test_stop_hook_and_changed_config_is_refused(tmp_path: Path) -> None:
     assert fresh.resumed_from_step is None and fresh.steps == 4
 
 
+def test_the_thread_setting_is_restored_after_training(tmp_path: Path) -> None:
+    torch.set_num_threads(2)
+    try:
+        train(tiny(tmp_path, threads=1, max_steps=2, warmup_steps=1, checkpoint_every=2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(2)
+
+
 def test_stages_freeze_what_they_should(tmp_path: Path) -> None:
     base = train(tiny(tmp_path, "stage2", max_steps=3))
     before = _model_state(base.output_dir)

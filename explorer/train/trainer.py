@@ -671,12 +671,14 @@ def train(config: TrainConfig, stop: Optional[StopHook] = None) -> TrainResult:
     """
     config.validate()
     wall_start = time.perf_counter()
+    threads_before = torch.get_num_threads()
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     world = _join_world(config)
     try:
         return _train(config, stop, world, wall_start)
     finally:
+        torch.set_num_threads(threads_before)  # a notebook or a later call keeps its own setting
         if world.owned:
             import torch.distributed as dist
 
