@@ -283,6 +283,18 @@ def test_spearman_and_error_summary_by_hand():
     assert s["median_abs"] == pytest.approx(0.15) and s["within_25"] == pytest.approx(0.75)
 
 
+def test_pair_order_by_hand():
+    from explorer.predict.validate import pair_order
+
+    rows = pd.DataFrame({"measured_ms": [10.0, 11.0, 20.0, 40.0], "p10_ms": [9.0, 10.5, 19.0, 35.0],
+                         "p90_ms": [12.0, 13.0, 22.0, 45.0], "predicted_ms": [12.0, 11.5, 25.0, 30.0]})
+    # pairs: (10,11) ranges overlap and the prediction swaps them; (10,20) (10,40) (11,20) (11,40)
+    # (20,40) are apart and all ordered right
+    assert pair_order(rows) == {"separated": (5, 5), "overlapping": (0, 1)}
+    rows.loc[3, "predicted_ms"] = 20.0  # now 40 ms is predicted below 20 ms's 25: one separated pair wrong
+    assert pair_order(rows) == {"separated": (4, 5), "overlapping": (0, 1)}
+
+
 # ---------------------------------------------------------------------------- never mixed
 
 def _rows(source: str, ttft: float) -> pd.DataFrame:

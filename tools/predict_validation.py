@@ -20,7 +20,7 @@ from explorer.data import results
 from explorer.predict.calibrate import FitOptions
 from explorer.predict.observations import observations_from_store
 from explorer.predict.profile import load_profile
-from explorer.predict.validate import error_summary, prior_errors, spearman, split_validate
+from explorer.predict.validate import error_summary, prior_errors, split_validate
 from explorer.data.store import Store
 
 
@@ -48,6 +48,7 @@ def fmt(s: dict) -> str:
 
 def run(observations, points, factors, base, dtype, splits, label):
     ttft, enc, pre, rhos = [], [], [], []
+    pairs = {"separated": [0, 0], "overlapping": [0, 0]}
     first = None
     for seed in range(splits):
         res = split_validate(observations, points, factors, base, dtype, seed=seed, options=FitOptions())
@@ -55,6 +56,9 @@ def run(observations, points, factors, base, dtype, splits, label):
         first = first or (res, s)
         ttft.append(s["ttft"]), enc.append(s["encoder"]), pre.append(s["prefill"])
         rhos.extend(v for v in s["spearman_by_resolution"].values() if not math.isnan(v))
+        for kind, (right, total) in s["encoder_pairs_at_equal_resolution"].items():
+            pairs[kind][0] += right
+            pairs[kind][1] += total
     res, s = first
     print(f"\n== {label}: split seed 0: {s['calibration_points']} calibration points "
           f"({s['calibration_measurements']} measurements), {s['held_out_points']} held-out points")
@@ -71,7 +75,11 @@ def run(observations, points, factors, base, dtype, splits, label):
           f"[{min(x['within_25'] for x in ttft) * 100:.0f}-{max(x['within_25'] for x in ttft) * 100:.0f}]; "
           f"encoder median|err| median {med(x['median_abs'] for x in enc) * 100:.1f}%; "
           f"prefill median|err| median {med(x['median_abs'] for x in pre) * 100:.1f}%; "
-          f"spearman min {min(rhos) if rhos else float('nan'):.3f} median {med(rhos) if rhos else float('nan'):.3f}")
+          f"spearman min {min(rhos) if rhos else float('nan'):.3f} median {med(rhos) if rhos else float('nan'):.3f}, "
+          f"below 0.95 in {sum(r < 0.95 for r in rhos)} of {len(rhos)} (split, resolution) cases")
+    print(f"  held-out encoder pairs at equal resolution, over {splits} splits, ordered as measured: "
+          f"{pairs['separated'][0]}/{pairs['separated'][1]} of those whose measured p10-p90 ranges are apart, "
+          f"{pairs['overlapping'][0]}/{pairs['overlapping'][1]} of those whose ranges overlap")
     return res
 
 

@@ -19,7 +19,7 @@ from explorer.predict.model import predict_trace
 from explorer.predict.observations import Observation
 from explorer.predict.profile import DeviceProfile
 
-__all__ = ["ValidationResult", "spearman", "error_summary", "split_validate", "prior_errors"]
+__all__ = ["ValidationResult", "spearman", "pair_order", "error_summary", "split_validate", "prior_errors"]
 
 
 def _ranks(values: Sequence[float]) -> list[float]:
@@ -49,6 +49,26 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float:
     return num / den if den > 0 else math.nan
 
 
+def pair_order(rows: pd.DataFrame) -> dict[str, tuple[int, int]]:
+    """How many pairs of ``rows`` the prediction orders as measured, split by whether the measurement
+    itself separates them: ``{"separated": (right, pairs), "overlapping": (right, pairs)}``.
+
+    ``rows`` has ``measured_ms``, ``predicted_ms``, ``p10_ms`` and ``p90_ms``; a pair is
+    *separated* when the two measured p10-p90 ranges do not overlap. Overlapping pairs are ties as
+    far as the measurement can tell (their measured order may flip between two runs of the same
+    sweep), so a rank correlation over them scores measurement noise as much as the model.
+    """
+    counts = {"separated": [0, 0], "overlapping": [0, 0]}
+    items = list(rows[["measured_ms", "predicted_ms", "p10_ms", "p90_ms"]].itertuples(index=False, name=None))
+    for i in range(len(items)):
+        for j in range(i + 1, len(items)):
+            (ma, pa, la, ha), (mb, pb, lb, hb) = items[i], items[j]
+            kind = "separated" if ha < lb or hb < la else "overlapping"
+            counts[kind][1] += 1
+            counts[kind][0] += (ma < mb) == (pa < pb)
+    return {k: (v[0], v[1]) for k, v in counts.items()}
+
+
 def error_summary(errors: Sequence[float]) -> dict[str, float]:
     """n, median |error|, share within +-25%, worst |error| (errors as fractions)."""
     if not errors:
@@ -62,21 +82,25 @@ def error_summary(errors: Sequence[float]) -> dict[str, float]:
 class ValidationResult:
     calibration_points: tuple[str, ...]
     calibration_measurements: int
-    factors: pd.DataFrame          # held-out factor measurements: kind, label, measured_ms, predicted_ms, error
+    factors: pd.DataFrame          # held-out factor measurements: kind, label, measured_ms, p10_ms, p90_ms, predicted_ms, error
     points: pd.DataFrame           # held-out points: point_key, encoder, knobs, resolution, llm, ttft measured/predicted
     profile: DeviceProfile
 
     def summary(self) -> dict[str, Any]:
         enc = self.factors[self.factors.kind == "encoder"]
         rho = {}
+        pairs = {"separated": (0, 0), "overlapping": (0, 0)}
         for res, grp in enc.groupby("resolution"):
             if len(grp) >= 3:
                 rho[int(res)] = spearman(list(grp.measured_ms), list(grp.predicted_ms))
+            for kind, (right, total) in pair_order(grp).items():
+                pairs[kind] = (pairs[kind][0] + right, pairs[kind][1] + total)
         return {"ttft": error_summary(list(self.points.error)), "factors": error_summary(list(self.factors.error)),
                 "encoder": error_summary(list(enc.error)),
                 "prefill": error_summary(list(self.factors[self.factors.kind == "prefill"].error)),
                 "projector": error_summary(list(self.factors[self.factors.kind == "projector"].error)),
-                "spearman_by_resolution": rho, "calibration_points": len(self.calibration_points),
+                "spearman_by_resolution": rho, "encoder_pairs_at_equal_resolution": pairs,
+                "calibration_points": len(self.calibration_points),
                 "calibration_measurements": self.calibration_measurements, "held_out_points": len(self.points)}
 
 
@@ -123,10 +147,10 @@ def split_validate(observations: Sequence[Observation], points: pd.DataFrame, po
             continue
         measured = o.seconds * 1e3
         rows.append({"kind": o.kind, "label": o.label, "family": o.family, "resolution": _resolution(o),
-                     "measured_ms": measured, "predicted_ms": predicted[o.key],
-                     "error": predicted[o.key] / measured - 1})
-    factors = pd.DataFrame(rows, columns=["kind", "label", "family", "resolution", "measured_ms", "predicted_ms",
-                                          "error"])
+                     "measured_ms": measured, "p10_ms": o.p10_s * 1e3, "p90_ms": o.p90_s * 1e3,
+                     "predicted_ms": predicted[o.key], "error": predicted[o.key] / measured - 1})
+    factors = pd.DataFrame(rows, columns=["kind", "label", "family", "resolution", "measured_ms", "p10_ms", "p90_ms",
+                                          "predicted_ms", "error"])
     prow = []
     for _, r in ok.iterrows():
         keys = point_factors[r.point_key]
