@@ -192,3 +192,46 @@ def test_the_real_probe_works_inside_and_outside_inference_mode():
                                lambda: time_callable(lambda: a @ a, s)])
     assert [r.error for r in results] == [None, None]
     assert first.probe_ms > 0 and all(r.value.probe_ms > 0 and r.value.probe_units > 0 for r in results)
+
+
+def test_window_group_keeps_converged_timings_sampling_while_the_group_times():
+    # a and b are steady and converge at min_iters; c jitters (+-2%) and samples to max_iters.
+    # From call 30 on (when a and b have 9 samples) the machine runs 3x slower for good (a slow stretch of the host). With
+    # each timing's own window, a and b stop before it and c samples mostly inside it: c's ratio
+    # to a comes out ~12 instead of 4. With window=group, a and b keep sampling while c times,
+    # so all three span the same stretch and the medians keep 1 : 2 : 4.
+    settings = SETTINGS.replace(max_iters=30, target_rel_ci=0.001)
+
+    def run(window: str):
+        m = FakeMachine(lo=30, hi=10**9)  # round 0 takes 6 calls (a warm-up each), rounds 1-8 take 3
+
+        def jitter(call):
+            def fn():
+                call()
+                m.t_ns += int(((m.calls * 7919) % 5 - 2) * 0.01 * BASE_MS["c"] * 1e6)  # -2..+2% of 40 ms
+            return fn
+
+        fns = {"a": m.fn("a"), "b": m.fn("b"), "c": jitter(m.fn("c"))}
+        results = run_interleaved([lambda n=n: time_callable(fns[n], settings.replace(window=window), clock=m.clock,
+                                                             counters=m.counters) for n in "abc"], seed=0)
+        assert all(r.error is None for r in results)
+        return {n: r.value for n, r in zip("abc", results)}
+
+    own = run("own")
+    assert own["a"].n == own["b"].n == settings.min_iters and own["c"].n == settings.max_iters
+    assert own["c"].median_ms / own["a"].median_ms > 10  # the slow stretch hit c alone
+    group = run("group")
+    assert group["a"].n == group["b"].n == group["c"].n == settings.max_iters
+    assert group["b"].median_ms / group["a"].median_ms == pytest.approx(2.0)
+    assert group["c"].median_ms / group["a"].median_ms == pytest.approx(4.0, rel=0.025)
+    assert not group["a"].noisy and not group["b"].noisy and group["c"].noisy
+
+
+def test_window_group_alone_is_the_default_protocol():
+    # no other task to wait for: a timing stops at its own rule, as with window=own
+    m = FakeMachine(lo=0, hi=0)
+    results = run_interleaved([lambda: time_callable(m.fn("a"), SETTINGS.replace(window="group"), clock=m.clock,
+                                                     counters=m.counters)], seed=0)
+    assert results[0].value.n == SETTINGS.min_iters and not results[0].value.noisy
+    with pytest.raises(ValueError, match="measure.window"):
+        SETTINGS.replace(window="all").validate()

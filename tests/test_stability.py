@@ -46,9 +46,10 @@ def test_ratio_spread_is_the_largest_relative_distance_from_the_median_ratio():
     assert math.isnan(ratio_spread({"x": 1.0}, {"y": 1.0})[0])
 
 
-def _arm(name, lat, units):
+def _arm(name, lat, units, p10=None):
     return StabilityArm(name=name, neighbours=0, threads=1, latency_ms=lat, probe_units=units, probe_ms=1.0,
-                        noisy=0, contended=0, other_cores=0.0, machine="quiet", load_average="0", elapsed_s=1.0)
+                        noisy=0, contended=0, other_cores=0.0, machine="quiet", load_average="0", elapsed_s=1.0,
+                        p10_ms=p10 if p10 is not None else {})
 
 
 def test_report_figures_from_medians_and_probe_units():
@@ -66,3 +67,18 @@ def test_report_figures_from_medians_and_probe_units():
     assert fig["raw"]["order_violations"] == {"quiet-1": 0, "loaded": 0, "quiet-2": 0}
     text = report.markdown()
     assert "two quiet arms agree within 20.0%" in text and "fastvithd width_mult=1@256" in text
+
+
+def test_report_figures_from_lower_deciles():
+    q1 = grid(lambda w, r: w * r)
+    p10_q1 = {k: 0.9 * v for k, v in q1.items()}
+    p10_loaded = {k: 1.5 * v for k, v in p10_q1.items()}
+    p10_loaded[key(0.5, 128)] *= 1.1  # one setting 10% off the common ratio
+    p10_q2 = dict(p10_q1)
+    report = StabilityReport(arms=[_arm("quiet-1", q1, {}, p10_q1), _arm("loaded", q1, {}, p10_loaded),
+                                   _arm("quiet-2", q1, {}, p10_q2)], command="x")
+    fig = report.figures()
+    assert "probe" not in fig  # no probe units: that kind is left out
+    assert fig["p10"]["ratio_spread"] == pytest.approx(0.1)
+    assert fig["p10"]["quiet_agreement_max"] == pytest.approx(0.0)
+    assert "Lower deciles (p10): order violations" in report.markdown()

@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
-from explorer.checks import check_bool, check_int
+from explorer.checks import check_bool, check_choice, check_int
 from explorer.commands.common import error
 from explorer.conf.schema import hydra_node, options_of, hydra_command
 from explorer.data.atomic import atomic_path
@@ -26,7 +26,7 @@ from ..measure.costs import Timing
 from ..measure.encoder import prepare_for_timing
 from ..measure.flops import count_flops_torch
 from ..measure.prefill import measure_prefill
-from ..measure.settings import Environment, MeasureSettings, current_environment
+from ..measure.settings import WINDOWS, Environment, MeasureSettings, current_environment
 from ..measure.timing import time_callable
 from ..models.llm import get_llm_spec
 
@@ -457,7 +457,9 @@ class BenchOptions:
     ``llm_variants`` (labels) narrow the table. ``stability``: instead, the stability benchmark
     (explorer.engine.stability): ``space`` (default ``stability``: nine FastViTHD settings of known
     order) swept quiet, beside ``neighbours`` busy loops, and quiet again; ``threads`` fixes the
-    thread count of every arm (null: the sweep's policy, the cores left free).
+    thread count of every arm (null: the sweep's policy, the cores left free); ``window``: the
+    timings' window in every arm (``own`` | ``group``; null: the space's, else ``own``; see
+    ``measure.window``).
     """
 
     SECTION: ClassVar[str] = "bench"
@@ -473,12 +475,15 @@ class BenchOptions:
     stability: bool = False
     neighbours: int = 1
     space: str = "stability"
+    window: Optional[str] = None
 
     def __post_init__(self) -> None:
         check_bool("quick", self.quick)
         check_bool("stability", self.stability)
         check_int("neighbours", self.neighbours, low=0, high=256)
         check_int("threads", self.threads, low=1, optional=True, none_means="torch's default")
+        if self.window is not None:
+            check_choice("window", self.window, WINDOWS)
         for name in ("runtimes", "encoders", "llm_variants"):
             value = getattr(self, name)
             if isinstance(value, str):
@@ -503,11 +508,14 @@ def _run_stability(args: BenchOptions) -> int:
     try:
         space = resolve_space(args.space, MeasureBackend())
         settings = default_settings(space, threads=args.threads, device=args.device)
+        if args.window is not None:
+            settings = settings.replace(window=args.window)
     except (ValueError, SpaceError) as err:
         error(str(err))
         return 2
     command = "python -m explorer bench stability=true" + "".join(
-        f" {k}={v}" for k, v in (("neighbours", args.neighbours), ("threads", args.threads), ("space", args.space))
+        f" {k}={v}" for k, v in (("neighbours", args.neighbours), ("threads", args.threads), ("space", args.space),
+                                 ("window", args.window))
         if v is not None and not (k == "space" and v == "stability"))
 
     def progress(arm: Any) -> None:

@@ -119,6 +119,7 @@ class StabilityArm:
     load_average: str
     elapsed_s: float
     violations: list[Any] = field(default_factory=list)
+    p10_ms: dict[Setting, float] = field(default_factory=dict)  # lower decile of each setting's samples
 
 
 @dataclass
@@ -131,11 +132,12 @@ class StabilityReport:
 
     def figures(self) -> dict[str, Any]:
         """Order violations, loaded/quiet ratio spread and quiet agreement, from the medians
-        (``raw``) and from the probe-normalised latencies (``probe``: sample / probe)."""
+        (``raw``), from the probe-normalised latencies (``probe``: sample / probe) and from the
+        lower deciles of the samples (``p10``)."""
         out: dict[str, Any] = {"threads": {a.name: a.threads for a in self.arms},
                                "probe_ms": {a.name: a.probe_ms for a in self.arms}}
-        for kind in ("raw", "probe"):
-            values = {a.name: (a.latency_ms if kind == "raw" else a.probe_units) for a in self.arms}
+        for kind in ("raw", "probe", "p10"):
+            values = {a.name: {"raw": a.latency_ms, "probe": a.probe_units, "p10": a.p10_ms}[kind] for a in self.arms}
             if not all(values.values()):
                 continue
             q1 = values["quiet-1"]
@@ -171,7 +173,8 @@ class StabilityReport:
                          + f" | {raw:.3f} | "
                          + " | ".join(f"{a.probe_units.get(k, float('nan')):.2f}" for a in self.arms) + f" | {pr:.3f} |")
         lines.append("")
-        for kind, title in (("raw", "Medians"), ("probe", "Probe-normalised (sample / probe)")):
+        for kind, title in (("raw", "Medians"), ("probe", "Probe-normalised (sample / probe)"),
+                            ("p10", "Lower deciles (p10)")):
             if kind not in fig:
                 continue
             f = fig[kind]
@@ -200,6 +203,7 @@ def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, ba
     elapsed = time.monotonic() - t0
     latency: dict[Setting, float] = {}
     units: dict[Setting, float] = {}
+    p10: dict[Setting, float] = {}
     probes: list[float] = []
     noisy = contended = 0
     others = []
@@ -210,6 +214,7 @@ def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, ba
         key: Setting = (str(rec.inputs["encoder"]), tuple(sorted(dict(rec.inputs["knobs"]).items())),
                         int(rec.inputs["resolution"]))
         latency[key] = float(t["median_ms"])
+        p10[key] = float(t["p10_ms"])
         if t.get("probe_units") is not None:
             units[key] = float(t["probe_units"])
             probes.append(float(t["probe_ms"]))
@@ -221,7 +226,7 @@ def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, ba
     arm = StabilityArm(name=name, neighbours=neighbours, threads=threads, latency_ms=latency, probe_units=units,
                        probe_ms=statistics.median(probes) if probes else float("nan"), noisy=noisy,
                        contended=contended, other_cores=statistics.median(others) if others else float("nan"),
-                       machine=report.machine, load_average=load, elapsed_s=elapsed)
+                       machine=report.machine, load_average=load, elapsed_s=elapsed, p10_ms=p10)
     arm.violations = order_violations(latency)
     return arm
 

@@ -21,11 +21,19 @@ takes the samples, and the time, that the same measurements take one after anoth
 stops leaves the rounds and the rest go on. (A cap shared by the group, tried first, kept the
 unconverged measurements in lockstep but gave the slow ones the budget the fast ones did not use:
 the default sweep took 10-20% longer.)
+
+``measure.window=group`` changes one thing: a timing that meets its stopping rule while another
+of its group is still timing towards its own keeps sampling, one sample per round, until none
+is (or its own ``max_iters`` / ``max_time_s`` ends it). Every measurement of the group then
+spans the same stretch of time, so a host that changes speed for tens of seconds (docs/benchmarks.md,
+"The host's own speed") shifts them alike instead of catching one measurement in a fast stretch
+and another in a slow one; it costs the samples that early-converging measurements skip with
+the default ``own``. The statistics use every sample; ``noisy`` is judged on them all.
 """
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 __all__ = ["Round", "TaskResult", "run_interleaved", "current_round", "DEFAULT_TURN_S"]
@@ -48,12 +56,22 @@ class TaskResult:
 
 
 class Round:
-    """The handle a task's timer talks to: run a call, end a turn."""
+    """The handle a task's timer talks to: run a call, end a turn, say it has settled."""
 
-    def __init__(self, index: int, turn_s: float, scheduler: Any) -> None:
+    def __init__(self, index: int, turn_s: float, scheduler: Any, group: Optional["_Group"] = None) -> None:
         self.index = index
         self.turn_s = turn_s
         self._scheduler = scheduler  # the greenlet that hands out the turns
+        self._group = group if group is not None else _Group()
+
+    def settle(self) -> None:
+        """This task's timing has what it needs (it may still sample, riding along with the rest)."""
+        self._group.settled.add(self.index)
+
+    def others_unsettled(self) -> bool:
+        """Whether another task of the group is still timing towards its own stopping rule."""
+        group = self._group
+        return any(j != self.index and j not in group.settled and j not in group.finished for j in range(group.size))
 
     def call(self, fn: Callable[[], Any]) -> Any:
         """Run one timed call (inside ``torch.inference_mode``, entered and left around it: a
@@ -68,6 +86,15 @@ class Round:
         _ACTIVE[0] = None
         self._scheduler.switch()
         _ACTIVE[0] = self
+
+
+@dataclass
+class _Group:
+    """What the tasks of one interleaved group know of each other."""
+
+    size: int = 1
+    settled: set[int] = field(default_factory=set)  # timings that met their stopping rule
+    finished: set[int] = field(default_factory=set)  # tasks that returned or raised
 
 
 def run_interleaved(tasks: Sequence[Callable[[], Any]], seed: int = 0, turn_s: float = DEFAULT_TURN_S,
@@ -90,8 +117,9 @@ def run_interleaved(tasks: Sequence[Callable[[], Any]], seed: int = 0, turn_s: f
 
     scheduler = getcurrent()
     results = [TaskResult() for _ in tasks]
-    rounds = [Round(i, turn_s, scheduler) for i in range(len(tasks))]
-    finished: set[int] = set()
+    group = _Group(size=len(tasks))
+    rounds = [Round(i, turn_s, scheduler, group) for i in range(len(tasks))]
+    finished = group.finished
 
     def body(i: int) -> None:
         _ACTIVE[0] = rounds[i]

@@ -49,6 +49,8 @@ LM_HEADS = ("last", "all")
 LLM_ATTENTION = ("sdpa", "eager")
 PREPROCESS = ("pil", "torch", "none")
 PREPROCESS_FIT = ("crop", "pad")
+#: How long interleaved timings sample: each to its own stopping rule, or together (explorer.measure.interleave).
+WINDOWS = ("own", "group")
 _IMAGE_RE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
 
 
@@ -89,7 +91,11 @@ class MeasureSettings:
     (llama.cpp through llama-cpp-python, on a GGUF written from the same random weights, its
     matrices in ``llm_quant``: ``f16``, ``q8_0`` or ``q4_0``; needs the ``llamacpp`` extra).
     ``probe``: time the reference probe beside the samples (``explorer.measure.probe``; how fast
-    the machine was; not part of the environment key, it changes no measured value).
+    the machine was; not part of the environment key, it changes no measured value). ``window``
+    (measurements timed in interleaved rounds): ``own`` stops each timing at its own stopping rule;
+    ``group`` keeps a converged timing sampling while another of its group is still timing, so
+    that all of them span the same stretch of time (``explorer.measure.interleave``; not part of
+    the environment key).
     """
 
     device: str = "auto"
@@ -114,6 +120,7 @@ class MeasureSettings:
     llm_runtime: str = "transformers"
     llm_quant: str = "f16"
     probe: bool = True
+    window: str = "own"
 
     def validate(self) -> "MeasureSettings":
         """Raise ValueError naming the field, the value and what is allowed; returns self."""
@@ -126,6 +133,7 @@ class MeasureSettings:
         check_int("measure.batch_size", self.batch_size, low=1, high=4096)
         for name in ("channels_last", "compile", "reparameterize", "probe"):
             check_bool(f"measure.{name}", getattr(self, name))
+        check_choice("measure.window", self.window, WINDOWS)
         check_number("measure.warmup_s", self.warmup_s, low=0, high=3600)
         check_int("measure.warmup_iters", self.warmup_iters, low=0, high=100_000)
         check_int("measure.min_iters", self.min_iters, low=1, high=100_000)

@@ -286,6 +286,7 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
         sampling_s = 0.0  # this callable's own sampling time (the cap), whatever else ran between turns
         turn_s = 0.0
         ok = False
+        ride_along = rnd is not None and getattr(settings, "window", "own") == "group"
         meter.start()  # one span from the first sample to the last (other tasks' turns are ours)
         while True:
             if probe_call is not None and len(samples) % probe_every == 0:
@@ -300,7 +301,9 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
             n = len(samples)
             if n >= settings.min_iters and converged(samples, settings.target_rel_ci):
                 ok = True
-                break
+                if not (ride_along and rnd.others_unsettled()):
+                    break
+                rnd.settle()  # measure.window=group: keep sampling while the group is timing
             # The time cap (this callable's own sampling time) ends the protocol only once
             # min_iters samples exist; max_iters always does.
             if n >= settings.max_iters or (n >= settings.min_iters and sampling_s >= settings.max_time_s):
@@ -309,6 +312,8 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
                 rnd.end_turn()
                 turn_s = 0.0
     meter.stop()
+    if ride_along and ok:  # judged on every sample, the ones taken riding along included
+        ok = converged(samples, settings.target_rel_ci)
     return summarize(samples, noisy=not ok, meter=meter, probes_ms=probes or None)
 
 
