@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 from explorer.models import build_encoder
 from explorer.train.hf_fastvlm import (HFExportError, IMAGE_TOKEN, save_fastvlm, timm_model_args, timm_names,
@@ -138,6 +138,26 @@ def test_a_padded_vocabulary_takes_image_from_a_free_row(tmp_path: Path, randomi
     rows = vlm.lm.model.get_input_embeddings().weight.shape[0]
     assert out.image_token_id == len(vlm.codec.tokenizer) < rows
     assert out.added_rows == 0 and out.vocab_size == rows
+
+
+@pytest.mark.parametrize("mode", ["crop", "pad"])
+def test_the_processor_prepares_images_as_training_did(tmp_path: Path, randomize, mode: str) -> None:
+    from transformers import AutoProcessor
+
+    from explorer.train.llava_data import preprocess
+
+    save_fastvlm(_vlm(tmp_path, randomize), tmp_path / "hf", SIZE, image_mode=mode)
+    processor = AutoProcessor.from_pretrained(tmp_path / "hf")
+    rng = np.random.default_rng(3)
+    image = Image.fromarray(rng.integers(0, 256, (90, 200, 3), dtype=np.uint8)).filter(ImageFilter.SMOOTH)
+    theirs = processor.image_processor(images=image, return_tensors="pt")["pixel_values"][0]
+    ours = preprocess(image, SIZE, mode)
+    assert theirs.shape == ours.shape == (3, SIZE, SIZE)
+    diff = (theirs - ours).abs()
+    # the PIL backend is ours exactly; torchvision's bicubic is off by at most one level of 255
+    assert float(diff.mean()) < 0.5 / 255 and float(diff.max()) < 1.5 / 255
+    if mode == "pad":  # the black bands LLaVA's pad adds, top and bottom of a wide image
+        assert float(theirs[:, :10].abs().max()) == 0.0 == float(ours[:, :10].abs().max())
 
 
 # ------------------------------------------------------------------------------ the real readers

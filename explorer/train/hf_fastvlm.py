@@ -9,8 +9,8 @@ encoder's row-major order. That is the explorer's VLM exactly: the encoder's tok
 
 :func:`save_fastvlm` writes ``config.json`` (a :class:`~transformers.FastVlmConfig`),
 ``model.safetensors``, ``generation_config.json`` and, with the run's tokenizer, a
-``LlavaProcessor`` (tokenizer with an ``<image>`` token, ``CLIPImageProcessor`` resizing to the
-trained resolution with FastVLM's identity normalisation: pixels in [0, 1]), so that::
+``LlavaProcessor`` (tokenizer with an ``<image>`` token, an image processor that resizes and
+crops, or pads, as training did, with FastVLM's identity normalisation: pixels in [0, 1]), so that::
 
     model = FastVlmForConditionalGeneration.from_pretrained(out)
     processor = AutoProcessor.from_pretrained(out)
@@ -41,6 +41,7 @@ from typing import Any, Union
 import torch
 
 from ..models.fastvithd import FastViT
+from .llava_data import IMAGE_MODES
 from .pretrained import fold_like_fastvlm
 
 TIMM_ARCHITECTURE = "fastvit_mci3"
@@ -148,9 +149,10 @@ def timm_state_dict(encoder: FastViT) -> dict[str, torch.Tensor]:
 # the whole VLM
 
 
-def save_fastvlm(model: Any, out_dir: Union[str, Path], image_size: int) -> FastVlmExport:
+def save_fastvlm(model: Any, out_dir: Union[str, Path], image_size: int, image_mode: str = "crop") -> FastVlmExport:
     """Write ``model`` (an :class:`~explorer.train.vlm.VLM` with a FastViTHD encoder and a
-    transformers language model) as a Hugging Face FastVLM directory for ``image_size`` inputs."""
+    transformers language model) as a Hugging Face FastVLM directory for ``image_size`` inputs,
+    its processor preparing images as training did (``image_mode``: ``crop`` | ``pad``)."""
     from safetensors.torch import save_file
     try:
         from transformers import FastVlmConfig, GenerationConfig, TimmWrapperConfig
@@ -166,6 +168,8 @@ def save_fastvlm(model: Any, out_dir: Union[str, Path], image_size: int) -> Fast
     encoder = model.encoder
     model_args = timm_model_args(encoder)
     stride = encoder.config.downsample
+    if image_mode not in IMAGE_MODES:
+        raise HFExportError(f"invalid image_mode={image_mode!r}: one of {list(IMAGE_MODES)}")
     if not isinstance(image_size, int) or image_size <= 0 or image_size % stride:
         raise HFExportError(f"invalid image_size={image_size!r}: a positive multiple of the encoder's stride {stride}")
     out = Path(out_dir)
@@ -174,7 +178,8 @@ def save_fastvlm(model: Any, out_dir: Union[str, Path], image_size: int) -> Fast
     lm = model.lm.model
     tokenizer = copy.deepcopy(model.codec.tokenizer)
     if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
+        # a special token of its own; the tokenizer's other special tokens stay as they are
+        tokenizer.add_tokens([IMAGE_TOKEN], special_tokens=True)
     image_token_id = int(tokenizer.convert_tokens_to_ids(IMAGE_TOKEN))
 
     tensors: dict[str, torch.Tensor] = {VISION_PREFIX + k: v for k, v in timm_state_dict(encoder).items()}
@@ -216,9 +221,9 @@ def save_fastvlm(model: Any, out_dir: Union[str, Path], image_size: int) -> Fast
     eos = model.codec.eos_id
     GenerationConfig(eos_token_id=eos, pad_token_id=model.codec.pad_id, suppress_tokens=[image_token_id],
                      bos_token_id=getattr(tokenizer, "bos_token_id", None)).save_pretrained(out)
-    _save_processor(tokenizer, out, image_size, stride)
+    _save_processor(tokenizer, out, image_size, stride, image_mode)
     (out / "explorer_export.json").write_text(json.dumps({
-        "image_size": image_size, "visual_tokens": visual_tokens, "image_token": IMAGE_TOKEN,
+        "image_size": image_size, "image_mode": image_mode, "visual_tokens": visual_tokens, "image_token": IMAGE_TOKEN,
         "image_token_id": image_token_id, "pixel_range": [0.0, 1.0], "added_embedding_rows": added,
         "encoder": dict(model_args, out_channels=encoder.out_channels)}, indent=2))
     return FastVlmExport(str(out), image_size, image_token_id, visual_tokens, rows + added, added, len(tensors))
@@ -231,13 +236,16 @@ def _weight_name(model: torch.nn.Module, layer: torch.nn.Module) -> str:
     raise HFExportError("the language model's embedding is not among its modules")  # pragma: no cover
 
 
-def _save_processor(tokenizer: Any, out: Path, image_size: int, stride: int) -> None:
-    """A LlavaProcessor: one ``<image>`` in the text becomes ``(size / stride)^2`` placeholders."""
-    from transformers import CLIPImageProcessor, LlavaProcessor
+def _save_processor(tokenizer: Any, out: Path, image_size: int, stride: int, image_mode: str) -> None:
+    """A LlavaProcessor: one ``<image>`` in the text becomes ``(size / stride)^2`` placeholders, and
+    images are prepared as the trainer prepared them (:func:`~explorer.train.llava_data.preprocess`):
+    ``crop`` resizes the shortest side (bicubic) and centre-crops, ``pad`` pads to a black square
+    first (LLaVA's pad, with FastVLM's zero mean as the fill)."""
+    from transformers import CLIPImageProcessor, LlavaImageProcessor, LlavaProcessor
 
-    images = CLIPImageProcessor(do_resize=True, size={"height": image_size, "width": image_size},
-                                do_center_crop=False, do_rescale=True, rescale_factor=1 / 255,
-                                do_normalize=False, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0],
-                                do_convert_rgb=True)
+    common = dict(do_resize=True, size={"shortest_edge": image_size}, resample=3, do_center_crop=True,
+                  crop_size={"height": image_size, "width": image_size}, do_rescale=True, rescale_factor=1 / 255,
+                  do_normalize=False, image_mean=[0.0, 0.0, 0.0], image_std=[1.0, 1.0, 1.0], do_convert_rgb=True)
+    images = LlavaImageProcessor(do_pad=True, **common) if image_mode == "pad" else CLIPImageProcessor(**common)
     LlavaProcessor(image_processor=images, tokenizer=tokenizer, patch_size=stride, image_token=IMAGE_TOKEN,
                    num_additional_image_tokens=0, vision_feature_select_strategy="full").save_pretrained(out)

@@ -906,7 +906,7 @@ def _train(config: TrainConfig, stop: Optional[StopHook], world: _World, wall_st
     if config.export_hf and not stopped and world.main:
         from .hf_fastvlm import save_fastvlm
 
-        hf_export = save_fastvlm(model, out / "hf_fastvlm", config.resolution).path
+        hf_export = save_fastvlm(model, out / "hf_fastvlm", config.resolution, config.image_mode).path
     params = {"encoder": sum(p.numel() for p in model.encoder.parameters()),
               "projector": sum(p.numel() for p in model.projector.parameters()),
               "lm": sum(p.numel() for p in model.lm.parameters()),
