@@ -41,7 +41,8 @@ def main() -> None:
     proxy = ProxyTaskConfig(tasks=("read_code",), code_chars="0123456789", code_length=1, text_size=(0.10, 0.25),
                             distractors=1, val_size=args.samples, test_size=args.samples)
     config = TrainConfig(output_dir=str(out / "run"), resolution=args.resolution, proxy=proxy,
-                         encoder_knobs=dict(TINY), encoder_weights=args.encoder_weights, lm="hf", lm_path=args.lm, stage="projector", lr=2e-3,
+                         encoder_knobs=dict(TINY), encoder_weights=args.encoder_weights, lm="hf", lm_path=args.lm,
+                         stage="projector", lr=2e-3,
                          warmup_steps=5, batch_size=16, max_steps=args.steps, threads=1, max_new_tokens=4,
                          progress=False, log_every=10, checkpoint_every=args.steps, export_hf=True)
     t0 = time.perf_counter()
@@ -76,9 +77,8 @@ def main() -> None:
                                     attention_mask=torch.ones_like(ids), max_new_tokens=config.max_new_tokens,
                                     do_sample=False)
             theirs = hf(input_ids=ids, pixel_values=image_inputs["pixel_values"]).logits[0]
-            embeds = torch.cat([vlm.visual_tokens(sample.image[None]), vlm.lm.embed(torch.tensor([prompt]))], 1)
-            n = embeds.shape[1]
-            mine = vlm.lm(embeds, torch.ones(1, n, dtype=torch.bool), torch.arange(n)[None])[0]
+            batch = vlm._assemble(vlm.visual_tokens(sample.image[None]), [prompt], None)  # as training assembles
+            mine = vlm.lm(batch.embeds, batch.mask, batch.positions)[0]
         tokens = len(image_ids)
         worst = max(worst, float((theirs[tokens:, : mine.shape[-1]] - mine[tokens:]).abs().max()))
         last.append(mine[-1])

@@ -50,6 +50,12 @@ def _image(seed: int = 0) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8))
 
 
+def _our_logits(vlm: VLM, pixels: torch.Tensor, prompt: list[int]) -> torch.Tensor:
+    """Our VLM's logits over [visual tokens][prompt] for one image, assembled as training does."""
+    batch = vlm._assemble(vlm.visual_tokens(pixels), [prompt], None)
+    return vlm.lm(batch.embeds, batch.mask, batch.positions)[0]
+
+
 def _pixels(image: Image.Image) -> torch.Tensor:
     return torch.from_numpy(np.asarray(image, dtype=np.float32) / 255).permute(2, 0, 1)[None]
 
@@ -201,10 +207,7 @@ def test_transformers_loads_the_vlm_and_gives_our_logits(tmp_path: Path, randomi
 
     with torch.no_grad():
         theirs = hf(**inputs).logits[0, 4:]
-        visual = vlm.visual_tokens(_pixels(image))
-        embeds = torch.cat([visual, vlm.lm.embed(torch.tensor([text_ids]))], 1)
-        length = embeds.shape[1]
-        ours = vlm.lm(embeds, torch.ones(1, length, dtype=torch.bool), torch.arange(length)[None])[0, 4:]
+        ours = _our_logits(vlm, _pixels(image), text_ids)[4:]
     assert theirs.shape[-1] == out.vocab_size  # the <image> row (when added) is one more logit
     torch.testing.assert_close(theirs[:, : ours.shape[-1]], ours, rtol=1e-4, atol=1e-4)
 
@@ -277,9 +280,7 @@ def test_a_trained_run_exports_and_transformers_answers_as_we_do(tmp_path: Path)
         ids = torch.tensor([[image_id] * tokens + prompt])
         with torch.no_grad():
             theirs = hf(input_ids=ids, pixel_values=sample.image[None]).logits[0]
-            embeds = torch.cat([vlm.visual_tokens(sample.image[None]), vlm.lm.embed(torch.tensor([prompt]))], 1)
-            length = embeds.shape[1]
-            mine = vlm.lm(embeds, torch.ones(1, length, dtype=torch.bool), torch.arange(length)[None])[0]
+            mine = _our_logits(vlm, sample.image[None], prompt)
             out = hf.generate(input_ids=ids, pixel_values=sample.image[None], attention_mask=torch.ones_like(ids),
                               max_new_tokens=config.max_new_tokens, do_sample=False)
         torch.testing.assert_close(theirs[tokens:, : mine.shape[-1]], mine[tokens:], rtol=1e-4, atol=1e-4)

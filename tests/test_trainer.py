@@ -221,14 +221,9 @@ def test_stages_freeze_what_they_should(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------------------ other data / LMs
 
 
-def _tiny_hf_model(path: Path) -> None:
-    """A 2-layer Qwen2 with random weights and a byte-level BPE tokenizer, built offline."""
-    tiny_hf_lm(path)
-
-
 def test_transformers_lm_path(tmp_path: Path) -> None:
     lm_dir = tmp_path / "tiny-qwen2"
-    _tiny_hf_model(lm_dir)
+    tiny_hf_lm(lm_dir)  # a 2-layer Qwen2 with random weights and a byte-level BPE tokenizer, built offline
     result = train(tiny(tmp_path, lm="hf", lm_path=str(lm_dir), max_steps=4, checkpoint_every=2))
     assert result.steps == 4 and result.train_loss is not None and math.isfinite(result.train_loss)
     assert result.val_accuracy is not None

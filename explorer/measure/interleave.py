@@ -58,11 +58,11 @@ class TaskResult:
 class Round:
     """The handle a task's timer talks to: run a call, end a turn, say it has settled."""
 
-    def __init__(self, index: int, turn_s: float, scheduler: Any, group: Optional["_Group"] = None) -> None:
+    def __init__(self, index: int, turn_s: float, scheduler: Any, group: "_Group") -> None:
         self.index = index
         self.turn_s = turn_s
         self._scheduler = scheduler  # the greenlet that hands out the turns
-        self._group = group if group is not None else _Group()
+        self._group = group
 
     def settle(self) -> None:
         """This task's timing has what it needs (it may still sample, riding along with the rest)."""

@@ -286,7 +286,7 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
         sampling_s = 0.0  # this callable's own sampling time (the cap), whatever else ran between turns
         turn_s = 0.0
         ok = False
-        ride_along = rnd is not None and getattr(settings, "window", "own") == "group"
+        ride_along = rnd is not None and settings.window == "group"
         meter.start()  # one span from the first sample to the last (other tasks' turns are ours)
         while True:
             if probe_call is not None and len(samples) % probe_every == 0:

@@ -208,7 +208,7 @@ def save_fastvlm(model: Any, out_dir: Union[str, Path], image_size: int, image_m
             tensors[key] = value  # lm_head.weight sits at the top, as in any *ForCausalLM
     text_config.vocab_size = rows + added
 
-    visual_tokens = (image_size // stride) ** 2
+    visual_tokens = encoder.num_tokens(image_size)
     vision_config = TimmWrapperConfig(architecture=TIMM_ARCHITECTURE, hidden_size=encoder.out_channels,
                                       do_pooling=False, model_args=model_args, num_labels=0)
     config = FastVlmConfig(vision_config=vision_config, text_config=text_config, image_token_index=image_token_id,
@@ -218,8 +218,7 @@ def save_fastvlm(model: Any, out_dir: Union[str, Path], image_size: int, image_m
     config.save_pretrained(out)
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / "model.safetensors"),
               metadata={"format": "pt"})
-    eos = model.codec.eos_id
-    GenerationConfig(eos_token_id=eos, pad_token_id=model.codec.pad_id, suppress_tokens=[image_token_id],
+    GenerationConfig(eos_token_id=model.codec.eos_id, pad_token_id=model.codec.pad_id, suppress_tokens=[image_token_id],
                      bos_token_id=getattr(tokenizer, "bos_token_id", None)).save_pretrained(out)
     _save_processor(tokenizer, out, image_size, stride, image_mode)
     (out / "explorer_export.json").write_text(json.dumps({
