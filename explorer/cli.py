@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "train": "train chosen design points on the text-rich proxy task and store their accuracy",
     "predict": "predicted TTFT of a space on a device profile, no measuring (predict +space=NAME device=PROFILE)",
     "calibrate": "fit a device profile to the measurements in a results database (calibrate store=DIR)",
+    "accuracy": "the accuracy model: accuracy fit|validate|show (published results -> predictions with intervals)",
     "validate": "compare factorised TTFT with the assembled VLM's end-to-end generate (validate resolutions=[256,512])",
 }
 

@@ -45,12 +45,14 @@ def default_model(options: AccuracyFitOptions = AccuracyFitOptions()) -> Accurac
 
 
 def fill_accuracy(df: pd.DataFrame, metric: str = "avg5", recipe: Optional[str] = "auto",
-                  model: Optional[AccuracyModel] = None, level: float = INTERVAL_LEVEL) -> pd.DataFrame:
+                  model: Optional[AccuracyModel] = None, level: float = INTERVAL_LEVEL,
+                  explain: bool = False) -> pd.DataFrame:
     """Every row gets ``accuracy``, ``accuracy_low``, ``accuracy_high``, ``accuracy_source`` and
     ``accuracy_extrapolated``. Rows that already have an accuracy keep it (their interval is the
     value itself, or +-0.5 for numbers read off a plot); the rest are predicted for ``metric``
     with ``recipe`` (``auto``: one recipe for the whole frame, see :meth:`AccuracyModel.choose_recipe`;
-    ``None``: an unknown recipe, wider intervals; or a literature source id).
+    ``None``: an unknown recipe, wider intervals; or a literature source id). ``explain`` adds
+    ``accuracy_why``: why a prediction is extrapolated.
     """
     out = df.copy()
     for column, fill in (("accuracy", np.nan), ("accuracy_source", None), ("accuracy_low", np.nan),
@@ -83,8 +85,7 @@ def fill_accuracy(df: pd.DataFrame, metric: str = "avg5", recipe: Optional[str] 
     out.loc[pred.index, "accuracy_high"] = pred["accuracy_high"]
     out.loc[pred.index, "accuracy_source"] = label
     out.loc[pred.index, "accuracy_extrapolated"] = pred["extrapolated"]
-    if "accuracy_why" not in out.columns:
-        out["accuracy_why"] = None
-    out["accuracy_why"] = out["accuracy_why"].astype(object)
-    out.loc[pred.index, "accuracy_why"] = pred["why"]
+    if explain:
+        out["accuracy_why"] = pd.Series([None] * len(out), index=out.index, dtype=object)
+        out.loc[pred.index, "accuracy_why"] = pred["why"]
     return out

@@ -410,13 +410,18 @@ def design_rows(points: pd.DataFrame) -> pd.DataFrame:
     """The model's features for rows of the results table (registry encoders, catalog LLMs)."""
     from explorer.accuracy.literature import REGISTRY_FAMILY, llm_family, nominal_params_b
 
+    def column(name: str) -> pd.Series:
+        if name not in points.columns:
+            return pd.Series(np.nan, index=points.index, dtype=float)
+        return pd.to_numeric(points[name], errors="coerce").astype(float)
+
     out = pd.DataFrame(index=points.index)
     out["encoder_family"] = points["encoder"].map(lambda e: REGISTRY_FAMILY.get(str(e), "other"))
-    out["encoder_params_m"] = pd.to_numeric(points.get("encoder_params_m"), errors="coerce")
-    out["resolution"] = pd.to_numeric(points["resolution"], errors="coerce")
-    out["visual_tokens"] = pd.to_numeric(points.get("visual_tokens"), errors="coerce")
+    out["encoder_params_m"] = column("encoder_params_m")
+    out["resolution"] = column("resolution")
+    out["visual_tokens"] = column("visual_tokens")
     sizes = []
-    for name, params_m in zip(points["llm"], pd.to_numeric(points.get("llm_params_m"), errors="coerce")):
+    for name, params_m in zip(points["llm"], column("llm_params_m")):
         nominal = nominal_params_b(str(name))
         sizes.append(nominal if nominal is not None else (params_m / 1000.0 if pd.notna(params_m) else float("nan")))
     out["llm_params_b"] = sizes

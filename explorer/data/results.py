@@ -28,7 +28,7 @@ COLUMNS: tuple[str, ...] = (
     "encoder_latency_cv", "encoder_peak_mem_mb", "preprocess_ms", "projector_params_m", "projector_gflops",
     "projector_latency_ms", "prefill_tokens", "prefill_gflops", "prefill_latency_ms", "prefill_latency_p10_ms",
     "prefill_latency_p90_ms", "prefill_method", "llm_params_m", "ttft_ms", "ttft_gflops", "accuracy",
-    "accuracy_source", "device", "dtype", "threads", "torch_version", "status", "error", "measured_at",
+    "accuracy_low", "accuracy_high", "accuracy_source", "accuracy_extrapolated", "device", "dtype", "threads", "torch_version", "status", "error", "measured_at",
 )
 #: How far each latency can be trusted (explorer.data.confidence), per timed factor: ``*_noisy``
 #: (a cap ended its timing before the median's 95% CI reached its target), ``*_contended``
@@ -100,7 +100,8 @@ def _open(source: Union[str, Path, Store]) -> tuple[Store, bool]:
 
 def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: str = "latest",
          accuracy_metric: Optional[str] = "avg5", accuracy_csv: Optional[Union[str, Path]] = None,
-         ttft_includes_preprocess: bool = True) -> pd.DataFrame:
+         ttft_includes_preprocess: bool = True, predict_accuracy: bool = True,
+         accuracy_recipe: Optional[str] = "auto") -> pd.DataFrame:
     """The results table of a results folder, a ``.db`` path, a SQLAlchemy URL or a Store.
 
     ``space`` keeps one space's points (default: all points, each once). ``env`` picks the
@@ -111,6 +112,9 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
     Accuracy: values stored in the database (training runs) come first; rows still without one
     take the user's ``accuracy_csv``, then the published tables (``results/reference/``) for
     ``accuracy_metric`` (``None`` leaves published numbers out). See :mod:`explorer.data.reference`.
+    Rows still without one are predicted by the accuracy model (``predict_accuracy``; recipe
+    ``accuracy_recipe``, see :func:`explorer.accuracy.fill_accuracy`), with ``accuracy_source =
+    predicted:...``; every row's ``accuracy_low`` / ``accuracy_high`` is its 80% interval.
 
     ``ttft_includes_preprocess``: ``ttft_ms`` counts the measured image preprocessing
     (``preprocess_ms``; the deployed definition, default) or leaves it out (``False``: the
@@ -128,8 +132,13 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
         return df
     from .reference import attach_accuracy
 
-    return attach_accuracy(df, metric=accuracy_metric or "avg5", user_csv=accuracy_csv,
-                           published=accuracy_metric is not None)
+    df = attach_accuracy(df, metric=accuracy_metric or "avg5", user_csv=accuracy_csv,
+                         published=accuracy_metric is not None)
+    if not predict_accuracy or accuracy_metric is None:
+        return df
+    from explorer.accuracy import fill_accuracy  # the accuracy layer sits on data; imported on use
+
+    return fill_accuracy(df, metric=accuracy_metric, recipe=accuracy_recipe)[list(df.columns)]
 
 
 def _accuracy_for(point: PointRecord, by_key: dict[str, AccuracyRecord],
@@ -278,7 +287,10 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         "ttft_ms": ttft_ms,
         "ttft_gflops": sum(gfl),
         "accuracy": acc.value if acc is not None else _nan(),
+        "accuracy_low": _nan(),
+        "accuracy_high": _nan(),
         "accuracy_source": acc.source if acc is not None else None,
+        "accuracy_extrapolated": False,
         "device": env.get("device"),
         "dtype": env.get("dtype"),
         "threads": env.get("threads"),
@@ -298,7 +310,7 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
 
 def _types(frame: pd.DataFrame) -> pd.DataFrame:
     """Stable dtypes whatever the rows hold (numbers float/Int64, text object, time datetime)."""
-    floats = [c for c in COLUMNS if c.endswith(("_ms", "_m", "_gflops", "_cv", "_mb")) or c in ("accuracy",)]
+    floats = [c for c in COLUMNS if c.endswith(("_ms", "_m", "_gflops", "_cv", "_mb")) or c in ("accuracy", "accuracy_low", "accuracy_high")]
     for c in floats:
         frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
     for c in ("resolution", "text_tokens", "visual_tokens", "prefill_tokens", "threads"):
