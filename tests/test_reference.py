@@ -94,6 +94,9 @@ def test_results_load_joins_user_and_published_accuracy(tmp_path):
     df = results.load(tmp_path / "r", accuracy_csv=csv).set_index("knobs")
     assert df.loc['{"width":2}', "accuracy"] == 42.5
     assert df.loc['{"width":2}', "accuracy_source"] == "user:my-eval"
-    assert np.isnan(df.loc['{"width":1}', "accuracy"])
+    assert df.loc['{"width":2}', "accuracy_low"] == df.loc['{"width":2}', "accuracy_high"] == 42.5
+    assert df.loc['{"width":1}', "accuracy_source"].startswith("predicted:")  # a user's value wins where given
+    bare = results.load(tmp_path / "r", accuracy_csv=csv, predict_accuracy=False).set_index("knobs")
+    assert np.isnan(bare.loc['{"width":1}', "accuracy"])
     plain = results.load(tmp_path / "r", accuracy_metric=None)
     assert plain["accuracy"].isna().all()

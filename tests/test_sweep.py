@@ -231,7 +231,12 @@ def test_accuracy_joins_by_point_and_by_fields(tmp_path):
     df = results.load(tmp_path / "r").set_index(["encoder", "resolution"])
     assert df.loc[("toy", 64), "accuracy"] == 55.0 and df.loc[("toy", 64), "accuracy_source"] == "trained"
     assert df.loc[("toy2", 128), "accuracy"] == 40.0
-    assert pd.isna(df.loc[("toy", 128), "accuracy"]) and pd.isna(df.loc[("toy2", 64), "accuracy"])
+    # the rest is predicted, and says so (an unknown family: extrapolated)
+    for key in (("toy", 128), ("toy2", 64)):
+        assert df.loc[key, "accuracy_source"].startswith("predicted:") and df.loc[key, "accuracy_extrapolated"]
+        assert df.loc[key, "accuracy_low"] < df.loc[key, "accuracy"] < df.loc[key, "accuracy_high"]
+    bare = results.load(tmp_path / "r", predict_accuracy=False).set_index(["encoder", "resolution"])
+    assert pd.isna(bare.loc[("toy", 128), "accuracy"]) and pd.isna(bare.loc[("toy2", 64), "accuracy"])
 
 
 def test_report_text(tmp_path):

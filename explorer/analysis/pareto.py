@@ -36,6 +36,9 @@ import optuna
 import pandas as pd
 
 __all__ = [
+    "INTERVAL_COLUMNS",
+    "MEMBERSHIP",
+    "frontier_membership",
     "Objective",
     "DEFAULT_OBJECTIVES",
     "ACCURACY_FALLBACKS",
@@ -413,6 +416,74 @@ def pareto_front(
         n_valid=int(valid.sum()),
         notes=tuple(notes),
     )
+
+
+#: objective column -> the (low, high) columns of its interval, where the table has them.
+INTERVAL_COLUMNS: dict[str, tuple[str, str]] = {
+    "accuracy": ("accuracy_low", "accuracy_high"),
+    "ttft_ms": ("ttft_low_ms", "ttft_high_ms"),
+}
+#: The verdicts of :func:`frontier_membership`.
+MEMBERSHIP: tuple[str, ...] = ("certain", "possible", "dominated")
+
+
+def _dominates(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """For losses (lower is better): does row i of ``a`` dominate ``b`` (all <=, one <)? [n, n] matrix."""
+    le = (a[:, None, :] <= b[None, :, :]).all(axis=2)
+    lt = (a[:, None, :] < b[None, :, :]).any(axis=2)
+    return le & lt
+
+
+def frontier_membership(df: pd.DataFrame, objectives: ObjectivesLike = None,
+                        group_by: str | Sequence[str] | None = None) -> pd.Series:
+    """Whether each row is on the frontier given the objectives' intervals (:data:`INTERVAL_COLUMNS`).
+
+    ``certain``: no other row could beat it on every objective even at the best end of that
+    row's intervals and the worst end of its own; ``dominated``: another row beats it on every
+    objective at the worst end of the other's intervals and the best end of its own; ``possible``:
+    neither (the intervals overlap, so the order is not settled). An objective without interval
+    columns counts as exact. Rows that cannot be judged (failed, missing values) get NA. With
+    ``group_by``, each group is judged on its own (a frontier per LLM).
+    """
+    objs = parse_objectives(objectives)
+    for o in objs:
+        if o.column not in df.columns:
+            raise ValueError(f"invalid objectives: column {o.column!r} is not in the table")
+    out = pd.Series(pd.NA, index=df.index, dtype="object")
+    ok = df["status"].eq("ok") if "status" in df.columns else pd.Series(True, index=df.index)
+    columns = [o.column for o in objs]
+    values = df[columns].apply(pd.to_numeric, errors="coerce")
+    ok &= values.notna().all(axis=1)
+    groups = [df.index[ok]]
+    if group_by is not None:
+        keys = [group_by] if isinstance(group_by, str) else list(group_by)
+        groups = [part.index for _, part in df[ok].groupby(keys, dropna=False)]
+    for index in groups:
+        if len(index) == 0:
+            continue
+        best = np.empty((len(index), len(objs)))
+        worst = np.empty_like(best)
+        for k, o in enumerate(objs):
+            point = values.loc[index, o.column].to_numpy(dtype=float)
+            low = high = point
+            cols = INTERVAL_COLUMNS.get(o.column)
+            if cols is not None and all(c in df.columns for c in cols):
+                low = pd.to_numeric(df.loc[index, cols[0]], errors="coerce").fillna(
+                    pd.Series(point, index=index)).to_numpy(dtype=float)
+                high = pd.to_numeric(df.loc[index, cols[1]], errors="coerce").fillna(
+                    pd.Series(point, index=index)).to_numpy(dtype=float)
+            low, high = np.minimum(low, point), np.maximum(high, point)
+            # as losses: the best end is the low one of a minimised objective, the high one of a maximised
+            best[:, k] = low if o.minimize else -high
+            worst[:, k] = high if o.minimize else -low
+        could_beat = _dominates(best, worst)  # [j, i]: j at its best beats i at its worst
+        surely_beats = _dominates(worst, best)  # [j, i]: j at its worst beats i at its best
+        np.fill_diagonal(could_beat, False)
+        np.fill_diagonal(surely_beats, False)
+        verdict = np.where(surely_beats.any(axis=0), "dominated",
+                           np.where(could_beat.any(axis=0), "possible", "certain"))
+        out.loc[index] = verdict
+    return out
 
 
 def best_under_budget(

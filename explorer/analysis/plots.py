@@ -189,7 +189,10 @@ def hover_text(df: pd.DataFrame) -> pd.Series:
             lines.append("GFLOP: " + ", ".join(f"{n} {v}" for n, v in flops if v))
         accuracy = _fmt(r.get("accuracy"))
         source = _fmt(r.get("accuracy_source"))
-        lines.append(f"accuracy {accuracy or 'n/a'}" + (f" ({source})" if source else ""))
+        low, high = _fmt(r.get("accuracy_low")), _fmt(r.get("accuracy_high"))
+        interval = f" [{low}, {high}]" if low and high and low != high else ""
+        lines.append(f"accuracy {accuracy or 'n/a'}{interval}" + (f" ({source})" if source else "")
+                     + (" · extrapolated" if r.get("accuracy_extrapolated") is True else ""))
         env = [_fmt(r.get(c)) for c in ("device", "dtype")]
         if _fmt(r.get("threads")):
             env.append(f"{_fmt(r.get('threads'))} threads")
@@ -211,6 +214,23 @@ def _log_axis(values: pd.Series) -> bool:
 def _staircase_shape(x: Objective) -> str:
     """Pareto attainment boundary: with x minimised the best value holds until the next point."""
     return "hv" if x.minimize else "vh"
+
+
+def interval_marks(part: pd.DataFrame, column: str, base: str = "circle") -> dict:
+    """Plotly keywords for one trace: error bars from ``column``'s interval columns where the table
+    has them, and an open marker for every predicted value (``accuracy_source`` ``predicted:...``)."""
+    out: dict = {}
+    if column == "accuracy" and {"accuracy_low", "accuracy_high"} <= set(part.columns):
+        value = pd.to_numeric(part["accuracy"], errors="coerce")
+        high = (pd.to_numeric(part["accuracy_high"], errors="coerce") - value).clip(lower=0).fillna(0)
+        low = (value - pd.to_numeric(part["accuracy_low"], errors="coerce")).clip(lower=0).fillna(0)
+        if (high > 0).any() or (low > 0).any():
+            out["error_y"] = dict(type="data", symmetric=False, array=high.tolist(), arrayminus=low.tolist(),
+                                  thickness=1, width=3)
+    if "accuracy_source" in part.columns:
+        predicted = part["accuracy_source"].astype(str).str.startswith("predicted:")
+        out["symbol"] = [f"{base}-open" if p else base for p in predicted]
+    return out
 
 
 def objectives_scatter(
@@ -256,16 +276,20 @@ def objectives_scatter(
         members = valid[labels.eq(name)] if len(valid) else valid
         dominated = members.drop(index=front.index, errors="ignore")
         if len(dominated):
+            marks = interval_marks(dominated, yo.column)
             fig.add_trace(go.Scatter(
                 x=dominated[xo.column], y=dominated[yo.column], mode="markers", name=f"{name}: dominated",
-                legendgroup=name, marker=dict(color=colour, size=7, opacity=0.35),
+                legendgroup=name, marker=dict(color=colour, size=7, opacity=0.35, symbol=marks.get("symbol")),
+                error_y=marks.get("error_y"),
                 text=hover_text(dominated), hovertemplate="%{text}<extra>dominated</extra>",
             ))
         front = _finite(front, [xo.column, yo.column]).sort_values(xo.column)
+        marks = interval_marks(front, yo.column)
         fig.add_trace(go.Scatter(
             x=front[xo.column], y=front[yo.column], mode="lines+markers", line_shape=shape,
             name=f"{name}: frontier" if result.group_by else "frontier", legendgroup=name,
-            marker=dict(color=colour, size=10, line=dict(width=1, color="white")), line=dict(color=colour, width=2),
+            marker=dict(color=colour, size=10, line=dict(width=1.5, color=colour), symbol=marks.get("symbol")),
+            line=dict(color=colour, width=2), error_y=marks.get("error_y"),
             text=hover_text(front), hovertemplate="%{text}<extra>frontier</extra>",
         ))
     if result.group_by and len(fronts) > 1 and len(result.front):
@@ -277,6 +301,10 @@ def objectives_scatter(
 
     arrow = {True: "lower is better", False: "higher is better"}
     subtitle = " ".join(result.notes[:1]) if result.fallback else ""
+    if not subtitle and "accuracy" in (xo.column, yo.column) and "accuracy_source" in valid.columns and \
+            valid["accuracy_source"].astype(str).str.startswith("predicted:").any():
+        subtitle = ("open markers: predicted accuracy (bars: its 80% interval); filled: published, trained or "
+                    "given")
     title = f"{_label(yo.column)} vs {_label(xo.column)}: Pareto frontier"
     if result.group_by:
         title += f" per {', '.join(result.group_by)}"
@@ -463,9 +491,11 @@ def accuracy_vs_ttft(df: pd.DataFrame, reference: pd.DataFrame | None = None) ->
             colour = colours.setdefault(str(part["encoder"].iloc[0]) if "encoder" in part else str(config),
                                         _colour(len(colours)))
             part = part.sort_values("ttft_ms")
+            marks = interval_marks(part, "accuracy")
             fig.add_trace(go.Scatter(
                 x=part["ttft_ms"], y=part["accuracy"], mode="lines+markers", name=str(config),
-                marker=dict(size=9, color=colour), line=dict(color=colour),
+                marker=dict(size=9, color=colour, symbol=marks.get("symbol")), line=dict(color=colour),
+                error_y=marks.get("error_y"),
                 text=hover_text(part), hovertemplate="%{text}<extra>this table</extra>",
             ))
     if ref is not None and len(ref):

@@ -24,6 +24,7 @@ from explorer.analysis import plots
 from explorer.data.atomic import atomic_path
 from explorer.analysis.pareto import (
     FrontierResult,
+    frontier_membership,
     ObjectivesLike,
     best_under_budget,
     hypervolume,
@@ -49,7 +50,8 @@ STATIC_EXPORT_HELP = (
 FRONTIER_COLUMNS: tuple[str, ...] = (
     "encoder", "knobs", "resolution", "llm", "text_tokens", "visual_tokens", "encoder_params_m",
     "encoder_latency_ms", "projector_latency_ms", "prefill_latency_ms", "ttft_ms", "ttft_gflops",
-    "accuracy", "accuracy_source", "noisy", "contended", "n_identical", "point_key",
+    "accuracy", "accuracy_low", "accuracy_high", "accuracy_source", "accuracy_extrapolated", "membership",
+    "noisy", "contended", "n_identical", "point_key",
 )
 ENVIRONMENT_COLUMNS: tuple[str, ...] = ("device", "dtype", "threads", "torch_version")
 
@@ -116,6 +118,18 @@ def _table(df: pd.DataFrame, table_id: str, caption: str = "") -> str:
     return f'{cap}<div class="scroll">{body}</div>'
 
 
+def _with_membership(result: FrontierResult, judged: pd.DataFrame, overall: pd.Series) -> FrontierResult:
+    """The result with a ``membership`` column on its frontier tables (overall and per group)."""
+    import dataclasses
+
+    front = result.front.assign(membership=overall.reindex(result.front.index))
+    group_fronts = result.group_fronts
+    if not group_fronts.empty and result.group_by:
+        per_group = frontier_membership(judged, result.objectives, list(result.group_by))
+        group_fronts = group_fronts.assign(membership=per_group.reindex(group_fronts.index))
+    return dataclasses.replace(result, front=front, group_fronts=group_fronts)
+
+
 def _frontier_section(result: FrontierResult, df: pd.DataFrame) -> str:
     objective_columns = [o.column for o in result.objectives]
     shown = list(dict.fromkeys([*FRONTIER_COLUMNS, *objective_columns]))
@@ -137,6 +151,17 @@ def _frontier_section(result: FrontierResult, df: pd.DataFrame) -> str:
         hv = hypervolume(front, result.objectives, reference) if reference else float("nan")
         rows.append({"frontier": label, "points": len(front), "hypervolume": hv})
     parts.append(_table(pd.DataFrame(rows), "hypervolume-table"))
+    if len(objective_columns) >= 2 and result.n_valid:
+        judged = df.loc[result.on_front.index.difference(result.excluded.index, sort=False)]
+        overall = frontier_membership(judged, result.objectives)
+        counts = overall.value_counts()
+        parts.append(
+            "<p>Given the intervals (accuracy: the 80% interval of each value; a published or trained "
+            f"value is exact), <b>{int(counts.get('certain', 0))}</b> row(s) are certainly on the overall "
+            f"frontier, <b>{int(counts.get('possible', 0))}</b> possibly (an interval overlaps a rival's, "
+            f"so the order is not settled) and {int(counts.get('dominated', 0))} certainly off it "
+            "(<code>membership</code>; per group in the group table).</p>")
+        result = _with_membership(result, judged, overall)
     table = result.front.reindex(columns=[c for c in shown if c in result.front.columns])
     parts.append(_table(table, "frontier-table", f"Overall frontier ({len(table)} rows), best "
                         f"{result.objectives[0]} first."))
