@@ -498,3 +498,15 @@ if __name__ == "__main__":  # pragma: no cover
     sys.path.insert(0, str(Path(__file__).parent))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _benchmark()
+
+
+def test_search_optimises_predicted_accuracy(tmp_path: Path) -> None:
+    """search.accuracy=predicted: every trial has an accuracy (none is stored), from the accuracy model."""
+    url = f"sqlite:///{tmp_path}/store.db"
+    report = F.search(toy_space(), None, url, trials=5, sampler="random", seed=0, accuracy="predicted", **SIMPLE)
+    assert [str(o) for o in report.objectives] == ["ttft_ms:min", "accuracy:max"]
+    study = load(url, report.study_name)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 5
+    for t in done:
+        assert 0 < t.values[1] < 100 and t.values[1] == pytest.approx(t.user_attrs["metrics"]["accuracy"])

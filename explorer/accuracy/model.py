@@ -165,7 +165,7 @@ class AccuracyModel:
             else:
                 s = sup.loc[fam]
                 enc = float(r.encoder_params_m) if pd.notna(r.encoder_params_m) else float("nan")
-                if math.isfinite(enc) and not s.enc_min * 0.9 <= enc <= s.enc_max * 1.1:
+                if math.isfinite(enc) and math.isfinite(s.enc_min) and not s.enc_min * 0.9 <= enc <= s.enc_max * 1.1:
                     why.append(f"{fam} encoders were published at {s.enc_min:g}-{s.enc_max:g} M parameters, "
                                f"not {enc:.4g}")
                 if not s.tok_min * 0.8 <= r.visual_tokens <= s.tok_max * 1.25:
@@ -187,7 +187,10 @@ class AccuracyModel:
             if r.encoder_family not in sup.index:
                 continue
             s = sup.loc[r.encoder_family]
-            enc = float(r.encoder_params_m) if pd.notna(r.encoder_params_m) else float(s.enc_min)
+            enc = float(r.encoder_params_m) if pd.notna(r.encoder_params_m) else float("nan")
+            if not (math.isfinite(enc) and math.isfinite(s.enc_min) and math.isfinite(s.enc_max)):
+                out[i] = 0.0  # the family is known, its sizes are not: nothing to measure a distance on
+                continue
             below = max(math.log(s.enc_min / enc), 0.0)
             above = max(math.log(enc / s.enc_max), 0.0)
             out[i] = min((below + above) / math.log(2.0), 1.0)

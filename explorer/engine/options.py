@@ -87,7 +87,9 @@ class SearchOptions:
     ``objectives`` e.g. ``["ttft_ms:min", "accuracy:max"]`` (null: that default, with resolution
     standing in for accuracy when none is stored); ``max_ttft_ms`` / ``max_params_m`` are
     constraints judged on measured values; ``ordinal`` makes evenly spaced numeric lists ordered
-    parameters; ``study`` names the optuna study (null: ``<space>-<sampler>-<digest>``).
+    parameters; ``study`` names the optuna study (null: ``<space>-<sampler>-<digest>``);
+    ``accuracy=predicted`` gives every trial an accuracy (published, else predicted by
+    :mod:`explorer.accuracy`, the FastVLM README's ``avg5``), so the search optimises it.
     """
 
     SECTION: ClassVar[str] = "search"
@@ -102,8 +104,10 @@ class SearchOptions:
     ordinal: bool = True
     population_size: Optional[int] = None
     dry_run: bool = False
+    accuracy: str = "stored"  # stored (trained/user values only) | predicted (published, else the accuracy model)
 
     def __post_init__(self) -> None:
+        check_choice("search.accuracy", self.accuracy, ("stored", "predicted"))
         check_int("search.trials", self.trials, low=1, high=1_000_000)
         check_choice("search.sampler", self.sampler, SAMPLERS)
         check_int("search.seed", self.seed, optional=True, none_means="a different search every time")

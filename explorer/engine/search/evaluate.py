@@ -4,6 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+import pandas as pd
+
 from explorer.data.space import DesignPoint, Space
 from explorer.data.store import Store
 from explorer.engine.backend import MeasureBackend
@@ -44,8 +46,9 @@ class PointEvaluator:
     """
 
     def __init__(self, space: Space, settings: Any, store: Store, env_key: str, sweep: SweepOptions,
-                 backend: MeasureBackend):
+                 backend: MeasureBackend, predict_accuracy: bool = False):
         self.space, self.settings, self.store, self.env_key = space, settings, store, env_key
+        self.predict_accuracy = predict_accuracy
         self.sweep = sweep.replace(progress=False, dry_run=False, max_measurements=None, resume=True)
         self.backend = backend
         self.retry_failed = sweep.retry_failed
@@ -58,6 +61,13 @@ class PointEvaluator:
         from explorer.data.results import frame_from_store
 
         frame = frame_from_store(self.store, space=self.space.name, env=self.env_key)
+        if self.predict_accuracy and len(frame):
+            from explorer.accuracy import fill_accuracy
+            from explorer.data.reference import attach_accuracy
+
+            measured = frame["status"].eq("ok")
+            filled = fill_accuracy(attach_accuracy(frame[measured]), metric="avg5")
+            frame = pd.concat([filled, frame[~measured]]).loc[frame.index] if (~measured).any() else filled
         for row in frame.to_dict("records"):
             if row.get("status") != "pending":
                 self.rows[str(row["point_key"])] = row

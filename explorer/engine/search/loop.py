@@ -50,7 +50,8 @@ def prepare_search(space: Union[Space, str, Any], settings: Any = None, store: O
     valid: Optional[frozenset[DesignPoint]] = None
     if size <= MAX_SWEEP_POINTS:
         valid = frozenset(enumerate_points(space, shape_fn=backend.encoder_shape))
-    has_acc = has_accuracy(store, space, valid or ()) if store is not None else False
+    has_acc = options.accuracy == "predicted" or (has_accuracy(store, space, valid or ()) if store is not None
+                                                  else False)
     used, notes = resolve_objectives(options.objectives, has_acc)
     definition = {"space": space.name, "parameters": params.fingerprint(), "exclude": space.exclusions(),
                   "space_constraints": {k: v for k, v in dataclasses.asdict(space.constraints).items()
@@ -129,7 +130,8 @@ def run_search(space: Union[Space, str, Any], settings: Any = None, store: Union
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         study, before = _open_study(storage, setup, options, notes)
-        evaluator = PointEvaluator(setup.space, setup.settings, st, setup.env_key, sweep, setup.backend)
+        evaluator = PointEvaluator(setup.space, setup.settings, st, setup.env_key, sweep, setup.backend,
+                                   predict_accuracy=options.accuracy == "predicted")
         loop = _AskTellLoop(study, setup, evaluator, sweep.progress, f"search {space.name} ({options.sampler})")
         loop.go(max(0, options.trials - before))
         states, infeasible, keys, feasible = study_summary(study)
