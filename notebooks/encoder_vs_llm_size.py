@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -23,7 +23,9 @@
 # 2. where vision stops dominating: the resolution at which the encoder's share of TTFT crosses 50%
 #    (or that it never does), per LLM, in measured latency and in hardware-independent FLOPs;
 # 3. FLOPs beside latency: GFLOP next to measured ms, and the GFLOP/s each part reaches here;
-# 4. which (resolution, LLM) pair is best under a TTFT budget, with the source of its accuracy.
+# 4. which (resolution, LLM) pair is best under a TTFT budget, with the source of its accuracy;
+# 5. the inference-optimal question: more LLM or more visual tokens, for text-rich and reasoning
+#    tasks, with predicted accuracy (and its interval) where nothing was published.
 #
 # The numbers come from the same public functions as the CLI (`plan_sweep`, `run_sweep`,
 # `results.load`, `attach_accuracy`, `best_under_budget`, `plots.ttft_breakdown`), through
@@ -250,6 +252,52 @@ display(best_under_budget(with_card, "ttft_ms", budgets[-1], "accuracy")[
     ["llm", "resolution", "accuracy", "accuracy_source", "ttft_ms", "n_under_budget", "cheapest_ttft_ms", "budget"]])
 
 # %% [markdown]
+# ## 5. More LLM or more visual tokens? The inference-optimal question on this machine
+#
+# Li et al. (2024, arXiv 2411.03312) find that for a fixed inference budget, reasoning tasks want a
+# larger LLM and fewer visual tokens while OCR-like tasks want more tokens. Published accuracy covers
+# few of the points above, so this section takes every point's accuracy from the accuracy model
+# (`explorer.accuracy`, docs/accuracy.md: fitted to the published results in
+# `results/reference/literature/`, FastVLM's own recipe, an 80% interval on each prediction; a
+# published number wins where there is one) and puts it on this machine's measured TTFT. What the
+# fitted slopes say, and what the best pair under each budget is for a text-rich and a reasoning
+# task:
+
+# %%
+from explorer.accuracy import default_model, fill_accuracy
+from explorer.analysis.pareto import frontier_membership
+
+model = default_model()
+slopes = model.slopes().set_index(["group", "term"])["slope"]
+TASKS = {"text-rich (TextVQA, DocVQA, ChartQA, OCRBench)": ("text_rich", "text"), "reasoning (MMMU)": ("mmmu", "knowledge")}
+scored_by_task, best_rows = {}, []
+for label, (metric, group) in TASKS.items():
+    base = df.assign(accuracy=np.nan, accuracy_source=None)
+    if metric == "mmmu":
+        base = attach_accuracy(base, metric=metric)  # the model cards publish MMMU at 1024 px
+    scored = fill_accuracy(base, metric=metric)
+    scored["membership"] = frontier_membership(scored, group_by="llm")
+    scored_by_task[label] = scored
+    for b in budgets:
+        best = best_under_budget(scored, "ttft_ms", b, "accuracy")
+        if len(best) and pd.notna(best.iloc[0].get("accuracy")):
+            r = best.iloc[0]
+            best_rows.append({"task": label, "TTFT budget (ms)": b, "LLM": r["llm"], "resolution": int(r["resolution"]),
+                              "accuracy": f"{r['accuracy']:.1f} [{r['accuracy_low']:.1f}, {r['accuracy_high']:.1f}]",
+                              "source": r["accuracy_source"]})
+doubling = math.log(2)
+display(Markdown("\n".join(
+    f"- **{label}**: a doubled LLM adds {slopes[(group, 'logN')] * doubling:.2f} to the logit of the score, "
+    f"doubled visual tokens {slopes[(group, 'logT')] * doubling:.2f} (bootstrap ranges: `explorer accuracy fit`)"
+    for label, (metric, group) in TASKS.items())))
+with pd.option_context("display.max_colwidth", 60):
+    display(pd.DataFrame(best_rows))
+for label, scored in scored_by_task.items():
+    print(label)
+    display(scored[["llm", "resolution", "ttft_ms", "accuracy", "accuracy_low", "accuracy_high", "accuracy_source",
+                    "membership"]].round(1))
+
+# %% [markdown]
 # ## Checks
 #
 # What this notebook shows, asserted: the breakdown adds up, every LLM and resolution was measured,
@@ -292,4 +340,10 @@ assert sorted(avg5["resolution"]) == sorted(published["resolution"]) and len(avg
 # the largest budget fits every point, so every LLM gets its largest measured resolution
 top = best_under_budget(df, "ttft_ms", budgets[-1], "resolution", group_by="llm").set_index("llm")
 assert (top["resolution"] == df.groupby("llm")["resolution"].max()).all()
+# every point has an accuracy for both tasks, inside its own interval, and says where it comes from
+for scored in scored_by_task.values():
+    assert scored["accuracy"].notna().all()
+    assert (scored["accuracy_low"] <= scored["accuracy"]).all() and (scored["accuracy"] <= scored["accuracy_high"]).all()
+    assert scored["accuracy_source"].str.match(r"^(predicted|published):").all()
+    assert scored["membership"].isin(["certain", "possible", "dominated"]).all()
 print(f"all checks passed ({len(df)} design points; QUICK={QUICK})")

@@ -198,3 +198,23 @@ def test_command_validates_and_refuses(capsys):
                          "llm=qwen2-1.5b", "metric=text_rich"]) == 0
     out = capsys.readouterr().out
     assert "predicted" in out and "extrapolated" in out
+
+
+def test_external_validation_reads_a_folder_kept_out(tmp_path, capsys, table):
+    """holdout=external predicts another folder's results as unknown recipes; a source the model
+    was fitted on is refused (it would not be held out)."""
+    from explorer.commands import accuracy as command
+
+    rows = [{**GOOD, "benchmark": b, "score": s, "model": f"M{i}", "llm": llm, "llm_params_b": n}
+            for i, (b, s, llm, n) in enumerate([("textvqa", "55.1", "Qwen2-0.5B", "0.5"), ("gqa", "58.0", "Qwen2-0.5B", "0.5"),
+                                                 ("textvqa", "63.0", "Qwen2-7B", "7"), ("gqa", "62.5", "Qwen2-7B", "7")])]
+    folder = tmp_path / "kept_out"
+    folder.mkdir()
+    _write(folder / "mine.csv", rows)
+    assert command.main(["validate", "holdout=external", f"external={folder}", "bootstrap=5"]) == 0
+    out = capsys.readouterr().out
+    assert "predicting 4 from 1 other sources" in out and "coverage" in out
+    _write(folder / "llava15.csv", [{**GOOD, "source_id": "llava15"}])
+    assert command.main(["validate", "holdout=external", f"external={folder}"]) == 2
+    assert "llava15" in capsys.readouterr().err
+    assert command.main(["validate", f"external={folder}"]) == 2  # external without holdout=external

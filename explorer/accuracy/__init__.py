@@ -21,11 +21,11 @@ import pandas as pd
 from explorer.accuracy.literature import (AVERAGES, BENCHMARK_GROUPS, LITERATURE_DIR, REGISTRY_FAMILY,
                                           load_literature, llm_family, nominal_params_b)
 from explorer.accuracy.model import AccuracyFitOptions, AccuracyModel, design_rows, fit_accuracy
-from explorer.accuracy.validate import HOLDOUT_BY, HoldoutResult, leave_one_out
+from explorer.accuracy.validate import HOLDOUT_BY, HoldoutResult, leave_one_out, validate_external
 
 __all__ = ["AVERAGES", "BENCHMARK_GROUPS", "LITERATURE_DIR", "REGISTRY_FAMILY", "MODEL_NAME", "AccuracyFitOptions",
            "AccuracyModel", "HoldoutResult", "HOLDOUT_BY", "load_literature", "fit_accuracy", "default_model",
-           "design_rows", "fill_accuracy", "leave_one_out", "llm_family", "nominal_params_b", "INTERVAL_LEVEL"]
+           "design_rows", "fill_accuracy", "leave_one_out", "validate_external", "llm_family", "nominal_params_b", "INTERVAL_LEVEL"]
 
 #: The name predictions carry in ``accuracy_source`` (bump when the form changes).
 MODEL_NAME = "loglinear-v1"

@@ -104,6 +104,7 @@ class AccuracyModel:
     boot: np.ndarray  # [B, p] bootstrap refits (B may be 0)
     sigma: dict[str, float]  # residual sd per group (logit)
     tau_source: dict[str, float]  # spread of recipe effects per group (logit)
+    tau_source_benchmark: dict[str, float]  # spread of a recipe's effect on one benchmark beyond its group's
     tau_family: dict[str, float]
     params_fill: dict[str, float]
     support: pd.DataFrame  # per encoder family: ranges of the numeric features seen
@@ -231,6 +232,9 @@ class AccuracyModel:
             noise = self.sigma[g] * rng.standard_normal((draws, n))
             if recipe is None:
                 noise = noise + self.tau_source[g] * z_source
+            if recipe is None or f"srcb:{recipe}:{bench}" not in self.design.index():
+                # the recipe's effect on this benchmark is unknown: its spread joins the interval
+                noise = noise + self.tau_source_benchmark[g] * rng.standard_normal((draws, n))
             noise = noise + distance * self.tau_family[g] * z_family
             total += _sigmoid_pct(fit_draws + noise) / len(benchmarks)
         tail = (1 - level) / 2
@@ -276,6 +280,8 @@ def _design(table: pd.DataFrame, options: AccuracyFitOptions) -> _Design:
     for s in sorted(table["source_id"].unique()):
         for g in groups:
             add(f"src:{s}:{g}", options.prior_source)
+    for s, b in sorted(set(zip(table["source_id"], table["benchmark"]))):
+        add(f"srcb:{s}:{b}", options.prior_source / 2)
     for f in sorted(table["encoder_family"].unique()):
         for g in groups:
             add(f"fam:{f}:{g}", options.prior_family)
@@ -316,6 +322,7 @@ def _matrix(design: _Design, rows: pd.DataFrame, benchmarks: Sequence[str], sour
         put(f"logT:b:{b}", num["logT"][i])
         if sources[i] is not None:
             put(f"src:{sources[i]}:{g}", 1.0)
+            put(f"srcb:{sources[i]}:{b}", 1.0)
         put(f"fam:{fam[i]}:{g}", 1.0)
         put(f"llm:{lfam[i]}", 1.0)
         put(f"strat:{strat[i]}", 1.0)
@@ -327,13 +334,25 @@ def _solve(x: np.ndarray, y: np.ndarray, penalty: np.ndarray) -> np.ndarray:
     return np.linalg.lstsq(a, x.T @ y, rcond=None)[0]
 
 
-def _penalty(design: _Design, sigma2: float, source_prior: Optional[Mapping[str, float]] = None) -> np.ndarray:
+def _recipe_key(name: str) -> Optional[tuple[str, str]]:
+    """(prefix, group) of a recipe column (``src:<s>:<group>``, ``srcb:<s>:<benchmark>``), else None."""
+    prefix, _, rest = name.partition(":")
+    if prefix == "src":
+        return "src", rest.rsplit(":", 1)[1]
+    if prefix == "srcb":
+        return "srcb", BENCHMARK_GROUPS[rest.rsplit(":", 1)[1]]
+    return None
+
+
+def _penalty(design: _Design, sigma2: float, recipe_prior: Optional[Mapping[tuple[str, str], float]] = None
+             ) -> np.ndarray:
     """lambda = sigma^2 / tau^2 (a Gaussian prior of sd tau); unpenalised intercepts get a tiny ridge.
-    ``source_prior`` (per group) replaces the recipes' prior scale where given."""
+    ``recipe_prior`` ((prefix, group) -> tau) replaces the recipe columns' prior scale where given."""
     out = []
     for name, prior in zip(design.names, design.priors):
-        if source_prior is not None and name.startswith("src:"):
-            prior = source_prior[name.rsplit(":", 1)[1]]
+        key = _recipe_key(name)
+        if recipe_prior is not None and key is not None:
+            prior = recipe_prior[key]
         out.append(1e-6 if prior is None else sigma2 / prior ** 2)
     return np.array(out)
 
@@ -351,26 +370,30 @@ def fit_accuracy(table: pd.DataFrame, options: AccuracyFitOptions = AccuracyFitO
     y = _logit(table["score_pct"].to_numpy())
     groups = table["group"].to_numpy()
     sigma2 = 0.25
-    source_prior = {g: options.prior_source for g in GROUPS}
-    src_cols = {g: [j for n, j in design.index().items() if n.startswith("src:") and n.endswith(f":{g}")]
-                for g in GROUPS}
-    for _ in range(6):  # residual variance, then the recipes' spread (empirical Bayes), to a fixed point
-        pen = _penalty(design, sigma2, source_prior)
+    recipe_prior = {(p, g): options.prior_source / (1 if p == "src" else 2) for p in ("src", "srcb") for g in GROUPS}
+    recipe_cols: dict[tuple[str, str], list[int]] = {k: [] for k in recipe_prior}
+    for name, j in design.index().items():
+        key = _recipe_key(name)
+        if key is not None:
+            recipe_cols[key].append(j)
+    for _ in range(8):  # residual variance, then the recipes' spread (empirical Bayes), to a fixed point
+        pen = _penalty(design, sigma2, recipe_prior)
         coef = _solve(x, y, pen)
         resid = y - x @ coef
         dof = max(len(y) - np.trace(np.linalg.solve(x.T @ x + np.diag(pen), x.T @ x)), 1.0)
         sigma2 = float(resid @ resid / dof)
-        for g, cols in src_cols.items():
+        for key, cols in recipe_cols.items():
             counts = x[:, cols].sum(axis=0)
             used = counts > 0
             if used.sum() < 2:
                 continue
-            tau2 = source_prior[g] ** 2
+            tau2 = recipe_prior[key] ** 2
             # a fitted effect is the raw one shrunk by tau^2 / (tau^2 + sigma^2 / n): undo it, then
             # take the moment estimate tau^2 = mean(raw^2 - sigma^2 / n)
             shrink = tau2 / (tau2 + sigma2 / counts[used])
             raw = coef[np.array(cols)[used]] / shrink
-            source_prior[g] = float(np.sqrt(max(np.mean(raw ** 2 - sigma2 / counts[used]), 0.05 ** 2)))
+            recipe_prior[key] = float(np.sqrt(max(np.mean(raw ** 2 - sigma2 / counts[used]), 0.05 ** 2)))
+    pen = _penalty(design, sigma2, recipe_prior)
     sigma = {}
     for g in GROUPS:
         r = resid[groups == g]
@@ -382,7 +405,8 @@ def fit_accuracy(table: pd.DataFrame, options: AccuracyFitOptions = AccuracyFitO
         # fitted effects are shrunk towards 0: never claim less spread than half the prior
         return float(max(np.sqrt(np.mean(np.square(vals))) if vals else prior, prior / 2))
 
-    tau_source = dict(source_prior)
+    tau_source = {g: recipe_prior[("src", g)] for g in GROUPS}
+    tau_source_benchmark = {g: recipe_prior[("srcb", g)] for g in GROUPS}
     tau_family = {g: spread("fam:", g, options.prior_family) for g in GROUPS}
     rng = np.random.default_rng(options.seed)
     sources = np.array(sorted(table["source_id"].unique()))
@@ -403,7 +427,7 @@ def fit_accuracy(table: pd.DataFrame, options: AccuracyFitOptions = AccuracyFitO
     support.attrs["llm_max"] = float(table["llm_params_b"].max())
     return AccuracyModel(
         options=options, design=design, coef=coef, boot=np.array(boot).reshape(len(boot), len(coef)), sigma=sigma,
-        tau_source=tau_source, tau_family=tau_family, params_fill=params_fill, support=support,
+        tau_source=tau_source, tau_source_benchmark=tau_source_benchmark, tau_family=tau_family, params_fill=params_fill, support=support,
         benchmarks=tuple(sorted(table["benchmark"].unique())), sources=tuple(sources), n_rows=len(table),
         counts=table.groupby(["source_id", "encoder_family", "benchmark"]).size().rename("rows").reset_index(),
     )

@@ -115,6 +115,31 @@ def _scores(part: pd.DataFrame, name: str, level: float) -> dict:
             "coverage": float(inside.mean()), "median_width": float(np.median(part["high"] - part["low"]))}
 
 
+def _predict_held_out(model, train: pd.DataFrame, test: pd.DataFrame, recipes: Sequence[Optional[str]],
+                      holdout: object, level: float) -> pd.DataFrame:
+    """Predictions for ``test`` (every benchmark known to ``model``) with the baselines beside them."""
+    keys = pd.DataFrame({"bench": test["benchmark"], "recipe": [r or "" for r in recipes]}, index=test.index)
+    parts = []
+    for (bench, recipe), part in keys.groupby(["bench", "recipe"]):
+        parts.append(model.predict(test.loc[part.index, list(FEATURES)], bench, recipe=recipe or None, level=level))
+    pred = pd.concat(parts).loc[test.index]
+    return test.assign(holdout=holdout, predicted=pred["accuracy"], low=pred["accuracy_low"],
+                       high=pred["accuracy_high"], extrapolated=pred["extrapolated"],
+                       nearest=nearest_published(train, test), mean=benchmark_mean(train, test))
+
+
+def validate_external(table: pd.DataFrame, external: pd.DataFrame,
+                      options: AccuracyFitOptions = AccuracyFitOptions(), level: float = 0.8) -> HoldoutResult:
+    """Fit on ``table``, predict ``external`` (published results the model never saw, e.g. a folder
+    of literature CSVs kept out of the repository) as unknown recipes."""
+    check_number("level", level, low=0.01, high=0.999)
+    model = fit_accuracy(table, options)
+    known = external["benchmark"].isin(model.benchmarks)
+    test = external[known]
+    rows = _predict_held_out(model, table, test, [None] * len(test), "external", level) if len(test) else pd.DataFrame()
+    return HoldoutResult(by="external", level=level, rows=rows.reset_index(drop=True), skipped=int((~known).sum()))
+
+
 def leave_one_out(table: pd.DataFrame, by: str = "source_id", holdouts: Optional[Sequence[object]] = None,
                   options: AccuracyFitOptions = AccuracyFitOptions(bootstrap=40), level: float = 0.8
                   ) -> HoldoutResult:
@@ -138,14 +163,6 @@ def leave_one_out(table: pd.DataFrame, by: str = "source_id", holdouts: Optional
             continue
         # a left-out source is an unknown recipe; a left-out LLM size keeps its source's recipe
         recipes = [None if by == "source_id" or s not in model.sources else s for s in test["source_id"]]
-        parts = []
-        keys = pd.DataFrame({"bench": test["benchmark"], "recipe": [r or "" for r in recipes]}, index=test.index)
-        for (bench, recipe), part in keys.groupby(["bench", "recipe"]):
-            parts.append(model.predict(test.loc[part.index, list(FEATURES)], bench, recipe=recipe or None,
-                                       level=level))
-        pred = pd.concat(parts).loc[test.index]
-        frames.append(test.assign(holdout=value, predicted=pred["accuracy"], low=pred["accuracy_low"],
-                                  high=pred["accuracy_high"], extrapolated=pred["extrapolated"],
-                                  nearest=nearest_published(train, test), mean=benchmark_mean(train, test)))
+        frames.append(_predict_held_out(model, train, test, recipes, value, level))
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return HoldoutResult(by=by, level=level, rows=rows, skipped=skipped)

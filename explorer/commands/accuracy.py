@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, ClassVar, Optional
+from typing import TYPE_CHECKING, Any, ClassVar, Optional
 
 from omegaconf import DictConfig
+
+if TYPE_CHECKING:
+    from explorer.accuracy import HoldoutResult
 
 from explorer.checks import OptionError, check_choice, check_int, check_number, check_text
 from explorer.commands.common import error
@@ -30,7 +33,8 @@ class AccuracyCommandOptions:
     SECTION: ClassVar[str] = "accuracy"
 
     action: str = "show"
-    holdout: str = "all"  # validate: all (every source) | <source_id> | llm (every LLM size) | <size in B>
+    holdout: str = "all"  # validate: all (every source) | <source_id> | llm (every LLM size) | <size in B> | external
+    external: Optional[str] = None  # validate holdout=external: a folder of literature CSVs (or one CSV) never fitted on
     level: float = 0.8  # the interval's central probability
     bootstrap: int = 40  # refits per model (validate fits one model per held-out value)
     metric: str = "avg5"  # show: a benchmark or an average (text_rich, general)
@@ -48,6 +52,10 @@ class AccuracyCommandOptions:
         check_text("metric", self.metric)
         check_text("recipe", self.recipe)
         check_int("resolution", self.resolution, low=16, high=8192, optional=True)
+        check_text("external", self.external, optional=True, none_means="no external validation set")
+        if (self.holdout == "external") != (self.external is not None):
+            raise OptionError("external", self.external, "a folder of literature CSVs (or one CSV) together with "
+                              "holdout=external, and only then")
         if self.knobs is not None and not isinstance(self.knobs, dict):
             raise OptionError("knobs", self.knobs, "a mapping such as knobs={width_mult:0.75}")
         given = [n for n in ("encoder", "resolution", "llm") if getattr(self, n) is not None]
@@ -63,6 +71,8 @@ def _fit(opts: AccuracyCommandOptions) -> int:
           f"{len(model.benchmarks)} benchmarks")
     print("residual sd (logit): " + ", ".join(f"{g} {v:.3f}" for g, v in model.sigma.items()))
     print("recipe spread between sources (logit): " + ", ".join(f"{g} {v:.3f}" for g, v in model.tau_source.items()))
+    print("a recipe's extra spread on one benchmark (logit): "
+          + ", ".join(f"{g} {v:.3f}" for g, v in model.tau_source_benchmark.items()))
     slopes = model.slopes()
     print("\nslopes of logit(score) per log unit, with the bootstrap's 10-90% range:")
     print(slopes.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
@@ -70,13 +80,30 @@ def _fit(opts: AccuracyCommandOptions) -> int:
 
 
 def _validate(opts: AccuracyCommandOptions) -> int:
-    import pandas as pd
-
     from explorer.accuracy import AccuracyFitOptions, leave_one_out, load_literature
 
     table = load_literature()
     fit = AccuracyFitOptions(bootstrap=opts.bootstrap)
     sources = sorted(table["source_id"].unique())
+    if opts.holdout == "external":
+        from pathlib import Path
+
+        from explorer.accuracy import validate_external
+
+        where = Path(opts.external)  # type: ignore[arg-type]
+        files = sorted(where.glob("*.csv")) if where.is_dir() else [where]
+        if not files or not all(f.is_file() for f in files):
+            raise OptionError("external", opts.external, "an existing folder of literature CSVs or one CSV file")
+        external = load_literature(files)
+        clash = sorted(set(external["source_id"]) & set(sources))
+        if clash:
+            raise OptionError("external", opts.external, f"sources the model is fitted on are not held out: {clash}")
+        print(f"external validation: fitted on {len(table)} published results ({len(sources)} sources), predicting "
+              f"{len(external)} from {external['source_id'].nunique()} other sources as unknown recipes; "
+              f"{opts.level:.0%} intervals; errors in points (0-100)")
+        result = validate_external(table, external, AccuracyFitOptions(bootstrap=max(opts.bootstrap, 1)), opts.level)
+        _print_result(result)
+        return 0
     if opts.holdout == "all":
         by, holdouts = "source_id", None
     elif opts.holdout == "llm":
@@ -97,6 +124,13 @@ def _validate(opts: AccuracyCommandOptions) -> int:
     print(f"leave-one-{what}-out over {len(table)} published results ({len(sources)} sources); "
           f"{opts.level:.0%} intervals; errors in points (0-100)")
     result = leave_one_out(table, by=by, holdouts=holdouts, options=fit, level=opts.level)
+    _print_result(result)
+    return 0
+
+
+def _print_result(result: "HoldoutResult") -> None:
+    import pandas as pd
+
     with pd.option_context("display.width", 200):
         print(result.summary().to_string(index=False, float_format=lambda v: f"{v:.2f}"))
         ranks = result.rank_agreement()
@@ -105,7 +139,6 @@ def _validate(opts: AccuracyCommandOptions) -> int:
                   f"results): median Spearman {ranks['spearman'].median():.2f}")
     if result.skipped:
         print(f"({result.skipped} held-out results left out: their benchmark had no other source)")
-    return 0
 
 
 def _show(opts: AccuracyCommandOptions) -> int:
