@@ -18,7 +18,10 @@ from PIL import Image
 
 from explorer.models import build_encoder
 from explorer.train.data import CharTokenizer, ProxyTaskConfig, make_sample
-from explorer.train.trainer import TrainConfig, latest_checkpoint, lr_factor, train
+from explorer.train.build import lr_factor
+from explorer.train.checkpoints import latest_checkpoint
+from explorer.train.config import TrainConfig
+from explorer.train.trainer import train
 from explorer.train.vlm import IGNORE_INDEX, VLM, CharCodec, DecoderConfig, TinyDecoder
 from tiny_lm import tiny_hf_lm
 
@@ -76,16 +79,16 @@ def test_bad_config_names_the_field(tmp_path: Path, field: str, value: Any, matc
     if field == "precision" and value == "bf16" and torch.cuda.is_available():
         pytest.skip("bf16 is allowed on CUDA")
     with pytest.raises(ValueError, match=match):
-        dataclasses.replace(tiny(tmp_path), **{field: value}).validate()
+        dataclasses.replace(tiny(tmp_path), **{field: value}).check_runnable()
 
 
 def test_missing_paths_for_llava_and_hf(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="llava_train"):
-        tiny(tmp_path, data="llava").validate()
+        tiny(tmp_path, data="llava")
     with pytest.raises(ValueError, match="lm_path"):
-        tiny(tmp_path, lm="hf").validate()
+        tiny(tmp_path, lm="hf")
     with pytest.raises(ValueError, match=r"proxy\.code_length=9"):  # the nested config is validated too
-        tiny(tmp_path, proxy=ProxyTaskConfig(code_length=9)).validate()
+        tiny(tmp_path, proxy=ProxyTaskConfig(code_length=9))
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
@@ -264,7 +267,8 @@ def test_llava_data_trains_on_gpt_turns(tmp_path: Path) -> None:
 _CHILD = """
 import json, sys, torch
 torch.set_num_threads(1)
-from explorer.train.trainer import TrainConfig, train
+from explorer.train.config import TrainConfig
+from explorer.train.trainer import train
 from explorer.train.data import ProxyTaskConfig
 cfg = json.loads(sys.argv[1])
 cfg["proxy"] = ProxyTaskConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["proxy"].items()})
