@@ -35,6 +35,7 @@ from explorer.analysis.pareto import (
 
 __all__ = [
     "FigureEntry", "StaticExportUnavailable", "build_figures", "render_report", "write_report", "write_pngs",
+    "write_png_files",
     "resolve_group_by",
 ]
 
@@ -371,8 +372,6 @@ def write_pngs(
     Raises :class:`StaticExportUnavailable` (with what to install) where kaleido or a Chromium
     is missing; kaleido is an optional extra, not a dependency of explorer.
     """
-    if importlib.util.find_spec("kaleido") is None:
-        raise StaticExportUnavailable(STATIC_EXPORT_HELP + "\n(kaleido is not installed.)")
     if not isinstance(directory, (str, Path)) or not str(directory):
         raise ValueError(f"invalid directory={directory!r}: a folder for the PNG files is required")
     folder = Path(directory)
@@ -380,7 +379,20 @@ def write_pngs(
     entries = [e for e in build_figures(df, objectives, resolve_group_by(df, group_by), reference) if e.figure]
     files = [folder / f"{e.name}.png" for e in entries]
     figs = [e.figure for e in entries]
-    heights = [int(f.layout.height or height) for f in figs]
+    write_png_files(figs, files, width, [int(f.layout.height or height) for f in figs], scale)
+    return files
+
+
+def write_png_files(figs: Sequence[go.Figure], files: Sequence[Path], width: int, heights: Sequence[int],
+                    scale: float = 1.0) -> None:
+    """Write each figure to its file as PNG through kaleido, all in one call where plotly allows:
+    the one static export path (the report's ``png=`` and the notebooks' figures).
+
+    Raises :class:`StaticExportUnavailable` (with what to install) where kaleido or a Chromium is
+    missing.
+    """
+    if importlib.util.find_spec("kaleido") is None:
+        raise StaticExportUnavailable(STATIC_EXPORT_HELP + "\n(kaleido is not installed.)")
     try:
         if hasattr(pio, "write_images"):
             pio.write_images(figs, files, format="png", width=width, height=heights, scale=scale)
@@ -392,4 +404,3 @@ def write_pngs(
         if "chrome" in text or "kaleido" in text or "browser" in text:
             raise StaticExportUnavailable(f"{STATIC_EXPORT_HELP}\n(kaleido said: {str(err).strip()})") from err
         raise
-    return files

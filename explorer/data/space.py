@@ -231,18 +231,9 @@ class EncoderShape:
 
 @functools.lru_cache(maxsize=256)
 def _meta_encoder(family: str, frozen_knobs: tuple[tuple[str, Any], ...]) -> Any:
-    import torch
+    from explorer.models.registry import build_encoder_meta
 
-    from explorer.models import build_encoder
-
-    knobs = {k: thaw(v) for k, v in frozen_knobs}
-    try:
-        with torch.device("meta"):
-            return build_encoder(family, **knobs)
-    except (ValueError, TypeError):
-        raise
-    except Exception:  # a builder doing real arithmetic at build time: fall back to the CPU
-        return build_encoder(family, **knobs)
+    return build_encoder_meta(family, **{k: thaw(v) for k, v in frozen_knobs})
 
 
 def encoder_shape(family: str, knobs: Mapping[str, Any], resolution: int) -> EncoderShape:

@@ -138,7 +138,8 @@ class TrainOptions:
     ``points``: ``pareto``, ``all`` or comma-separated point keys; ``max_points``: at most this
     many runs, cheapest TTFT first; ``per_llm``: one run per LLM too (with ``config.lm=hf``);
     ``output_root``: run folders (default ``<out>/train``); ``config``: TrainConfig fields
-    (encoder, knobs and resolution come from each point), validated by TrainConfig itself.
+    (encoder, knobs and resolution come from each point), validated by TrainConfig itself; a
+    field set to null keeps TrainConfig's default.
     """
 
     SECTION: ClassVar[str] = "train"
@@ -148,7 +149,8 @@ class TrainOptions:
     per_llm: bool = False
     dry_run: bool = False
     output_root: Optional[str] = None
-    config: Any = field(default_factory=lambda: {"max_steps": 600})
+    # max_steps listed (None: TrainConfig's default) so that train.config.max_steps=N overrides without +
+    config: Any = field(default_factory=lambda: {"max_steps": None})
 
     def __post_init__(self) -> None:
         check_int("train.max_points", self.max_points, low=1, optional=True, none_means="every selected run")
