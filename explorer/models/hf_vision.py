@@ -1,0 +1,493 @@
+"""transformers' own VLM vision towers as design points (random weights, nothing downloaded).
+
+``build_encoder("hf_vlm", model=NAME_OR_CONFIG_JSON, ...)`` builds the vision tower of a deployed
+VLM from its configuration with transformers' architecture class (SigLIP for LLaVA-OneVision,
+Qwen2-VL's ViT, InternViT, SigLIP for SmolVLM/Idefics3) and wraps it as a :class:`VisionEncoder`.
+``model`` is a name of :data:`CATALOG` (configs written from the released models' published
+``config.json`` / ``preprocessor_config.json``, each number with its source) or the path of a
+user's ``config.json`` (a whole VLM config with ``vision_config``, or a vision-tower config).
+
+What the design point's ``resolution`` means: the side of the square source image (``aspect``
+makes it ``R x R/aspect`` or ``R*aspect x R``, the longest side staying ``R``). The encoder takes
+that image and does what the model's processor does with it (:mod:`explorer.models.token_rules`):
+AnyRes tiles plus a base view (LLaVA-OneVision), a dynamic-resolution patch sequence (Qwen2-VL),
+tiles plus a global view (SmolVLM) or tiles plus a thumbnail (InternVL), runs the tower over all
+views as one batch, and returns the tokens the model hands its connector, packed as the model packs
+them (LLaVA-OneVision's unpadding, bilinear shrink above the cap and one newline token per row).
+``tiling="none"`` runs the tower once on the image as it comes (position embeddings interpolated):
+plain downsampling, the equal-token baseline.
+
+Where the encoder ends: where the model's own connector begins. The tokens are the features the
+connector takes (after the model's pixel shuffle / 2x2 merge grouping), and the sweep's projector
+(``mlp2x_gelu`` at that width) stands in for the connector. That is the model's own projector for
+LLaVA-OneVision and, up to one LayerNorm, InternVL; Qwen2-VL's merger MLP is 4C -> 4C -> H and
+SmolVLM's connector one bias-free linear, so their projector figures are approximations
+(``describe()['connector']`` says which).
+
+Token strategies (knobs, for every tower): ``pool`` (a stride k: average or bilinear pooling of each
+view's feature grid to ceil(s/k) per side), ``pixel_shuffle`` (a factor f: f x f neighbours
+concatenated, tokens / f^2, channels x f^2; ``None`` keeps the model's own), ``max_tiles`` (the
+tile cap of the model's rule). Pruning inside the LLM is a prefill matter, not the encoder's.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from explorer.checks import is_int, is_number
+
+from . import token_rules as tr
+from .base import VisionEncoder, check_knob
+from .registry import register_encoder
+
+__all__ = ["CATALOG", "HFVisionSpec", "HFVisionEncoder", "load_spec", "hf_vlm"]
+
+KINDS = ("llava_onevision", "qwen2_vl", "internvl", "smolvlm", "idefics3")
+VISION_ONLY = {"siglip_vision_model": "siglip", "internvl_vision": "internvl", "smolvlm_vision": "smolvlm",
+               "idefics3_vision": "idefics3", "qwen2_vl_vision": "qwen2_vl"}
+
+# The catalog: each entry is the subset of the released model's config.json that decides cost,
+# plus the processor facts ("processor") from its preprocessor/processor config. Every number
+# carries its source.
+CATALOG: dict[str, dict[str, Any]] = {
+    # llava-hf/llava-onevision-qwen2-0.5b-ov-hf, config.json and processor_config.json (the HF
+    # conversion of lmms-lab/llava-onevision-qwen2-0.5b-ov): SigLIP-SO400M/14-384 with its last
+    # layer removed (num_hidden_layers 26, vision_use_head false), image_grid_pinpoints
+    # [384..2304]^2 in steps of 384, vision_aspect_ratio anyres_max_9, vision_feature_layer -1,
+    # select strategy "full", num_image_tokens 729; LLM Qwen2-0.5B (hidden 896).
+    "llava-onevision-0.5b": {
+        "model_type": "llava_onevision",
+        "vision_config": {"model_type": "siglip_vision_model", "hidden_size": 1152, "intermediate_size": 4304,
+                          "num_hidden_layers": 26, "num_attention_heads": 16, "patch_size": 14,
+                          "image_size": 384, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6,
+                          "vision_use_head": False},
+        "processor": {"max_tiles": 9, "grid": 6},
+        "llm": "qwen2-0.5b",
+        "connector": "mlp2x_gelu 1152 -> 896 -> 896 (LLaVA-OneVision's own projector)",
+    },
+    # Qwen/Qwen2-VL-2B-Instruct, config.json: vision_config depth 32, embed_dim 1280, mlp_ratio 4,
+    # num_heads 16, patch_size 14, spatial_merge_size 2, temporal_patch_size 2, hidden_size 1536
+    # (the merger's output = the LLM width); preprocessor_config.json: min_pixels 3136,
+    # max_pixels 12845056. LLM: Qwen2-1.5B's shape (hidden 1536, 28 layers).
+    "qwen2-vl-2b": {
+        "model_type": "qwen2_vl",
+        "vision_config": {"model_type": "qwen2_vl_vision", "depth": 32, "embed_dim": 1280, "mlp_ratio": 4,
+                          "num_heads": 16, "patch_size": 14, "spatial_merge_size": 2, "temporal_patch_size": 2,
+                          "hidden_size": 1536, "hidden_act": "quick_gelu"},
+        "processor": {"min_pixels": 3136, "max_pixels": 12845056},
+        "llm": "qwen2-1.5b",
+        "connector": "PatchMerger MLP 5120 -> 5120 -> 1536 (measured as mlp2x_gelu 5120 -> 1536: fewer FLOPs)",
+    },
+    # OpenGVLab/InternVL3-1B-hf, config.json (the checkpoint transformers' InternVLConfig documents):
+    # InternViT-300M-448px: hidden 1024, 24 layers, 16 heads, intermediate 4096, patch 14, image 448,
+    # layer-norm, no qk-norm; downsample_ratio 0.5 (pixel shuffle 2: 1024 -> 256 tokens per tile).
+    # Tiling as InternVL's dynamic_preprocess (max_num 12, thumbnail) = transformers'
+    # GotOcr2ImageProcessor with crop_to_patches=True, max_patches 12. LLM: Qwen2.5-0.5B, the
+    # shape of qwen2-0.5b up to its vocabulary (151674 against 151936; only the last position's
+    # head differs).
+    "internvl3-1b": {
+        "model_type": "internvl",
+        "vision_config": {"model_type": "internvl_vision", "hidden_size": 1024, "num_hidden_layers": 24,
+                          "num_attention_heads": 16, "intermediate_size": 4096, "patch_size": [14, 14],
+                          "image_size": [448, 448], "hidden_act": "gelu", "norm_type": "layer_norm",
+                          "use_qk_norm": False, "layer_norm_eps": 1e-6},
+        "downsample_ratio": 0.5,
+        "processor": {"max_tiles": 12, "min_tiles": 1},
+        "llm": "qwen2-0.5b",
+        "connector": "LayerNorm + mlp2x_gelu 4096 -> 896 -> 896 (measured without the LayerNorm)",
+    },
+    # HuggingFaceTB/SmolVLM-256M-Instruct, config.json: vision_config hidden 768, 12 layers,
+    # 12 heads, intermediate 3072, patch 16, image 512; scale_factor 4 (pixel shuffle: 1024 -> 64
+    # tokens per tile); preprocessor_config.json: size longest_edge 2048, max_image_size
+    # longest_edge 512, do_image_splitting true; processor_config.json image_seq_len 64.
+    # LLM: SmolLM2-135M (llm catalog "smollm2-135m").
+    "smolvlm-256m": {
+        "model_type": "smolvlm",
+        "vision_config": {"model_type": "smolvlm_vision", "hidden_size": 768, "num_hidden_layers": 12,
+                          "num_attention_heads": 12, "intermediate_size": 3072, "patch_size": 16,
+                          "image_size": 512, "hidden_act": "gelu_pytorch_tanh", "layer_norm_eps": 1e-6},
+        "scale_factor": 4,
+        "processor": {"longest_edge": 2048},
+        "llm": "smollm2-135m",
+        "connector": "bias-free linear 12288 -> 576 (measured as mlp2x_gelu 12288 -> 576 -> 576)",
+    },
+}
+
+
+@dataclass(frozen=True)
+class HFVisionSpec:
+    """What a VLM config says about its vision side: tower config, tiling rule, own reduction."""
+
+    name: str
+    kind: str  # one of KINDS, or the tower family of a vision-only config
+    vision: dict[str, Any] = field(hash=False)
+    tile: int  # the tower's native input side (pixels)
+    patch: int
+    shuffle: int  # the model's own pixel-shuffle / merge factor (1: none)
+    processor: dict[str, Any] = field(hash=False, default_factory=dict)
+    vision_only: bool = False
+    llm: Optional[str] = None
+    connector: str = "mlp2x_gelu at the tokens' width"
+    source: str = "catalog"
+
+
+def _side(value: Any) -> int:
+    return int(value[0]) if isinstance(value, (list, tuple)) else int(value)
+
+
+def _spec_from_dict(cfg: dict[str, Any], name: str, source: str) -> HFVisionSpec:
+    mt = cfg.get("model_type")
+    if mt in VISION_ONLY:
+        vision, kind, vision_only, top = dict(cfg), VISION_ONLY[mt], True, {}
+    else:
+        check_knob("model_type", mt, mt in KINDS, f"one of {', '.join(KINDS + tuple(VISION_ONLY))} "
+                   "(a VLM config with vision_config, or a vision-tower config)")
+        vision = dict(cfg.get("vision_config") or {})
+        kind, vision_only, top = mt, False, cfg
+    if kind == "llava_onevision":
+        vision.setdefault("model_type", "siglip_vision_model")
+    if kind == "qwen2_vl":
+        patch = int(vision.get("patch_size", 14))
+        tile = patch * int(vision.get("spatial_merge_size", 2))
+        shuffle = int(vision.get("spatial_merge_size", 2))
+    else:
+        patch = _side(vision.get("patch_size", 14 if kind in ("internvl", "llava_onevision", "siglip") else 16))
+        tile = _side(vision.get("image_size", 448 if kind == "internvl" else 384 if kind in ("llava_onevision", "siglip") else 512))
+        if kind == "internvl":
+            shuffle = round(1 / float(top.get("downsample_ratio", 0.5)))
+        elif kind in ("smolvlm", "idefics3"):
+            shuffle = int(top.get("scale_factor", 2 if kind == "idefics3" else 4))
+        else:
+            shuffle = 1
+    proc = dict(cfg.get("processor") or {})
+    if kind == "llava_onevision" and "image_grid_pinpoints" in top:
+        proc["pinpoints"] = [tuple(int(v) for v in p) for p in top["image_grid_pinpoints"]]
+    if kind == "llava_onevision" and "vision_aspect_ratio" in top:
+        proc.setdefault("max_tiles", int(str(top["vision_aspect_ratio"]).replace("anyres_max_", "")))
+    return HFVisionSpec(name=name, kind=kind, vision=vision, tile=tile, patch=patch, shuffle=shuffle,
+                        processor=proc, vision_only=vision_only, llm=cfg.get("llm"),
+                        connector=str(cfg.get("connector", "mlp2x_gelu at the tokens' width")), source=source)
+
+
+def load_spec(model: Any) -> HFVisionSpec:
+    """A catalog name (case-insensitive) or a ``config.json`` path (or its folder)."""
+    check_knob("model", model, isinstance(model, str) and bool(model.strip()),
+               f"one of {', '.join(CATALOG)} or the path of a transformers config.json")
+    key = model.strip().lower()
+    if key in CATALOG:
+        return _spec_from_dict(copy.deepcopy(CATALOG[key]), key, "catalog")
+    path = Path(model.strip()).expanduser()
+    if path.is_dir():
+        path = path / "config.json"
+    check_knob("model", model, path.is_file(), f"one of {', '.join(CATALOG)} or the path of a transformers config.json")
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ValueError(f"invalid model={model!r}: {path} is not a readable JSON config ({err})") from None
+    check_knob("model", model, isinstance(cfg, dict), "a config.json holding a JSON object")
+    return _spec_from_dict(cfg, path.parent.name or path.stem, str(path))
+
+
+# ---------------------------------------------------------------------------------------------
+# Towers
+
+
+def _build_tower(spec: HFVisionSpec) -> nn.Module:
+    """transformers' vision class for ``spec`` with random weights (on the current default device)."""
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    vision = dict(spec.vision)
+    mt = vision.pop("model_type")
+    if spec.kind in ("smolvlm", "idefics3") and not spec.vision_only:
+        mt = f"{spec.kind}_vision"
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        config = AutoConfig.for_model(mt, **vision)
+        config._attn_implementation = "sdpa"
+        if mt == "siglip_vision_model":
+            from transformers import SiglipVisionModel
+
+            tower = SiglipVisionModel(config)
+            tower = getattr(tower, "vision_model", tower)
+            tower.post_layernorm = nn.Identity()  # VLMs read hidden_states[-1], before the post-LN
+            tower.use_head = False  # nor the attention-pool head (a vision-only config may have one)
+            if hasattr(tower, "head"):
+                del tower.head
+        elif mt == "qwen2_vl_vision":
+            from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+            tower = Qwen2VisionTransformerPretrainedModel(config)
+            tower.merger = _MergeGroup(tower.merger)
+        elif mt == "internvl_vision":
+            from transformers.models.internvl.modeling_internvl import InternVLVisionModel
+
+            tower = InternVLVisionModel(config)
+        elif mt == "smolvlm_vision":
+            from transformers.models.smolvlm.modeling_smolvlm import SmolVLMVisionTransformer
+
+            tower = SmolVLMVisionTransformer(config)
+        elif mt == "idefics3_vision":
+            from transformers.models.idefics3.modeling_idefics3 import Idefics3VisionTransformer
+
+            tower = Idefics3VisionTransformer(config)
+        else:  # pragma: no cover - _spec_from_dict admits only the above
+            raise ValueError(f"invalid model_type={mt!r}")
+    except TypeError as err:
+        raise ValueError(f"invalid model={spec.name!r}: transformers cannot build its vision config ({err})") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    return tower.eval()
+
+
+class _MergeGroup(nn.Module):
+    """Qwen2-VL's PatchMerger without its MLP: LayerNorm, then each 2x2 window's four tokens
+    concatenated (the connector's input; the sweep's projector plays the MLP)."""
+
+    def __init__(self, merger: nn.Module) -> None:
+        super().__init__()
+        self.ln_q = merger.ln_q
+        self.width = merger.hidden_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ln_q(x).view(-1, self.width)
+
+
+def pixel_shuffle(grid: torch.Tensor, factor: int) -> torch.Tensor:
+    """``[B, H, W, C] -> [B, H/f, W/f, C f^2]``: each f x f window's tokens concatenated."""
+    b, h, w, c = grid.shape
+    x = grid.reshape(b, h // factor, factor, w // factor, factor, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // factor, w // factor, c * factor * factor)
+
+
+# ---------------------------------------------------------------------------------------------
+# The encoder
+
+
+class HFVisionEncoder(VisionEncoder):
+    """A deployed VLM's vision side: the model's tiling, its tower, its token reduction."""
+
+    def __init__(self, spec: HFVisionSpec, *, tiling: str, aspect: float, pixel_shuffle: Optional[int],
+                 pool: int, pool_mode: str, max_tiles: Optional[int], knobs: dict[str, Any]) -> None:
+        super().__init__()
+        check_knob("tiling", tiling, tiling in ("model", "none"), "'model' (the model's own tiling rule) or 'none' (one view)")
+        check_knob("aspect", aspect, is_number(aspect) and 1 / 20 <= float(aspect) <= 20,
+                   "a number in [0.05, 20]: the source image's width / height")
+        check_knob("pixel_shuffle", pixel_shuffle, pixel_shuffle is None or (is_int(pixel_shuffle) and 1 <= pixel_shuffle <= 8),
+                   "null (the model's own factor) or an integer 1..8")
+        check_knob("pool", pool, is_int(pool) and 1 <= pool <= 16, "an integer stride 1..16 (1: no pooling)")
+        check_knob("pool_mode", pool_mode, pool_mode in ("avg", "bilinear"), "'avg' or 'bilinear'")
+        check_knob("max_tiles", max_tiles, max_tiles is None or (is_int(max_tiles) and 1 <= max_tiles <= 64),
+                   "null (the model's own cap) or an integer 1..64")
+        self.spec = spec
+        self.name = "hf_vlm"
+        self.knobs = knobs
+        self.tiling = tiling if not spec.vision_only else "none"
+        self.aspect = float(aspect)
+        self.shuffle = spec.shuffle if pixel_shuffle is None else int(pixel_shuffle)
+        if spec.kind == "qwen2_vl":
+            check_knob("pixel_shuffle", pixel_shuffle, pixel_shuffle in (None, spec.shuffle),
+                       f"null or {spec.shuffle} for Qwen2-VL (its merger fixes the factor)")
+        self.pool = int(pool)
+        self.pool_mode = pool_mode
+        self.max_tiles = max_tiles
+        self.tower = _build_tower(spec)
+        width = int(spec.vision.get("embed_dim", spec.vision.get("hidden_size", 0)))
+        self.tower_width = width
+        self.out_channels = width * self.shuffle * self.shuffle
+        self.downsample = spec.patch * self.shuffle * self.pool
+        if spec.kind == "llava_onevision" and self.tiling == "model":
+            self.image_newline = nn.Parameter(torch.zeros(self.out_channels))
+
+    # -- geometry ------------------------------------------------------------------------------
+
+    def image_hw(self, resolution: int) -> tuple[int, int]:
+        """``(height, width)`` of the source image: the longest side is ``resolution``."""
+        if self.aspect >= 1:
+            return max(1, round(resolution / self.aspect)), resolution
+        return resolution, max(1, round(resolution * self.aspect))
+
+    def _reduced(self, side_h: int, side_w: int) -> tuple[int, int]:
+        """Token grid of one view's ``side_h x side_w`` patch grid after pooling and the shuffle
+        (Qwen2-VL: its 2x2 merge first, then pooling; others: pooling, then the shuffle)."""
+        if self.spec.kind == "qwen2_vl":
+            return math.ceil(side_h // self.shuffle / self.pool), math.ceil(side_w // self.shuffle / self.pool)
+        h, w = math.ceil(side_h / self.pool), math.ceil(side_w / self.pool)
+        check_knob("pixel_shuffle", self.shuffle, h % self.shuffle == 0 and w % self.shuffle == 0,
+                   f"a divisor of the pooled feature grid {h}x{w}")
+        return h // self.shuffle, w // self.shuffle
+
+    def layout(self, resolution: int) -> dict[str, Any]:
+        """Views the tower runs (count and pixel size) and the token count, per the model's rule."""
+        check_knob("resolution", resolution, is_int(resolution) and resolution >= self.spec.patch * 2,
+                   f"an integer number of pixels >= {self.spec.patch * 2}")
+        h, w = self.image_hw(resolution)
+        kind, proc = self.spec.kind, self.spec.processor
+        if kind == "qwen2_vl":
+            hb, wb = tr.qwen2vl_resize((h, w), self.spec.tile, proc.get("min_pixels", 56 * 56),
+                                       proc.get("max_pixels", 14 * 14 * 4 * 1280))
+            if self.tiling == "none":  # no smart_resize: sides floored to whole merge windows
+                hb, wb = (max(self.spec.tile, h // self.spec.tile * self.spec.tile),
+                          max(self.spec.tile, w // self.spec.tile * self.spec.tile))
+            gh, gw = self._reduced(hb // self.spec.patch, wb // self.spec.patch)
+            return {"views": 1, "view_hw": (hb, wb), "grid": None, "tokens": gh * gw, "image_hw": (h, w)}
+        if self.tiling == "none":  # one view, sides floored to whole tokens
+            unit = self.spec.patch * self.shuffle * self.pool
+            vh, vw = max(unit, h // unit * unit), max(unit, w // unit * unit)
+            sh, sw = self._reduced(vh // self.spec.patch, vw // self.spec.patch)
+            return {"views": 1, "view_hw": (vh, vw), "grid": None, "tokens": sh * sw, "image_hw": (h, w)}
+        t = self.spec.tile
+        s, _ = self._reduced(t // self.spec.patch, t // self.spec.patch)
+        if kind == "llava_onevision":
+            lay = tr.anyres_layout((h, w), tile=t, side=s, max_tiles=self.max_tiles or proc.get("max_tiles", 9),
+                                   pinpoints=proc.get("pinpoints") or tr.llava_onevision_pinpoints(t, proc.get("grid", 6)))
+            return {"views": lay.views, "view_hw": (t, t), "grid": (lay.rows, lay.cols), "tokens": lay.tokens,
+                    "anyres": lay, "image_hw": (h, w)}
+        if kind == "internvl":
+            cap = self.max_tiles or proc.get("max_tiles", 12)
+            cols, rows = tr.internvl_grid((h, w), t, proc.get("min_tiles", 1), cap) if cap > 1 else (1, 1)
+            views = 1 + rows * cols if rows * cols > 1 else 1
+            grid = (rows, cols) if views > 1 else None
+            return {"views": views, "view_hw": (t, t), "grid": grid, "tokens": views * s * s, "image_hw": (h, w)}
+        # smolvlm / idefics3
+        longest = proc.get("longest_edge", 4 * t)
+        rows, cols = tr.idefics3_grid((h, w), longest, t)
+        if self.max_tiles is not None and rows * cols > self.max_tiles:
+            scale = math.sqrt(self.max_tiles / (rows * cols))
+            rows, cols = max(1, int(rows * scale)), max(1, int(cols * scale))
+        views = rows * cols + 1 if rows or cols else 1
+        return {"views": views, "view_hw": (t, t), "grid": (rows, cols) if views > 1 else None,
+                "tokens": views * s * s, "image_hw": (h, w)}
+
+    def num_tokens(self, resolution: int) -> int:
+        return int(self.layout(resolution)["tokens"])
+
+    # -- forward -------------------------------------------------------------------------------
+
+    def _views(self, images: torch.Tensor, lay: dict[str, Any]) -> torch.Tensor:
+        """``[B*V, 3, th, tw]``: base/global view and tiles in the model's order."""
+        b = images.shape[0]
+        h, w = lay["image_hw"]
+        img = images if images.shape[-2:] == (h, w) else F.interpolate(images, size=(h, w), mode="bilinear", align_corners=False)
+        vh, vw = lay["view_hw"]
+        whole = img if (h, w) == (vh, vw) else F.interpolate(img, size=(vh, vw), mode="bilinear", align_corners=False)
+        if lay["grid"] is None:
+            return whole
+        rows, cols = lay["grid"]
+        big = F.interpolate(img, size=(rows * vh, cols * vw), mode="bilinear", align_corners=False)
+        tiles = big.reshape(b, 3, rows, vh, cols, vw).permute(0, 2, 4, 1, 3, 5).reshape(b, rows * cols, 3, vh, vw)
+        if self.spec.kind == "llava_onevision":  # base view first
+            views = torch.cat([whole.unsqueeze(1), tiles], dim=1)
+        else:  # SmolVLM's global image and InternVL's thumbnail come last
+            views = torch.cat([tiles, whole.unsqueeze(1)], dim=1)
+        return views.reshape(b * lay["views"], 3, vh, vw)
+
+    def _tower_grid(self, views: torch.Tensor) -> torch.Tensor:
+        """Tower features of each view as a grid ``[N, s_h, s_w, C]``."""
+        p = self.spec.patch
+        sh, sw = views.shape[-2] // p, views.shape[-1] // p
+        mt = self.spec.vision["model_type"] if self.spec.vision_only else self.spec.kind
+        if mt in ("siglip_vision_model", "llava_onevision"):
+            out = self.tower(pixel_values=views, interpolate_pos_encoding=True).last_hidden_state
+        elif mt in ("internvl_vision", "internvl"):
+            out = self.tower(pixel_values=views).last_hidden_state[:, 1:]
+        else:  # Idefics3 / SmolVLM: every patch is real, so no attention mask (the tower's own
+            # forward builds one from a mask it first has to read back, which meta cannot do)
+            mask = torch.ones(views.shape[0], sh, sw, dtype=torch.bool, device=views.device)
+            out = self.tower.embeddings(pixel_values=views, patch_attention_mask=mask)
+            out = self.tower.post_layernorm(self.tower.encoder(inputs_embeds=out).last_hidden_state)
+        return out.reshape(views.shape[0], sh, sw, -1)
+
+    def _reduce(self, grid: torch.Tensor) -> torch.Tensor:
+        if self.pool > 1:
+            x = grid.permute(0, 3, 1, 2)
+            if self.pool_mode == "avg":
+                x = F.avg_pool2d(x, self.pool, self.pool, ceil_mode=True)
+            else:
+                size = (math.ceil(x.shape[-2] / self.pool), math.ceil(x.shape[-1] / self.pool))
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            grid = x.permute(0, 2, 3, 1)
+        if self.shuffle > 1 and self.spec.kind != "qwen2_vl":
+            grid = pixel_shuffle(grid, self.shuffle)
+        return grid
+
+    def _qwen(self, images: torch.Tensor, lay: dict[str, Any]) -> torch.Tensor:
+        b = images.shape[0]
+        hb, wb = lay["view_hw"]
+        img = F.interpolate(images, size=(hb, wb), mode="bilinear", align_corners=False)
+        p, m = self.spec.patch, self.spec.shuffle
+        tp = int(self.spec.vision.get("temporal_patch_size", 2))
+        gh, gw = hb // p, wb // p
+        # The processor's layout: the frame repeated over the temporal patch, patches grouped by
+        # merge window (qwen2_vl image processor, _preprocess).
+        x = img.unsqueeze(1).expand(b, tp, 3, hb, wb)
+        x = x.reshape(b, tp, 3, gh // m, m, p, gw // m, m, p).permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+        patches = x.reshape(b * gh * gw, 3 * tp * p * p)
+        from transformers.vision_utils import get_vision_attention_seqlens, get_vision_position_ids
+
+        # Positions and sequence bounds from the grid on the CPU (what the tower would compute
+        # itself), so that the same forward also runs on the meta device.
+        grid_thw = torch.tensor([[1, gh, gw]] * b, dtype=torch.long)
+        position_ids = get_vision_position_ids(grid_thw, m).to(images.device)
+        cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, self.tower.config)
+        merged = self.tower(hidden_states=patches, grid_thw=grid_thw, position_ids=position_ids,
+                            cu_seqlens=cu_seqlens, max_seqlen=max_seqlen).pooler_output  # [b*gh*gw/m^2, C m^2]
+        grid = merged.reshape(b, gh // m, gw // m, -1)
+        return self._reduce(grid).reshape(b, -1, grid.shape[-1])
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() != 4 or images.shape[1] != 3 or images.shape[-1] != images.shape[-2]:
+            raise ValueError(f"expected square images [B, 3, R, R], got {tuple(images.shape)}")
+        lay = self.layout(int(images.shape[-1]))
+        if self.spec.kind == "qwen2_vl" and not self.spec.vision_only or self.spec.vision.get("model_type") == "qwen2_vl_vision":
+            return self._qwen(images, lay)
+        b = images.shape[0]
+        grid = self._reduce(self._tower_grid(self._views(images, lay)))  # [B*V, s, s, C']
+        c = grid.shape[-1]
+        if "anyres" not in lay:
+            return grid.reshape(b, -1, c)
+        a: tr.AnyResLayout = lay["anyres"]
+        s = a.side
+        grid = grid.reshape(b, a.views, s, s, c)
+        base = grid[:, 0].reshape(b, s * s, c)
+        tiles = grid[:, 1:].reshape(b, a.rows, a.cols, s, s, c).permute(0, 5, 1, 3, 2, 4).reshape(b, c, a.rows * s, a.cols * s)
+        uh, uw = a.unpadded  # unpad: the centred crop of the image's own aspect ratio
+        top, left = (a.rows * s - uh) // 2, (a.cols * s - uw) // 2
+        tiles = tiles[:, :, top:top + uh, left:left + uw]
+        if a.pooled != a.unpadded:
+            tiles = F.interpolate(tiles, size=a.pooled, mode="bilinear", align_corners=False)
+        ph, pw = a.pooled
+        newline = self.image_newline.to(tiles.dtype).view(1, c, 1, 1).expand(b, c, ph, 1)
+        tiles = torch.cat([tiles, newline], dim=-1).flatten(2).transpose(1, 2)  # [B, ph*(pw+1), C]
+        return torch.cat([base, tiles], dim=1)
+
+    def reparameterize(self) -> "HFVisionEncoder":
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "family": "hf_vlm", "knobs": dict(self.knobs), "model": self.spec.name,
+                "kind": self.spec.kind, "source": self.spec.source, "tower": type(self.tower).__name__,
+                "tile": self.spec.tile, "patch": self.spec.patch, "pixel_shuffle": self.shuffle,
+                "llm": self.spec.llm, "connector": self.spec.connector,
+                "out_channels": self.out_channels, "downsample": self.downsample}
+
+
+@register_encoder("hf_vlm")
+def hf_vlm(model: str = "llava-onevision-0.5b", tiling: str = "model", aspect: float = 1.0,
+           pixel_shuffle: Optional[int] = None, pool: int = 1, pool_mode: str = "avg",
+           max_tiles: Optional[int] = None) -> HFVisionEncoder:
+    """A transformers VLM's vision side from a catalog name or a config.json (random weights)."""
+    spec = load_spec(model)
+    knobs = {"model": model, "tiling": tiling, "aspect": aspect, "pixel_shuffle": pixel_shuffle, "pool": pool,
+             "pool_mode": pool_mode, "max_tiles": max_tiles}
+    return HFVisionEncoder(spec, tiling=tiling, aspect=aspect, pixel_shuffle=pixel_shuffle, pool=pool,
+                           pool_mode=pool_mode, max_tiles=max_tiles, knobs=knobs)
