@@ -153,6 +153,31 @@ assert (abs(equal["tokens"] - equal["baseline tokens"]) <= 0.15 * equal["tokens"
 # image. Whether the extra views buy accuracy is the question these latencies price.
 
 # %% [markdown]
+# ### In-LLM pruning (FastV-style): the prefill as two segments
+#
+# LLaVA-OneVision-0.5B at 1152 with a fraction `r` of its 7371 visual tokens dropped after LLM layer
+# `K`: K layers over all tokens, the other layers over the kept ones (`explorer.measure.pruned_prefill`,
+# predicted with `explorer.predict.pruned`). Not yet an axis of a space (see `docs/vlms.md`).
+
+# %%
+from explorer.measure.pruned_prefill import Pruning, pruned_prefill_flops
+from explorer.measure.prefill import prefill_flops
+from explorer.predict.model import predict_trace
+from explorer.predict.pruned import predict_pruned_prefill
+from explorer.predict.trace import trace_prefill
+
+V = meta_encoder(model="llava-onevision-0.5b").num_tokens(1152)
+llm_prof = LLM_PROFILE or PROFILE
+prune_rows = [{"pruning": "none", "prefill GFLOPs": round(prefill_flops("qwen2-0.5b", V + TEXT_TOKENS), 1),
+               "prefill ms": round(predict_trace(trace_prefill("qwen2-0.5b", V + TEXT_TOKENS, dtype=DTYPE), llm_prof,
+                                                 DTYPE).ms, 1)}]
+for k, r in [(2, 0.5), (2, 0.75), (12, 0.75)]:
+    pr = Pruning(after_layer=k, ratio=r)
+    prune_rows.append({"pruning": f"K={k}, r={r}", "prefill GFLOPs": round(pruned_prefill_flops("qwen2-0.5b", V, TEXT_TOKENS, pr), 1),
+                       "prefill ms": round(predict_pruned_prefill("qwen2-0.5b", V, TEXT_TOKENS, pr, llm_prof, DTYPE).ms, 1)})
+display(pd.DataFrame(prune_rows))
+
+# %% [markdown]
 # ## 3. The paper's headline comparisons
 #
 # `search_spaces/headline_comparisons.yaml`, predicted for the paper's device. Ratios are the
