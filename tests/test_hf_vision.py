@@ -253,3 +253,32 @@ def test_catalog_entries_name_their_llm_and_load():
         spec = load_spec(name)
         assert get_llm_spec(spec.llm).hidden > 0
     assert math.isclose(_meta(model="llava-onevision-0.5b").num_params() / 1e6, 397.75, rel_tol=1e-3)
+
+
+@pytest.mark.parametrize("kind", ["llava_onevision", "internvl", "smolvlm"])
+def test_tiles_through_our_path_equal_the_towers_own_forward(kind, tiny_configs):
+    """The tower features the encoder hands on are the transformers tower's own output for each view."""
+    torch.manual_seed(0)
+    enc = build_encoder("hf_vlm", model=tiny_configs[kind], pixel_shuffle=1).eval()
+    t = enc.spec.tile
+    views = torch.randn(3, 3, t, t)
+    with torch.no_grad():
+        ours = enc._tower_grid(views).reshape(3, -1, enc.tower_width)
+        own = enc.tower(pixel_values=views).last_hidden_state
+    if kind == "internvl":
+        own = own[:, 1:]
+    torch.testing.assert_close(ours, own, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("runtime", ["eager", "onnxruntime"])
+def test_timed_like_the_registry_encoders(runtime, tiny_configs):
+    """Same timer and runtimes as the registry encoders: exported per shape, checked against eager."""
+    pytest.importorskip("onnxruntime") if runtime == "onnxruntime" else None
+    from explorer.measure.encoder import measure_encoder
+    from explorer.measure.settings import MeasureSettings
+
+    settings = MeasureSettings(device="cpu", threads=1, runtime=runtime, min_iters=2, max_iters=3, warmup_iters=1,
+                               max_time_s=2.0)
+    for kind in ("llava_onevision", "smolvlm"):
+        cost = measure_encoder("hf_vlm", {"model": tiny_configs[kind]}, 300, settings)
+        assert cost.latency is not None and cost.latency.median_ms > 0 and cost.runtime_error < 1e-3

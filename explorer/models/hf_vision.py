@@ -402,8 +402,14 @@ class HFVisionEncoder(VisionEncoder):
             out = self.tower(pixel_values=views).last_hidden_state[:, 1:]
         else:  # Idefics3 / SmolVLM: every patch is real, so no attention mask (the tower's own
             # forward builds one from a mask it first has to read back, which meta cannot do)
-            mask = torch.ones(views.shape[0], sh, sw, dtype=torch.bool, device=views.device)
-            out = self.tower.embeddings(pixel_values=views, patch_attention_mask=mask)
+            emb = self.tower.embeddings
+            if sh == sw == emb.num_patches_per_side:  # a native-size view: positions are 0..n-1, as
+                # the embeddings' bucketised coordinates give for a full mask (and exportable to ONNX)
+                out = emb.patch_embedding(views).flatten(2).transpose(1, 2)
+                out = out + emb.position_embedding(torch.arange(sh * sw, device=views.device))
+            else:
+                mask = torch.ones(views.shape[0], sh, sw, dtype=torch.bool, device=views.device)
+                out = emb(pixel_values=views, patch_attention_mask=mask)
             out = self.tower.post_layernorm(self.tower.encoder(inputs_embeds=out).last_hidden_state)
         return out.reshape(views.shape[0], sh, sw, -1)
 
