@@ -270,15 +270,14 @@ def test_tiles_through_our_path_equal_the_towers_own_forward(kind, tiny_configs)
     torch.testing.assert_close(ours, own, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("runtime", ["eager", "onnxruntime"])
-def test_timed_like_the_registry_encoders(runtime, tiny_configs):
+@pytest.mark.parametrize("runtime,kind", [("eager", "llava_onevision"), ("onnxruntime", "smolvlm")])
+def test_timed_like_the_registry_encoders(runtime, kind, tiny_configs):
     """Same timer and runtimes as the registry encoders: exported per shape, checked against eager."""
     pytest.importorskip("onnxruntime") if runtime == "onnxruntime" else None
     from explorer.measure.encoder import measure_encoder
     from explorer.measure.settings import MeasureSettings
 
     settings = MeasureSettings(device="cpu", threads=1, runtime=runtime, min_iters=2, max_iters=3, warmup_iters=1,
-                               max_time_s=2.0)
-    for kind in ("llava_onevision", "smolvlm"):
-        cost = measure_encoder("hf_vlm", {"model": tiny_configs[kind]}, 300, settings)
-        assert cost.latency is not None and cost.latency.median_ms > 0 and cost.runtime_error < 1e-3
+                               warmup_s=0.0, max_time_s=2.0, preprocess="none", probe=False)
+    cost = measure_encoder("hf_vlm", {"model": tiny_configs[kind]}, 300, settings)
+    assert cost.latency is not None and cost.latency.median_ms > 0 and cost.runtime_error < 1e-3
