@@ -27,13 +27,13 @@ weights.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from explorer.checks import is_int
+from explorer.checks import is_int, is_number
 
 from .base import VisionEncoder, check_knob
 from .convnext import convnext_xxl
@@ -43,13 +43,32 @@ from .vit import ViTEncoder, siglip_so400m, vit_l14_clip
 __all__ = ["Cambrian1", "dinov2_l14"]
 
 GRID = 24  # 24 x 24 = 576 query tokens (Cambrian-1)
+TOWER_RESOLUTIONS = (336, 384, 1024, 518)  # CLIP ViT-L/14, SigLIP-SO400M/14, ConvNeXt-XXL, DINOv2 ViT-L/14
 
 
-def dinov2_l14() -> ViTEncoder:
+def _vit_shape(depth: int, heads: int, head_dim: int, mlp: int, scale: float) -> dict[str, int]:
+    """A ViT's depth, width, heads and MLP scaled by ``scale`` (1: unchanged)."""
+    h = max(1, round(heads * scale))
+    return {"depth": max(1, round(depth * scale)), "width": h * max(4, round(head_dim * scale)), "heads": h,
+            "mlp_dim": max(4, round(mlp * scale))}
+
+
+def dinov2_l14(scale: float = 1.0) -> ViTEncoder:
     """DINOv2 ViT-L/14 at 518 px as Cambrian-1 runs it (last layer, class token dropped)."""
-    return ViTEncoder(name="dinov2_l14", depth=24, width=1024, heads=16, mlp_dim=4096, patch=14, select_layer=-1,
+    return ViTEncoder(name="dinov2_l14", **_vit_shape(24, 16, 64, 4096, scale), patch=14, select_layer=-1,
                       native_resolution=518, act="gelu", prune_unused=True, class_token=True, pre_norm=False,
                       patch_bias=True, eps=1e-6)
+
+
+def _towers(scale: float) -> list[VisionEncoder]:
+    """CLIP ViT-L/14, SigLIP-SO400M, ConvNeXt-XXL (four stages), DINOv2 ViT-L/14; ``scale`` < 1 shrinks
+    every depth and width alike (small copies for tests; 1 is Cambrian-1's)."""
+    if scale == 1:
+        return [vit_l14_clip(), siglip_so400m(), convnext_xxl(extra_stage=False), dinov2_l14()]
+    conv_depths = [max(1, round(d * scale)) for d in (3, 4, 30, 3)]
+    conv_widths = [max(8, round(w * scale / 8) * 8) for w in (384, 768, 1536, 3072)]
+    return [vit_l14_clip(**_vit_shape(24, 16, 64, 4096, scale)), siglip_so400m(**_vit_shape(27, 16, 72, 4304, scale)),
+            convnext_xxl(depths=conv_depths, widths=conv_widths, extra_stage=False), dinov2_l14(scale)]
 
 
 class _SVALayer(nn.Module):
@@ -78,15 +97,21 @@ class _SVALayer(nn.Module):
 class Cambrian1(VisionEncoder):
     """Four towers at their own resolutions, fused by the SVA into 576 tokens."""
 
-    def __init__(self, width: int = 1024, heads: int = 16, layers: int = 1) -> None:
+    def __init__(self, width: int = 1024, heads: int = 16, layers: int = 1, scale: float = 1.0,
+                 tower_resolutions: Sequence[int] = TOWER_RESOLUTIONS) -> None:
         super().__init__()
-        check_knob("width", width, is_int(width) and width >= 16, "a positive integer >= 16")
+        check_knob("width", width, is_int(width) and width >= 8, "a positive integer >= 8")
         check_knob("heads", heads, is_int(heads) and heads >= 1 and width % heads == 0, f"a divisor of width={width}")
         check_knob("layers", layers, is_int(layers) and 1 <= layers <= 8, "an integer 1..8")
+        check_knob("scale", scale, is_number(scale) and 0 < scale <= 1, "a number in (0, 1]: the towers' size (1: Cambrian-1's)")
         self.name = "cambrian1"
-        self.width, self.heads, self.layers = width, heads, layers
-        self.towers = nn.ModuleList([vit_l14_clip(), siglip_so400m(), convnext_xxl(extra_stage=False), dinov2_l14()])
-        self.tower_res = (336, 384, 1024, 518)
+        self.width, self.heads, self.layers, self.scale = width, heads, layers, float(scale)
+        check_knob("tower_resolutions", tower_resolutions,
+                   isinstance(tower_resolutions, (list, tuple)) and len(tower_resolutions) == 4
+                   and all(is_int(r) and r >= 28 for r in tower_resolutions),
+                   "four input sizes >= 28 px: CLIP, SigLIP, ConvNeXt, DINOv2 (Cambrian-1: [336, 384, 1024, 518])")
+        self.towers = nn.ModuleList(_towers(self.scale))
+        self.tower_res = tuple(int(r) for r in tower_resolutions)
         self.proj = nn.ModuleList(nn.Linear(int(t.out_channels), width) for t in self.towers)
         self.queries = nn.Parameter(torch.zeros(GRID * GRID, width))
         nn.init.normal_(self.queries, std=0.02)
@@ -100,7 +125,7 @@ class Cambrian1(VisionEncoder):
 
     def windows(self) -> list[int]:
         """k per encoder: the side of each query's window (ceil(feature side / 24))."""
-        sides = [r // 14 for r in (336, 384)] + [1024 // 32, 518 // 14]
+        sides = [math.isqrt(t.num_tokens(r)) for t, r in zip(self.towers, self.tower_res)]
         return [math.ceil(s / GRID) for s in sides]
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -131,12 +156,14 @@ class Cambrian1(VisionEncoder):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "family": "cambrian1", "knobs": {"width": self.width, "heads": self.heads,
-                                                                   "layers": self.layers},
+                                                                   "layers": self.layers, "scale": self.scale,
+                                                                   "tower_resolutions": list(self.tower_res)},
                 "towers": [t.name for t in self.towers], "tower_resolutions": list(self.tower_res),
                 "out_channels": self.out_channels, "downsample": self.downsample}
 
 
 @register_encoder("cambrian1")
-def cambrian1(width: int = 1024, heads: int = 16, layers: int = 1) -> Cambrian1:
+def cambrian1(width: int = 1024, heads: int = 16, layers: int = 1, scale: float = 1.0,
+              tower_resolutions: Sequence[int] = TOWER_RESOLUTIONS) -> Cambrian1:
     """Cambrian-1's four encoders and its spatial vision aggregator (576 tokens)."""
-    return Cambrian1(width=width, heads=heads, layers=layers)
+    return Cambrian1(width=width, heads=heads, layers=layers, scale=scale, tower_resolutions=tower_resolutions)
