@@ -229,6 +229,31 @@ def _fleet_section(df: pd.DataFrame, objectives: ObjectivesLike, budgets: Sequen
     return "\n".join(parts)
 
 
+def _strategies_section(df: pd.DataFrame) -> str:
+    """Token strategies beside their equal-token baselines, and the paper's headline comparisons,
+    when the table holds them (``docs/vlms.md``); empty otherwise."""
+    from explorer.analysis.equal_tokens import equal_token_pairs
+    from explorer.analysis.headline import headline_table
+
+    needed = {"encoder", "knobs", "resolution", "llm", "visual_tokens", "encoder_latency_ms", "ttft_ms"}
+    if not needed <= set(df.columns):
+        return ""
+    parts = []
+    pairs = equal_token_pairs(df)
+    if len(pairs):
+        parts += ["<h2>Token strategies and equal-token baselines</h2>",
+                  "<p>Each token strategy beside the same tower on one view of the image, downsampled to the "
+                  "size whose token count is closest (plain downsampling): equal tokens, so equal prefill; "
+                  "the ratios are strategy / baseline.</p>",
+                  _table(pairs, "equal-token-table")]
+    heads = headline_table(df.assign(latency_source=df.get("latency_source", "measured")))
+    if len(heads):
+        parts += ["<h2>The paper's headline comparisons</h2>",
+                  _table(heads.drop(columns=["fast", "other"]), "headline-table",
+                         "Other side's TTFT / FastVLM's, beside the paper's ratio; both TTFTs in parts (ms).")]
+    return "\n".join(parts)
+
+
 def _confidence_note(df: pd.DataFrame) -> str:
     """How many rows have a latency whose CI missed its target or that was taken under
     contention (the hover marks them); '' when none has."""
@@ -320,6 +345,7 @@ Written {now} by explorer.</p>
 {_frontier_section(result, df)}
 {_budget_section(df, budgets, group_by)}
 {_fleet_section(df, objectives, budgets)}
+{_strategies_section(df)}
 <h2>Environment</h2>
 {_environment_section(df)}
 <h2>Rows left out</h2>
