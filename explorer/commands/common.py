@@ -18,7 +18,9 @@ __all__ = ["error", "space_source", "chosen_space", "space_and_settings", "writa
 
 
 def error(text: str) -> None:
-    """Print ``error: text`` on stderr."""
+    """Print ``error: text`` on stderr, as one line (a text of several lines, such as every problem
+    of a space, is joined with "; ")."""
+    text = "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
     sys.stderr.write(f"error: {text}\n")
     sys.stderr.flush()
 
@@ -81,7 +83,7 @@ def space_and_settings(cfg: Any) -> Optional[tuple[Any, Any, str]]:
         space = load_space(node, name=None if node.get("name") else choice, source_name=source)
         settings = default_settings(space, **measure_overrides(cfg))
     except SpaceError as err:
-        error(f"invalid search space\n{err}")
+        error(f"invalid search space: {err}")
         return None
     except ValueError as err:
         error(str(err))

@@ -13,7 +13,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from explorer.analysis.pareto import pareto_front, parse_objectives
-from explorer.checks import OptionError, check_number, check_text
+from explorer.checks import OptionError, check_number, check_output_file, check_output_folder, check_text
 from explorer.commands.common import error
 from explorer.conf.schema import hydra_node, options_of, hydra_command
 
@@ -75,6 +75,8 @@ class PlotOptions:
             raise OptionError("source", None, "a results folder, database path or URL, or a .csv/.parquet table")
         check_text("source", self.source)
         check_text("out", self.out)
+        if self.png is not None:
+            check_text("png", self.png)
         check_text("env", self.env)
         if self.objectives is not None:
             try:
@@ -100,6 +102,9 @@ def run_from_config(cfg: DictConfig) -> int:
     try:
         opts = options_of(PlotOptions, cfg)
         objectives = parse_objectives(opts.objectives) if opts.objectives is not None else None
+        check_output_file("out", opts.out)  # before the source is read
+        if opts.png:
+            check_output_folder("png", opts.png)
         df = load_table(opts.source, opts.env)
         reference = load_reference(opts.reference) if opts.reference else None
         title = opts.title or f"explorer report: {opts.source}"

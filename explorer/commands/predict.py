@@ -13,7 +13,9 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
+from explorer.checks import check_output_file, check_output_folder
 from explorer.commands.common import error, space_source
+from explorer.data.atomic import atomic_path
 from explorer.conf.schema import hydra_command
 
 _STATE: dict[str, Any] = {"exit": 0}
@@ -58,14 +60,22 @@ def run_from_config(cfg: DictConfig) -> int:
         profile = load_profile(str(cfg.device))
         llm_profile = load_profile(str(cfg.llm_device)) if cfg.get("llm_device") else None
         space = load_space(node, name=None if node.get("name") else choice, source_name=source)
+        label = profile.name if llm_profile is None else f"{profile.name}+{llm_profile.name}"
+        out = Path(cfg.out) if cfg.get("out") else Path("results") / space.name / f"predicted-{label}"
+        check_output_folder("out", out)  # before the traces
+        for name in ("predicted.csv", "predicted.html", "measured_vs_predicted.csv"):
+            check_output_file("out", out / name)
         df = predict_space(space, profile, llm_profile=llm_profile, options=options)
     except (SpaceError, ProfileError, ValueError) as err:
         error(str(err))
         return 2
-    label = profile.name if llm_profile is None else f"{profile.name}+{llm_profile.name}"
-    out = Path(cfg.out) if cfg.get("out") else Path("results") / space.name / f"predicted-{label}"
-    out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(out / "predicted.csv", index=False)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with atomic_path(out / "predicted.csv") as tmp:
+            df.to_csv(tmp, index=False)
+    except OSError as err:
+        error(f"could not write {out / 'predicted.csv'}: {err.strerror or err}")
+        return 1
     print(f"predicted {len(df)} design points of {space.name!r} on {label} ({options.dtype}) "
           f"in {time.monotonic() - t0:.1f} s; latency_source={df.latency_source.iloc[0] if len(df) else '-'}")
     cal = "calibrated" if profile.calibrated else "NOT calibrated (priors; see docs/prediction.md)"
@@ -82,7 +92,8 @@ def run_from_config(cfg: DictConfig) -> int:
             error(str(err))
             return 2
         both = side_by_side(measured[measured.status == "ok"], df)
-        both.to_csv(out / "measured_vs_predicted.csv", index=False)
+        with atomic_path(out / "measured_vs_predicted.csv") as tmp:
+            both.to_csv(tmp, index=False)
         if len(both):
             err = (both.ttft_ratio - 1).abs()
             print(f"measured vs predicted on {len(both)} points: median |error| {err.median() * 100:.1f}%, "

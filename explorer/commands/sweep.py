@@ -52,7 +52,7 @@ def run_from_config(cfg: DictConfig) -> int:
         store = Store(url)
         writable_folder("out", out)  # pareto.html goes there
     except SpaceError as err:
-        error(f"invalid search space\n{err}")
+        error(f"invalid search space: {err}")
         return 2
     except ValueError as err:  # StoreError, OptionError, a bad accuracy CSV
         error(str(err))
