@@ -106,7 +106,7 @@ class SearchOptions:
     def __post_init__(self) -> None:
         check_int("search.trials", self.trials, low=1, high=1_000_000)
         check_choice("search.sampler", self.sampler, SAMPLERS)
-        check_int("search.seed", self.seed, optional=True, none_means="a different search every time")
+        check_int("search.seed", self.seed, low=0, high=2**32 - 1, optional=True, none_means="a different search every time")
         check_text("search.study", self.study, optional=True, none_means="<space>-<sampler>-<digest>")
         for name in ("max_ttft_ms", "max_params_m"):
             check_number(f"search.{name}", getattr(self, name), low=0, low_open=True, optional=True,

@@ -3,7 +3,10 @@
 Every measurement is committed to the store in its own transaction as soon as it finishes;
 running the same sweep again measures only what is missing for the same environment. Failures
 (exceptions, out-of-memory, timeouts) are stored with their status and error and the sweep goes
-on. Ctrl-C stops after the measurement in flight; a second Ctrl-C stops at once.
+on. Measurements interleaved in a group (``sweep.interleave``) are each committed the moment their
+own timing ends, while the rest of the group still samples: a kill costs the timings still in
+flight (at most the group's unfinished ones), never one that finished. Ctrl-C stops after the
+group in flight; a second Ctrl-C stops at once.
 """
 from __future__ import annotations
 
@@ -149,7 +152,6 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
     fns = {kind: backend.measure(kind) for kind in KINDS}
     runner = make_runner(options.isolation, list(fns.values()), settings, environ=policy.environ)
 
-    st.save_points(plan.point_records)
     todo = list(plan.todo)
     if options.max_measurements is not None:
         todo = todo[: options.max_measurements]
@@ -158,7 +160,16 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
                          n_points=len(plan.points), unique=unique, measured={k: 0 for k in unique},
                          skipped=len(plan.jobs) - len(plan.todo), machine=policy.summary(),
                          machine_warning=policy.warning)
+    try:
+        st.save_points(plan.point_records)
+    except (SQLAlchemyError, OSError) as err:  # the very first write: a full disk, a read-only database
+        report.store_error = _store_error_text(err, st.url)
+        report.remaining = len(plan.todo)
+        runner.close()
+        report.elapsed_s = time.monotonic() - t0
+        return report
     if not todo:
+        runner.close()
         report.elapsed_s = time.monotonic() - t0
         return report
 
@@ -180,25 +191,24 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
             t_start = time.monotonic()
             calls = [(fns[job.kind], job.call_args() + (settings,)) for job in group]
             timeout = None if options.timeout_s is None else options.timeout_s * len(group)
-            outcomes = runner.run_group(calls, timeout, seed=number)
-            if outcomes is None:  # timed out or died as a group: find the culprit one at a time
-                _note(bar, f"a group of {len(group)} {group[0].kind} measurements failed together; "
-                           "measuring them one at a time")
-                outcomes = []
-                for fn, args in calls:
-                    runner.ensure_started()
-                    outcomes.append(runner.run(fn, args, options.timeout_s))
-            duration = time.monotonic() - t_start
             weights = [max(plan.estimates_s.get(j.key, 0.0), 1e-9) for j in group]
-            for job, outcome, w in zip(group, outcomes, weights):
+
+            def commit(i: int, outcome: Any, group: list[Job] = group, started: Any = started,
+                       t_start: float = t_start, weights: list[float] = weights) -> None:
+                """Store one finished measurement at once (the others of its group may still time)."""
+                nonlocal done
+                if report.store_error:
+                    return
+                job = group[i]
                 try:
                     st.save_measurement(MeasurementRecord(
                         kind=job.kind, key=job.key, env_key=plan.env_key, environment=plan.environment,
                         inputs=job.inputs, status=outcome.status, payload=outcome.payload, error=outcome.error,
-                        started_at=started, finished_at=utcnow(), duration_s=duration * w / sum(weights)))
+                        started_at=started, finished_at=utcnow(),
+                        duration_s=(time.monotonic() - t_start) * weights[i] / sum(weights)))
                 except (SQLAlchemyError, OSError) as err:  # disk full, database gone: stop, keep what is stored
                     report.store_error = _store_error_text(err, st.url)
-                    break
+                    return
                 done += 1
                 report.measured[job.kind] += 1
                 if outcome.status != "ok":
@@ -208,6 +218,20 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
                     _note(bar, f"{outcome.status}: {job.kind} {job.label}: {first}")
                 if bar is not None:
                     bar.update(plan.estimates_s[job.key])
+
+            outcomes = runner.run_group(calls, timeout, seed=number, on_done=commit)
+            missing = [i for i, o in enumerate(outcomes) if o is None]
+            if missing and not report.store_error:  # timed out or died as a group: the unfinished one at a time
+                _note(bar, f"a group of {len(group)} {group[0].kind} measurements failed together "
+                           f"({len(group) - len(missing)} finished and stored); measuring the other "
+                           f"{len(missing)} one at a time")
+                for i in missing:
+                    if report.store_error or stop.requested:
+                        break
+                    runner.ensure_started()
+                    t_one = time.monotonic()
+                    outcome = runner.run(calls[i][0], calls[i][1], options.timeout_s)
+                    commit(0, outcome, [group[i]], utcnow(), t_one, [1.0])
             if report.store_error:
                 break
     except KeyboardInterrupt:
