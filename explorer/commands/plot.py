@@ -47,10 +47,17 @@ def load_reference(spec: str) -> pd.DataFrame:
         from explorer.data.reference import load_references
 
         return load_references()
+    from explorer.analysis.plots import reference_points
+
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"invalid reference={spec!r}: not a file; give a CSV or 'published'")
-    return pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+        reference_points(table)  # the columns the figure needs, checked now rather than skipped in the page
+    except ValueError as err:
+        raise ValueError(f"invalid reference={spec!r}: {str(err).splitlines()[0]}") from None
+    return table
 
 
 @dataclass(frozen=True)
