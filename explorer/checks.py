@@ -134,8 +134,19 @@ def _writable_dir(field: str, shown: Any, folder: Path) -> None:
     base = _nearest_existing(folder)
     if not base.is_dir():
         raise OptionError(field, shown, f"a path whose folders can be created, but {base} is not a folder")
+    why = ""
     if not os.access(base, os.W_OK | os.X_OK):
-        why = "a read-only file system" if _read_only(base) else "not writable by this user"
+        why = "on a read-only file system" if _read_only(base) else "not writable by this user"
+    else:  # permissions say yes (root always hears yes): try it, as the output will
+        import tempfile
+
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".explorer-probe.", dir=base)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            why = f"not writable ({err.strerror or err})"
+    if why:
         raise OptionError(field, shown, f"a place this user can write, but {base} is {why}")
 
 

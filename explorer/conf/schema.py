@@ -158,7 +158,7 @@ def register_spaces(extra_dirs: Iterable[Union[str, Path]] = (), files: Iterable
         try:
             node = OmegaConf.load(path)
         except Exception as err:  # reported only if this space is chosen
-            BROKEN_SPACES[name] = f"{path}: not valid YAML ({err})"
+            BROKEN_SPACES[name] = f"{path}: not valid YAML ({' '.join(str(err).split())})"
             continue
         if not isinstance(node, dict) and not OmegaConf.is_dict(node):
             BROKEN_SPACES[name] = f"{path}: a space file must be a mapping (see search_spaces/*.yaml)"

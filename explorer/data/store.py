@@ -627,7 +627,13 @@ class Store:
                     added += 1
                 return added
 
-        return int(self._retry(attempt))
+        for i in range(5):  # another process added the same points first: read again, add the rest
+            try:
+                return int(self._retry(attempt))
+            except IntegrityError:
+                if i == 4:
+                    raise
+        return 0  # pragma: no cover
 
     def points(self, space: Optional[str] = None) -> list[PointRecord]:
         stmt = select(_Point).order_by(_Point.id)
