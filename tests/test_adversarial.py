@@ -458,3 +458,58 @@ def test_three_workers_started_together_on_fresh_postgresql_each_job_once(pg_url
 
     assert set(WorkQueue(st).attempts("tiny", rows[0].env_key).values()) == {1}  # each job leased once
     st.close()
+
+
+_GROUP_SWEEP = """
+import sys
+import sweep_fakes as F
+from explorer.data.space import load_space
+from explorer.data.store import Store
+from explorer.measure.settings import MeasureSettings
+sp = load_space({"name": "nap", "encoders": {"toy": {"knobs": {"sleep_s": [1.5, 6.0]}}}, "resolutions": [64],
+                 "llms": ["llm-a"], "text_tokens": [0]}, shape_fn=F.shape, check_models=False)
+r = F.run(sp, MeasureSettings(device="cpu"), Store(sys.argv[1]), isolation="process", interleave=4)
+print("measured", sum(r.measured.values()))
+"""
+
+
+def _stored(db: Path) -> list[tuple]:
+    if not db.is_file():
+        return []
+    con = sqlite3.connect(db, timeout=30)
+    try:
+        return con.execute("SELECT kind, key, status FROM measurements ORDER BY id").fetchall()
+    except sqlite3.OperationalError:
+        return []
+    finally:
+        con.close()
+
+
+def test_a_kill_costs_only_the_timings_in_flight_of_an_interleaved_group(tmp_path):
+    """Two encoders timed as one group (1.5 s and 6 s of work): the first to finish is stored at
+    once, so a SIGKILL while the other still runs loses that one only; a resume measures the rest."""
+    import signal
+    import time
+
+    db = tmp_path / "store.db"
+    proc = subprocess.Popen([sys.executable, "-c", _GROUP_SWEEP, str(db)], env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not _stored(db):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "nothing committed in time"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()
+    first = _stored(db)
+    assert len(first) == 1 and first[0][0] == "encoder" and first[0][2] == "ok", first  # the other was in flight
+    done = subprocess.run([sys.executable, "-c", _GROUP_SWEEP, str(db)], env=_env(), capture_output=True, text=True,
+                          timeout=180)
+    assert done.returncode == 0 and "measured 3" in done.stdout, done.stdout + done.stderr  # encoder, projector, prefill
+    rows = _stored(db)
+    assert rows[0] == first[0] and len(rows) == 4 and len({r[:2] for r in rows}) == 4
