@@ -513,3 +513,35 @@ def test_a_kill_costs_only_the_timings_in_flight_of_an_interleaved_group(tmp_pat
     assert done.returncode == 0 and "measured 3" in done.stdout, done.stdout + done.stderr  # encoder, projector, prefill
     rows = _stored(db)
     assert rows[0] == first[0] and len(rows) == 4 and len({r[:2] for r in rows}) == 4
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_sweeps_started_together_on_one_store_share_the_work(tmp_path, n):
+    """``explorer sweep`` n times at once on one fresh store: each job measured once, by one of them."""
+    import re
+
+    from test_cli_sweep import tiny_space
+
+    from explorer.engine.sweep import plan_sweep
+
+    space = tiny_space(tmp_path)
+    out = tmp_path / "res"
+    args = [sys.executable, "-m", "explorer", "sweep", f"space_file={space}", f"out={out}", "sweep.progress=false",
+            "sweep.isolation=inline", "report=false"]
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(n)]
+    outs = [p.communicate(timeout=400) for p in procs]
+    assert [p.returncode for p in procs] == [0] * n, outs
+    measured = [int(re.search(r"(\d+) measured now", o[0]).group(1)) for o in outs]
+    st = Store(out, create=False)
+    rows = st.measurements()
+    plan = plan_sweep(load_space(str(space)), None, None)  # what a single sweep measures
+    assert sum(measured) == len(plan.jobs) == len(rows) == 6, outs
+    assert {(r.kind, r.key) for r in rows} == {(j.kind, j.key) for j in plan.jobs}
+    assert len({r.env_key for r in rows}) == 1 and all(r.status == "ok" for r in rows)
+    assert st.history() == []  # nothing was measured twice (a second measurement replaces and keeps the first here)
+    for o, m in zip(outs, measured):  # each says what it measured and what the others did
+        stored = int(re.search(r"(\d+) already stored", o[0]).group(1))
+        others = re.search(r"(\d+) measured meanwhile by other sweeps or workers", o[0])
+        assert m + stored + (int(others.group(1)) if others else 0) == 6, o[0]
+    st.close()
