@@ -345,8 +345,8 @@ def unknown_override(schema: Any, overrides: Iterable[str]) -> Optional[str]:
             continue
         node = schema
         for i, part in enumerate(parts):
-            if not OmegaConf.is_dict(node):
-                break  # a free-form value (Any): its own checks judge it
+            if not OmegaConf.is_dict(node) or not dataclasses.is_dataclass(OmegaConf.get_type(node)):
+                break  # a free-form value or mapping (Any, train.config): its own checks judge it
             if part not in node:
                 return (f"invalid {key}={value!r}: no such option"
                         + (f" in {'.'.join(parts[:i])}" if i else "") + "; see --help for the options")
