@@ -557,3 +557,37 @@ def test_sweeps_started_together_on_one_store_share_the_work(tmp_path, n):
         others = re.search(r"(\d+) measured meanwhile by other sweeps or workers", o[0])
         assert m + stored + (int(others.group(1)) if others else 0) == 6, o[0]
     st.close()
+
+
+def test_a_dry_run_names_the_environment_a_sweep_would_use_and_the_others_stored(tmp_path, capsys, monkeypatch):
+    """The dry run plans with the threads a sweep started now would take, and says which other
+    environment holds these measurements (and the setting that continues it) instead of '0 stored'."""
+    from test_cli_sweep import tiny_space
+
+    from explorer.data.store import MeasurementRecord, utcnow
+    from explorer.engine.sweep import plan_sweep
+
+    space = tiny_space(tmp_path)
+    out = tmp_path / "res"
+    plan = plan_sweep(load_space(str(space)), None, None)
+    st = Store(out)
+    other = {"device": "Other CPU", "device_type": "cpu", "dtype": "float32", "threads": 7}
+    for j in plan.jobs:
+        st.save_measurement(MeasurementRecord(kind=j.kind, key=j.key, env_key="other-env", environment=other,
+                                              inputs=j.inputs, status="ok", payload={}, error=None,
+                                              started_at=utcnow(), finished_at=utcnow(), duration_s=0.1))
+    st.close()
+    monkeypatch.chdir(tmp_path)
+    assert cli(["sweep", f"space_file={space}", f"out={out}", "sweep.dry_run=true"]) == 0
+    text = capsys.readouterr().out
+    assert "also stored: 6 of these measurements in environment other-env (Other CPU, 7 thread(s), float32); " \
+           "measure.threads=7 continues that one" in text
+
+
+def test_predict_says_which_rows_it_prints(files, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = Path(files["space"])
+    assert cli(["predict", f"space_file={space}", "device=nvidia-h100-sxm", "space.resolutions=[64,128]",
+                "space.text_tokens=[4,8]", f"out={tmp_path / 'p'}", "report=false"]) == 0
+    out = capsys.readouterr().out
+    assert f"the fastest design point per LLM and resolution (2 of 4; every row is in {tmp_path / 'p' / 'predicted.csv'}):" in out

@@ -8,7 +8,8 @@ same database: this module only owns ``measurements``, ``measurement_history``, 
 Why it looks like this:
 
 - Each measurement is written in its own short transaction, so a sweep killed at any moment
-  loses at most the measurement in flight and resumes from what is committed.
+  loses only the measurements in flight (one, or the unfinished members of an interleaved group)
+  and resumes from what is committed.
 - A measurement row is identified by ``(kind, key, env_key)``: the factor (encoder, projector or
   prefill), the digest of that factor's own inputs and the measuring environment. Values from
   different environments live side by side and are never mixed silently.
