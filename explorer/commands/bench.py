@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 from explorer.analysis.bench_report import render_markdown, render_runtime_markdown
-from explorer.checks import check_bool, check_choice, check_int
+from explorer.checks import check_bool, check_choice, check_int, check_output_file
 from explorer.commands.common import error
 from explorer.conf.schema import hydra_node, options_of, hydra_command
 from explorer.data.atomic import atomic_path
@@ -110,6 +110,8 @@ def _run_stability(args: BenchOptions) -> int:
 def run_from_config(cfg: Any) -> int:
     try:
         args = options_of(BenchOptions, cfg)
+        if args.out is not None:
+            check_output_file("out", args.out)  # before minutes of benchmarks
     except ValueError as err:
         error(str(err))
         return 2

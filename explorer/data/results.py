@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Union
 
 import pandas as pd
 
+from explorer.checks import check_bool
 from explorer.data.confidence import TimingFlags, any_true, legend, marks, remeasure_command, timing_flags
 from explorer.data.space import canonical_json
 from explorer.data.atomic import atomic_path
@@ -121,6 +122,7 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
     FastVLM paper's definition, encoder input tensor to first token). Rows whose preprocessing
     was not measured never count it; ``ttft_includes_preprocess`` says per row what was summed.
     """
+    check_bool("ttft_includes_preprocess", ttft_includes_preprocess)
     store, owned = _open(source)
     try:
         df = frame_from_store(store, space=space, env=env, ttft_includes_preprocess=ttft_includes_preprocess,

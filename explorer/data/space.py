@@ -263,11 +263,15 @@ def spaces_dirs(extra: Iterable[Union[str, Path]] = ()) -> list[Path]:
     Order: ``extra`` (e.g. ``spaces_dir=`` on the command line), ``$EXPLORER_SPACES_DIR``
     (``os.pathsep``-separated), ``./search_spaces`` and the checkout's ``search_spaces/``.
     """
-    dirs: list[Path] = [Path(p).expanduser() for p in extra]
+    named = [("spaces_dir", Path(p).expanduser()) for p in extra]
     env = os.environ.get("EXPLORER_SPACES_DIR")
     if env:
-        dirs += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    dirs += [Path.cwd() / "search_spaces", _repo_spaces_dir()]
+        named += [("EXPLORER_SPACES_DIR", Path(p).expanduser()) for p in env.split(os.pathsep) if p]
+    for field, d in named:  # a folder the user named must be one
+        if not d.is_dir():
+            raise SpaceError(f"invalid {field}={str(d)!r}: "
+                             f"{'a file, not a folder of NAME.yaml spaces' if d.exists() else 'no such folder'}")
+    dirs = [d for _, d in named] + [Path.cwd() / "search_spaces", _repo_spaces_dir()]
     seen: list[Path] = []
     for d in dirs:
         d = d.resolve()
