@@ -18,8 +18,8 @@ from explorer.data.space import canonical_json
 from explorer.data.atomic import atomic_path
 from explorer.data.store import AccuracyRecord, MeasurementRecord, PointRecord, Store
 
-__all__ = ["COLUMNS", "EXTRA_COLUMNS", "CONFIDENCE_COLUMNS", "load", "frame_from_store", "fastest_per_resolution",
-           "summary_table", "flag_counts", "flag_line", "export"]
+__all__ = ["COLUMNS", "EXTRA_COLUMNS", "CONFIDENCE_COLUMNS", "pruning_text", "load", "frame_from_store",
+           "fastest_per_resolution", "summary_table", "flag_counts", "flag_line", "export"]
 
 #: The documented columns, in order (docs/architecture.md "Results table columns").
 COLUMNS: tuple[str, ...] = (
@@ -43,9 +43,10 @@ CONFIDENCE_COLUMNS: tuple[str, ...] = (
 #: Appended after COLUMNS: the space the point came from, the environment key of its values, the
 #: runtime that ran encoder and projector, the one that ran the prefill (``transformers`` or
 #: ``llamacpp/<quant>``), the LM-head convention of the prefill, whether ``ttft_ms`` counts
-#: ``preprocess_ms``, then :data:`CONFIDENCE_COLUMNS`.
+#: ``preprocess_ms``, then :data:`CONFIDENCE_COLUMNS`, then ``pruning``: the point's in-LLM pruning
+#: as canonical JSON (``{"after_layer":2,"ratio":0.5}``), None for a point without.
 EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key", "runtime", "llm_runtime", "lm_head", "ttft_includes_preprocess",
-                                  *CONFIDENCE_COLUMNS)
+                                  *CONFIDENCE_COLUMNS, "pruning")
 _BOOL_COLUMNS = tuple(c for c in CONFIDENCE_COLUMNS if c.endswith(("_noisy", "_contended")) or c in ("noisy", "contended"))
 
 _FAIL_ORDER = ("oom", "killed", "timeout", "failed")
@@ -139,6 +140,11 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
     from explorer.accuracy import fill_accuracy  # the accuracy layer sits on data; imported on use
 
     return fill_accuracy(df, metric=accuracy_metric, recipe=accuracy_recipe)[list(df.columns)]
+
+
+def pruning_text(pruning: Any) -> Optional[str]:
+    """The ``pruning`` column: canonical JSON of a Pruning's ``{after_layer, ratio}``, None without."""
+    return None if pruning is None else canonical_json(pruning.to_dict())
 
 
 def _accuracy_for(point: PointRecord, by_key: dict[str, AccuracyRecord],
@@ -305,6 +311,7 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         "lm_head": (pre or {}).get("lm_head", "last") if pre is not None else None,
         "ttft_includes_preprocess": with_prep,
         **confidence,
+        "pruning": pruning_text(p.pruning),
     }
 
 
