@@ -6,6 +6,10 @@ outputs compared to ours. timm needs torchvision, which does not load beside the
 of the main environment; ``.ci/run`` runs this file a second time in an environment that has them
 (torch 2.14.1 + torchvision 0.29.1 + timm) with ``EXPLORER_TEST_TIMM=1``, where a missing timm
 fails instead of skipping. The layout tests without timm run everywhere.
+
+The same step checks transformers' own FastVLM-0.5B (built on meta from published facts) equal in
+cost to ours (tower parameters tensor for tensor, visual tokens, encoder FLOPs against torch's
+FlopCounterMode, the projector's shapes) and the ``hf_vlm`` catalog entry ``fastvlm-0.5b``.
 """
 from __future__ import annotations
 
@@ -446,3 +450,18 @@ def test_the_fastvlm_catalog_entry_without_timm_is_refused_by_name() -> None:
 
     with pytest.raises(ValueError, match=r"invalid model='fastvlm-0\.5b': its tower is timm's fastvit_mci3.*timm"):
         build_encoder_meta("hf_vlm", model="fastvlm-0.5b")
+
+
+def test_an_exported_fastvlm_is_an_hf_vlm_model_with_our_features(tmp_path: Path, randomize) -> None:
+    """``hf_vlm model=<a save_fastvlm directory>``: transformers' tower from the written config.json,
+    the view size from its image_seq_length; with the exported weights its tokens are our encoder's."""
+    _timm()
+    vlm = _vlm(tmp_path, randomize)
+    save_fastvlm(vlm, tmp_path / "hf", SIZE)
+    enc = build_encoder("hf_vlm", model=str(tmp_path / "hf")).eval()
+    assert enc.spec.kind == "fast_vlm" and enc.spec.tile == SIZE and enc.out_channels == 256
+    assert enc.num_tokens(SIZE) == 4 and enc.num_tokens(3 * SIZE) == 4  # one view resized to SIZE
+    enc.tower.timm_model.load_state_dict(timm_state_dict(vlm.encoder), strict=True)
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), vlm.encoder.eval()(x), rtol=1e-4, atol=1e-5)
