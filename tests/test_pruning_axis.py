@@ -59,6 +59,8 @@ def test_pruned_points_have_their_own_key_and_round_trip():
     assert pruned.label().endswith("/prune2:0.5")
     with pytest.raises(OptionError, match=r"invalid pruning\.after=2: unknown key"):
         DesignPoint.make("fastvithd", {}, 256, "qwen2-0.5b", 32, {"after": 2, "ratio": 0.5})
+    with pytest.raises(OptionError, match=r"invalid pruning=\{'after_layer': 2, 'ratio': 0\.5\}: None or a Pruning"):
+        DesignPoint("fastvithd", (), 256, "qwen2-0.5b", 32, PRUNE)  # the constructor takes a Pruning only
 
 
 def test_pruning_is_validated_on_construction():

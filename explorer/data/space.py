@@ -147,6 +147,14 @@ class DesignPoint:
     text_tokens: int
     pruning: Optional["Pruning"] = None
 
+    def __post_init__(self) -> None:
+        if self.pruning is not None:  # make() and from_dict() turn a mapping into a Pruning
+            from explorer.measure.pruned_prefill import Pruning
+
+            if not isinstance(self.pruning, Pruning):
+                raise OptionError("pruning", self.pruning, "None or a Pruning(after_layer, ratio) "
+                                  "(DesignPoint.make takes the {after_layer, ratio} mapping)")
+
     @classmethod
     def make(cls, encoder: str, knobs: Optional[Mapping[str, Any]], resolution: int, llm: str,
              text_tokens: int, pruning: Any = None) -> "DesignPoint":
