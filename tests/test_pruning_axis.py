@@ -306,3 +306,30 @@ def test_search_samples_the_pruning_axis():
     # a space without the axis: no parameter, and the study digest's definition as before
     plain = ParamSpace.from_space(_load(_space()))
     assert "pruning" not in {d.name for d in plain.dimensions()} and "pruning" not in plain.fingerprint()
+
+
+def test_explorer_predict_reads_the_axis_from_a_space_file(tmp_path, monkeypatch, capsys):
+    import pandas as pd
+    import yaml
+
+    from explorer.cli import main
+
+    monkeypatch.setenv("EXPLORER_TRACE_CACHE", str(tmp_path / "traces"))
+    raw = {"name": "cli_pruning", "llms": [_tiny_lm(tmp_path)], "text_tokens": [8],
+           "encoders": {"fastvithd": {"knobs": {"depths": [[1, 1, 1, 1, 1]], "widths": [[16, 32, 64, 64, 128]]},
+                                      "resolutions": [256]}},
+           "pruning": [None, {"after_layer": 1, "ratio": 0.5}]}
+    space_file = tmp_path / "cli_pruning.yaml"
+    space_file.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "out"
+    assert main(["predict", f"space_file={space_file}", "device=apple-m1-gpu", f"out={out}", "report=false"]) == 0
+    df = pd.read_csv(out / "predicted.csv")
+    assert len(df) == 2 and df.pruning.isna().sum() == 1
+    assert set(df.pruning.dropna()) == {'{"after_layer":1,"ratio":0.5}'}
+    assert df.prefill_latency_ms[df.pruning.notna()].iloc[0] < df.prefill_latency_ms[df.pruning.isna()].iloc[0]
+    raw["pruning"] = [{"after_layer": 1, "ratio": 2}]
+    space_file.write_text(yaml.safe_dump(raw))
+    capsys.readouterr()
+    assert main(["predict", f"space_file={space_file}", "device=apple-m1-gpu", f"out={out}", "report=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "pruning[0].ratio=2: a fraction in [0, 1)" in err and "Traceback" not in err
