@@ -333,3 +333,14 @@ def test_explorer_predict_reads_the_axis_from_a_space_file(tmp_path, monkeypatch
     assert main(["predict", f"space_file={space_file}", "device=apple-m1-gpu", f"out={out}", "report=false"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "pruning[0].ratio=2: a fraction in [0, 1)" in err and "Traceback" not in err
+
+
+def test_a_search_over_the_axis_measures_pruned_points_and_shows_them(tmp_path):
+    store = Store(tmp_path / "s.db")
+    report = sf.search(_space([None, PRUNE]), None, store, trials=12, measure_prefill=fake_prefill,
+                       llm_info=fake_llm_info)
+    text = report.format(store)
+    assert "unique design points evaluated: 4 of 4" in text and '{"after_layer":2,"ratio":0.5}' in text
+    df = results.load(store, space="pr", accuracy_metric=None)
+    assert len(df) == 4 and df.pruning.notna().sum() == 2 and (df.status == "ok").all()
+    store.close()
