@@ -190,6 +190,11 @@ def test_pruned_prefills_are_jobs_of_their_own_and_unpruned_ones_stay_shared(tmp
         assert pruned.prefill_tokens == plain.prefill_tokens == visual + 8  # the prompt, before pruning
         assert pruned.encoder_latency_ms == plain.encoder_latency_ms  # shared encoder measurement
         assert pruned.ttft_ms < plain.ttft_ms
+    # the sweep's summary names the pruning of the fastest point at each resolution (pruned here)
+    table, _ = results.summary_table(df)
+    assert table.count('{"after_layer":2,"ratio":0.5}') == 2
+    assert list(results.fastest_per_resolution(df).pruning) == ['{"after_layer":2,"ratio":0.5}'] * 2
+    assert "pruning" not in results.summary_table(df[df.pruning.isna()])[0]
     # the first space's rows are the unpruned rows of the second: same keys, same numbers
     first_rows = results.load(store, space="pr", accuracy_metric=None).set_index("point_key")
     unpruned = df[df.pruning.isna()].set_index("point_key")

@@ -347,12 +347,20 @@ def _fastest_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return ok.loc[idx].sort_values(["llm", "resolution"]).reset_index(drop=True)
 
 
+def _summary_columns(frame: pd.DataFrame) -> list[str]:
+    """The summary's columns, with ``pruning`` after ``knobs`` when some row of ``frame`` is pruned."""
+    cols = list(_SUMMARY_COLUMNS)
+    if "pruning" in frame.columns and frame["pruning"].notna().any():
+        cols.insert(cols.index("knobs") + 1, "pruning")
+    return cols
+
+
 def fastest_per_resolution(frame: pd.DataFrame) -> pd.DataFrame:
     """Per LLM and resolution, the complete point with the lowest TTFT (the sweep's summary)."""
     best = _fastest_rows(frame)
     if best.empty:
         return pd.DataFrame(columns=list(_SUMMARY_COLUMNS))
-    return best[list(_SUMMARY_COLUMNS)].round(_SUMMARY_DIGITS)
+    return best[_summary_columns(best)].round(_SUMMARY_DIGITS)
 
 
 def _part_flags(row: Mapping[str, Any], part: str) -> tuple[bool, bool]:
@@ -367,7 +375,7 @@ def summary_table(frame: pd.DataFrame, space: Optional[str] = None) -> tuple[str
     best = _fastest_rows(frame)
     if best.empty:
         return "", None
-    shown = best[list(_SUMMARY_COLUMNS)].copy().astype(object)
+    shown = best[_summary_columns(best)].copy().astype(object)
     seen = [False, False]
     records = best.to_dict("records")
     for column in _SUMMARY_DIGITS:
