@@ -19,8 +19,8 @@ from explorer.data.space import canonical_json
 from explorer.data.atomic import atomic_path
 from explorer.data.store import AccuracyRecord, MeasurementRecord, PointRecord, Store
 
-__all__ = ["COLUMNS", "EXTRA_COLUMNS", "CONFIDENCE_COLUMNS", "load", "frame_from_store", "fastest_per_resolution",
-           "summary_table", "flag_counts", "flag_line", "export"]
+__all__ = ["COLUMNS", "EXTRA_COLUMNS", "CONFIDENCE_COLUMNS", "pruning_text", "load", "frame_from_store",
+           "fastest_per_resolution", "summary_table", "flag_counts", "flag_line", "export"]
 
 #: The documented columns, in order (docs/architecture.md "Results table columns").
 COLUMNS: tuple[str, ...] = (
@@ -44,9 +44,10 @@ CONFIDENCE_COLUMNS: tuple[str, ...] = (
 #: Appended after COLUMNS: the space the point came from, the environment key of its values, the
 #: runtime that ran encoder and projector, the one that ran the prefill (``transformers`` or
 #: ``llamacpp/<quant>``), the LM-head convention of the prefill, whether ``ttft_ms`` counts
-#: ``preprocess_ms``, then :data:`CONFIDENCE_COLUMNS`.
+#: ``preprocess_ms``, then :data:`CONFIDENCE_COLUMNS`, then ``pruning``: the point's in-LLM pruning
+#: as canonical JSON (``{"after_layer":2,"ratio":0.5}``), None for a point without.
 EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key", "runtime", "llm_runtime", "lm_head", "ttft_includes_preprocess",
-                                  *CONFIDENCE_COLUMNS)
+                                  *CONFIDENCE_COLUMNS, "pruning")
 _BOOL_COLUMNS = tuple(c for c in CONFIDENCE_COLUMNS if c.endswith(("_noisy", "_contended")) or c in ("noisy", "contended"))
 
 _FAIL_ORDER = ("oom", "killed", "timeout", "failed")
@@ -141,6 +142,11 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
     from explorer.accuracy import fill_accuracy  # the accuracy layer sits on data; imported on use
 
     return fill_accuracy(df, metric=accuracy_metric, recipe=accuracy_recipe)[list(df.columns)]
+
+
+def pruning_text(pruning: Any) -> Optional[str]:
+    """The ``pruning`` column: canonical JSON of a Pruning's ``{after_layer, ratio}``, None without."""
+    return None if pruning is None else canonical_json(pruning.to_dict())
 
 
 def _accuracy_for(point: PointRecord, by_key: dict[str, AccuracyRecord],
@@ -307,6 +313,7 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         "lm_head": (pre or {}).get("lm_head", "last") if pre is not None else None,
         "ttft_includes_preprocess": with_prep,
         **confidence,
+        "pruning": pruning_text(p.pruning),
     }
 
 
@@ -342,12 +349,20 @@ def _fastest_rows(frame: pd.DataFrame) -> pd.DataFrame:
     return ok.loc[idx].sort_values(["llm", "resolution"]).reset_index(drop=True)
 
 
+def _summary_columns(frame: pd.DataFrame) -> list[str]:
+    """The summary's columns, with ``pruning`` after ``knobs`` when some row of ``frame`` is pruned."""
+    cols = list(_SUMMARY_COLUMNS)
+    if "pruning" in frame.columns and frame["pruning"].notna().any():
+        cols.insert(cols.index("knobs") + 1, "pruning")
+    return cols
+
+
 def fastest_per_resolution(frame: pd.DataFrame) -> pd.DataFrame:
     """Per LLM and resolution, the complete point with the lowest TTFT (the sweep's summary)."""
     best = _fastest_rows(frame)
     if best.empty:
         return pd.DataFrame(columns=list(_SUMMARY_COLUMNS))
-    return best[list(_SUMMARY_COLUMNS)].round(_SUMMARY_DIGITS)
+    return best[_summary_columns(best)].round(_SUMMARY_DIGITS)
 
 
 def _part_flags(row: Mapping[str, Any], part: str) -> tuple[bool, bool]:
@@ -362,7 +377,7 @@ def summary_table(frame: pd.DataFrame, space: Optional[str] = None) -> tuple[str
     best = _fastest_rows(frame)
     if best.empty:
         return "", None
-    shown = best[list(_SUMMARY_COLUMNS)].copy().astype(object)
+    shown = best[_summary_columns(best)].copy().astype(object)
     seen = [False, False]
     records = best.to_dict("records")
     for column in _SUMMARY_DIGITS:
