@@ -16,7 +16,7 @@ from typing import Any, Callable, ClassVar, Optional
 
 import torch
 
-from explorer.checks import check_bool, check_choice, check_int
+from explorer.checks import check_bool, check_choice, check_int, check_number
 from explorer.commands.common import error
 from explorer.conf.schema import hydra_node, options_of, hydra_command
 from explorer.data.atomic import atomic_path
@@ -409,7 +409,7 @@ def render_runtime_markdown(report: RuntimeReport) -> str:
                 continue
             r = rows.get(rt)
             ok = r is not None and r.timing is not None and eager is not None and eager.timing is not None
-            ratios.append(f"**{r.timing.median_ms / eager.timing.median_ms:.2f}**" if ok else "-")  # type: ignore[union-attr]
+            ratios.append(ratio_cell(r.timing, eager.timing) if ok else "-")  # type: ignore[union-attr]
         checked = [r for r in rows.values() if r.timing is not None and r.runtime != "eager"]
         err = f"{max(r.rel_error for r in checked):.1e}" if checked else "-"
         exports = ", ".join(f"{r.runtime} {r.export_s:.0f}" for r in checked) or "-"
@@ -429,10 +429,20 @@ def render_runtime_markdown(report: RuntimeReport) -> str:
             base = got.get(labels[0], (None, ""))[0]
             cells = [_fmt_short(got[l][0]) if got.get(l, (None,))[0] else (got.get(l, (None, "-"))[1][:60] or "-")
                      for l in labels]
-            ratios = [f"**{got[l][0].median_ms / base.median_ms:.2f}**" if base and got.get(l, (None,))[0] else "-"
-                      for l in labels[1:]]
+            ratios = [ratio_cell(got[l][0], base) if base and got.get(l, (None,))[0] else "-" for l in labels[1:]]
             lines.append(f"| {p} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     return "\n".join(lines) + "\n"
+
+
+def ratio_cell(timing: Timing, base: Timing) -> str:
+    """``timing / base`` in bold when their re-measurement intervals (explorer.intervals, 90%)
+    separate, else plain and ``(tied)``: a ratio the intervals cannot order is not claimed."""
+    from explorer.intervals import compare, remeasure_interval
+
+    ratio = timing.median_ms / base.median_ms
+    if compare(remeasure_interval(timing), remeasure_interval(base)) == "tied":
+        return f"{ratio:.2f} (tied)"
+    return f"**{ratio:.2f}**"
 
 
 def _fmt_short(t: Optional[Timing]) -> str:
@@ -459,7 +469,10 @@ class BenchOptions:
     order) swept quiet, beside ``neighbours`` busy loops, and quiet again; ``threads`` fixes the
     thread count of every arm (null: the sweep's policy, the cores left free); ``window``: the
     timings' window in every arm (``own`` | ``group``; null: the space's, else ``own``; see
-    ``measure.window``).
+    ``measure.window``). ``coverage``: instead, the coverage benchmark (explorer.engine.coverage):
+    ``space`` swept ``runs`` times quiet and, with ``neighbours`` > 0, as many times beside that many
+    busy loops (alternating, ``gap_s`` seconds apart); per level, the share of later medians inside
+    the first run's re-measurement interval, with the intervals' median width and load averages.
     """
 
     SECTION: ClassVar[str] = "bench"
@@ -476,10 +489,16 @@ class BenchOptions:
     neighbours: int = 1
     space: str = "stability"
     window: Optional[str] = None
+    coverage: bool = False
+    runs: int = 3
+    gap_s: float = 0.0
 
     def __post_init__(self) -> None:
         check_bool("quick", self.quick)
         check_bool("stability", self.stability)
+        check_bool("coverage", self.coverage)
+        check_int("runs", self.runs, low=2, high=100)
+        check_number("gap_s", self.gap_s, low=0.0, high=3600.0)
         check_int("neighbours", self.neighbours, low=0, high=256)
         check_int("threads", self.threads, low=1, optional=True, none_means="torch's default")
         if self.window is not None:
@@ -529,12 +548,45 @@ def _run_stability(args: BenchOptions) -> int:
     return 0
 
 
+def _run_coverage(args: BenchOptions) -> int:
+    from explorer.data.space import SpaceError
+    from explorer.engine.coverage import CoverageOptions, run_coverage
+    from explorer.engine.stability import ENCODERS_ONLY
+    from explorer.engine.sweep.plan import default_settings, resolve_space
+
+    try:
+        space = resolve_space(args.space, ENCODERS_ONLY)
+        settings = default_settings(space, threads=args.threads, device=args.device)
+        if args.window is not None:
+            settings = settings.replace(window=args.window)
+        options = CoverageOptions(runs=args.runs, neighbours=args.neighbours, gap_s=args.gap_s)
+    except (ValueError, SpaceError) as err:
+        error(str(err))
+        return 2
+    command = "python -m explorer bench coverage=true" + "".join(
+        f" {k}={v}" for k, v in (("runs", args.runs), ("neighbours", args.neighbours), ("threads", args.threads),
+                                 ("gap_s", args.gap_s), ("space", args.space), ("window", args.window))
+        if v is not None and not (k == "space" and v == "stability") and not (k == "gap_s" and not v))
+
+    def progress(run: Any) -> None:
+        _log(f"{run.condition}-{run.index}: {run.threads} thread(s), {len(run.timings)} values, "
+             f"load {run.load_before} -> {run.load_after}, {run.elapsed_s:.0f} s")
+
+    report = run_coverage(space, settings, options, command=command, on_run=progress)
+    text = "## Coverage of the re-measurement intervals\n\n" + report.markdown()
+    print(text, end="")
+    _write(args.out, text)
+    return 0
+
+
 def run_from_config(cfg: Any) -> int:
     try:
         args = options_of(BenchOptions, cfg)
     except ValueError as err:
         error(str(err))
         return 2
+    if args.coverage:
+        return _run_coverage(args)
     if args.stability:
         return _run_stability(args)
     try:
