@@ -302,3 +302,26 @@ def test_run_coverage_through_real_sweeps_of_fake_measurements(tmp_path):
 def test_bad_coverage_options_exit_2(capsys, argv, field):
     assert bench.main(argv) == 2
     assert field in capsys.readouterr().err
+
+
+def test_the_coverage_command_writes_its_report(monkeypatch, tmp_path, capsys):
+    import explorer.engine.coverage as coverage
+
+    seen = {}
+
+    def fake_run_coverage(space, settings, options, command="", on_run=None, **kw):
+        seen.update(space=space.name, threads=settings.threads, options=options)
+        report = CoverageReport(runs=fake_runs([(1.05, 1.10, 1.15, 1.30)]), command=command)
+        for run in report.runs:
+            on_run(run)
+        return report
+
+    monkeypatch.setattr(coverage, "run_coverage", fake_run_coverage)
+    out = tmp_path / "coverage.md"
+    assert bench.main(["coverage=true", "runs=2", "neighbours=0", "threads=1", f"out={out}"]) == 0
+    text = out.read_text()
+    assert text == capsys.readouterr().out
+    assert seen == {"space": "stability", "threads": 1, "options": CoverageOptions(runs=2, neighbours=0)}
+    assert text.startswith("## Coverage of the re-measurement intervals\n\nCommand: `python -m explorer bench "
+                           "coverage=true runs=2 neighbours=0 threads=1`")
+    assert "| quiet | 90% | 3 / 4 | 75.0% | NO | 29.7% |" in text
