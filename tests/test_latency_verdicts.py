@@ -168,7 +168,7 @@ def test_a_sweeps_closing_text_names_the_ties(store, tmp_path):
         text = sweep(other).format(other)
     finally:
         ENCODER_MS[2] = 11.0
-    assert "tied" not in text and len([line for line in text.splitlines() if " yes " in line]) == 2
+    assert "tied at" not in text and "tied (2)" not in text and len([line for line in text.splitlines() if " yes " in line]) == 2
 
 
 def test_best_under_budget_names_accuracy_ties_and_an_uncertain_budget():
@@ -325,3 +325,21 @@ def test_the_coverage_command_writes_its_report(monkeypatch, tmp_path, capsys):
     assert text.startswith("## Coverage of the re-measurement intervals\n\nCommand: `python -m explorer bench "
                            "coverage=true runs=2 neighbours=0 threads=1`")
     assert "| quiet | 90% | 3 / 4 | 75.0% | NO | 29.7% |" in text
+
+
+def test_the_report_lists_rows_possibly_on_the_frontier(store):
+    # objectives TTFT and accuracy, the same exact accuracy everywhere: on the point values width 1
+    # at 64 px (15 ms [12.9-17.4]) dominates every other row; width 2 at 64 px (16 ms [13.8-18.6])
+    # overlaps it, so both are possibly on the frontier (neither certain); the 128 px rows (from
+    # 21.6 ms) are surely off
+    from explorer.analysis.report import render_report
+
+    df = results.load(store).assign(accuracy=50.0, accuracy_low=50.0, accuracy_high=50.0, accuracy_source="test")
+    page = render_report(df, title="t")
+    assert "TTFT: the 90% interval a re-measurement in another run would fall in" in page
+    assert "<b>0</b> row(s) are certainly on the overall frontier, <b>2</b> possibly" in page
+    assert "and 2 certainly off it" in page
+    assert "1 row(s) off the frontier of the point values but possibly on it" in page
+    table = page[page.index('id="possible-frontier-table"'):]
+    table = table[:table.index("</table>")]
+    assert "<td>{\"width\":2}</td>" in table and "<td>64</td>" in table and "<td>128</td>" not in table

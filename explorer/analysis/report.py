@@ -152,6 +152,7 @@ def _frontier_section(result: FrontierResult, df: pd.DataFrame) -> str:
         hv = hypervolume(front, result.objectives, reference) if reference else float("nan")
         rows.append({"frontier": label, "points": len(front), "hypervolume": hv})
     parts.append(_table(pd.DataFrame(rows), "hypervolume-table"))
+    overall = None
     if len(objective_columns) >= 2 and result.n_valid:
         judged = df.loc[result.on_front.index.difference(result.excluded.index, sort=False)]
         overall = frontier_membership(judged, result.objectives)
@@ -167,6 +168,14 @@ def _frontier_section(result: FrontierResult, df: pd.DataFrame) -> str:
     table = result.front.reindex(columns=[c for c in shown if c in result.front.columns])
     parts.append(_table(table, "frontier-table", f"Overall frontier ({len(table)} rows), best "
                         f"{result.objectives[0]} first."))
+    if overall is not None:
+        maybe = overall.index[overall.eq("possible").fillna(False).astype(bool)].difference(result.front.index)
+        if len(maybe):
+            extra = df.loc[maybe].assign(membership="possible")
+            parts.append(_table(extra.reindex(columns=[c for c in shown if c in extra.columns]),
+                                "possible-frontier-table",
+                                f"{len(maybe)} row(s) off the frontier of the point values but possibly on it "
+                                "given the intervals (a rival's interval overlaps theirs)."))
     if not result.group_fronts.empty:
         columns = ["group"] + [c for c in shown if c in result.group_fronts.columns]
         grouped = result.group_fronts.reindex(columns=columns)
