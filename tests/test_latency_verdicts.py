@@ -344,3 +344,15 @@ def test_the_report_lists_rows_possibly_on_the_frontier(store):
     table = page[page.index('id="possible-frontier-table"'):]
     table = table[:table.index("</table>")]
     assert "<td>{\"width\":2}</td>" in table and "<td>64</td>" in table and "<td>128</td>" not in table
+
+
+def test_a_budget_answer_says_when_it_is_tied_or_may_not_fit():
+    from explorer.analysis.findings import budget_answer
+
+    table = pd.DataFrame({"llm": ["a", "b"], "resolution": [256, 512], "ttft_ms": [90.0, 80.0],
+                          "ttft_low_ms": [80.0, 70.0], "ttft_high_ms": [105.0, 90.0], "accuracy": [56.0, 55.0],
+                          "accuracy_low": [54.0, 53.0], "accuracy_high": [58.0, 57.0],
+                          "accuracy_source": ["published:x", "published:y"]})
+    assert budget_answer(table, 100, "avg5") == ("a @ 256 px: avg5 56.0 [published:x], TTFT 90 ms, tied on avg5 with "
+                                                 "1 other(s) under the budget, its TTFT interval reaches past the budget")
+    assert budget_answer(table, 120, "avg5").endswith("under the budget")  # 105 <= 120: it fits
