@@ -356,3 +356,11 @@ def test_a_budget_answer_says_when_it_is_tied_or_may_not_fit():
     assert budget_answer(table, 100, "avg5") == ("a @ 256 px: avg5 56.0 [published:x], TTFT 90 ms, tied on avg5 with "
                                                  "1 other(s) under the budget, its TTFT interval reaches past the budget")
     assert budget_answer(table, 120, "avg5").endswith("under the budget")  # 105 <= 120: it fits
+
+
+def test_the_hover_text_gives_the_ttft_interval(store):
+    from explorer.analysis.plots import hover_text
+
+    df = results.load(store)
+    text = dict(zip(df.knobs + "@" + df.resolution.astype(str), hover_text(df)))['{"width":1}@64']
+    assert "TTFT 90% re-measurement interval 12.9–17.4 ms" in text  # 15 exp(-+0.148037)
