@@ -41,9 +41,9 @@ LEVEL = 0.9
 #: The levels the coverage benchmark checks.
 LEVELS: tuple[float, ...] = (0.5, 0.8, 0.9, 0.95)
 #: Default between-run drift: the standard deviation of ``ln(later / earlier)`` that the within-run
-#: terms leave unexplained. From the quiet-arm ratios of docs/benchmarks.md ("Stability": 27 values
-#: of 9 settings in three pairs of quiet sweeps, 90% of them within about +-15%): 0.09 puts the
-#: 90% drift term at +-16%. Replaced by :func:`calibrate` where the store holds re-measurements.
+#: terms leave unexplained. From the quiet-arm ratios of docs/benchmarks.md ("Stability": 36 values
+#: of 9 settings in four pairs of quiet sweeps; 32 of them within the +-16% this puts at 90%).
+#: Replaced by :func:`calibrate` where the store holds re-measurements.
 DRIFT_SD = 0.09
 #: Fewer re-measured pairs than this leave the default drift in place (a quantile of a handful is noise).
 MIN_CALIBRATION_PAIRS = 10
