@@ -22,7 +22,10 @@ import torch
 from PIL import Image
 
 from explorer.train.data import ProxyTaskConfig
-from explorer.train.trainer import TrainConfig, _datasets, build_vlm, train
+from explorer.train.build import build_vlm
+from explorer.train.config import TrainConfig
+from explorer.train.loading import datasets
+from explorer.train.trainer import train
 
 TINY = {"depths": [1, 1, 2, 1, 1], "widths": [16, 32, 64, 128, 128]}
 
@@ -61,7 +64,7 @@ def main() -> None:
     vlm.load_state_dict(torch.load(result.checkpoint_path, map_location="cpu", weights_only=False)["model"])
     vlm.eval()
     ours = [json.loads(x) for x in Path(result.output_dir, "predictions_val.jsonl").read_text().splitlines()]
-    _, val, _ = _datasets(config)
+    _, val, _ = datasets(config)
     same, rows, worst, last = 0, [], 0.0, []
     for index, record in enumerate(ours):
         sample = val[index]

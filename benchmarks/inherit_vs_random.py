@@ -22,7 +22,10 @@ import torch
 
 from explorer.train.data import ProxyTaskConfig, ProxyTextDataset
 from explorer.train.inherit import inherit_state
-from explorer.train.trainer import TrainConfig, _load_checkpoint, build_vlm, latest_checkpoint, train
+from explorer.train.build import build_vlm
+from explorer.train.checkpoints import latest_checkpoint, load_checkpoint
+from explorer.train.config import TrainConfig
+from explorer.train.trainer import train
 
 PARENT = {"depths": [2, 2, 4, 2, 2], "widths": [16, 32, 64, 64, 128], "head_dim": 16}
 VARIANTS = {
@@ -60,7 +63,7 @@ def main() -> None:
                        warmup_steps=30, threads=1, progress=False, log_every=1, eval_samples=100,
                        max_new_tokens=3, checkpoint_every=100)
     parent = train(base)
-    parent_state = _load_checkpoint(latest_checkpoint(parent.output_dir))["model"]
+    parent_state = load_checkpoint(latest_checkpoint(parent.output_dir))["model"]
     summary: dict = {"parent": {"steps": parent.steps, "test_accuracy": parent.test_accuracy,
                                 "train_loss": parent.train_loss}}
     for name, knobs in VARIANTS.items():

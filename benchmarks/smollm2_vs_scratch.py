@@ -14,7 +14,8 @@ import json
 from pathlib import Path
 
 from explorer.train.data import ProxyTaskConfig
-from explorer.train.trainer import TrainConfig, train
+from explorer.train.config import TrainConfig
+from explorer.train.trainer import train
 
 TINY = {"depths": [1, 1, 2, 1, 1], "widths": [16, 32, 64, 128, 128]}
 

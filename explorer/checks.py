@@ -10,10 +10,13 @@ Plain Python only, so every layer (models included) can use it without importing
 from __future__ import annotations
 
 import math
-from typing import Any, Collection, Optional
+import os
+import stat
+from pathlib import Path
+from typing import Any, Collection, Optional, Union
 
 __all__ = ["OptionError", "is_int", "is_number", "require", "check_int", "check_number", "check_bool",
-           "check_choice", "check_text"]
+           "check_choice", "check_text", "check_output_file", "check_output_folder", "special_kind"]
 
 
 class OptionError(ValueError):
@@ -102,3 +105,79 @@ def check_text(field: str, value: Any, *, optional: bool = False, none_means: st
     if not (isinstance(value, str) and value.strip()):
         raise OptionError(field, value, "a non-empty string" + (f", or null ({none_means})" if optional else ""))
     return value
+
+
+def special_kind(path: Union[str, Path]) -> Optional[str]:
+    """What a path that exists is when it is not a regular file or a folder ("a character device",
+    "a FIFO", ...), else None. Such a path is never replaced by an output file."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None
+    for test, name in ((stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    p = path.absolute()
+    while not os.path.lexists(p) and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _writable_dir(field: str, shown: Any, folder: Path) -> None:
+    """``folder`` (or, where it does not exist yet, its nearest existing parent) is a folder this
+    process may create files in: not a file, not on a read-only file system, not another user's."""
+    base = _nearest_existing(folder)
+    if not base.is_dir():
+        raise OptionError(field, shown, f"a path whose folders can be created, but {base} is not a folder")
+    why = ""
+    if not os.access(base, os.W_OK | os.X_OK):
+        why = "on a read-only file system" if _read_only(base) else "not writable by this user"
+    else:  # permissions say yes (root always hears yes): try it, as the output will
+        import tempfile
+
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".explorer-probe.", dir=base)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as err:
+            why = f"not writable ({err.strerror or err})"
+    if why:
+        raise OptionError(field, shown, f"a place this user can write, but {base} is {why}")
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
+
+
+def check_output_file(field: str, value: Any) -> Path:
+    """An output file path that can be written before any work is done: a regular file or a new
+    path in a folder this process can write (missing folders can be made). A device, FIFO or socket
+    is refused (an output is written beside and renamed, which would replace it), as is a folder."""
+    check_text(field, value if not isinstance(value, Path) else str(value))
+    path = Path(value).expanduser()
+    kind = special_kind(path)
+    if kind is not None:
+        raise OptionError(field, str(value), f"a regular file path; {path} is {kind}, which an output never replaces")
+    if path.is_dir():
+        raise OptionError(field, str(value), "a file path, but that path is a folder")
+    _writable_dir(field, str(value), path.parent)
+    return path
+
+
+def check_output_folder(field: str, value: Any) -> Path:
+    """An output folder that exists or can be made, and this process can write into (nothing is made)."""
+    check_text(field, value if not isinstance(value, Path) else str(value))
+    path = Path(value).expanduser()
+    if os.path.lexists(path) and not path.is_dir():
+        kind = special_kind(path)
+        raise OptionError(field, str(value), f"a folder, but that path is {kind or 'a file'}")
+    _writable_dir(field, str(value), path)
+    return path

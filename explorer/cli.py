@@ -39,7 +39,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
-        print(f"unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        print(f"error: unknown command {command!r}: one of {', '.join(COMMANDS)} (explorer --help lists them)",
+              file=sys.stderr)
         return 2
     module = importlib.import_module(f"explorer.commands.{command}")
     return int(module.main(rest) or 0)

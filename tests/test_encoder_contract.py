@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -35,6 +36,9 @@ TINY: dict[str, dict] = {
     "siglip_so400m": dict(depth=2, width=16, heads=2, mlp_dim=32, native_resolution=28),
     "convnext_l": dict(depths=[1, 1, 1, 1, 1], widths=[8, 8, 8, 8, 8]),
     "convnext_xxl": dict(depths=[1, 1, 1, 1, 1], widths=[8, 8, 8, 8, 8]),
+    # a tiny LLaVA-OneVision config (AnyRes over 42-px tiles of a 2-layer SigLIP): a user's config.json
+    "hf_vlm": dict(model=str(Path(__file__).parent / "data" / "tiny_llava_onevision" / "config.json")),
+    "cambrian1": dict(scale=0.02, width=8, heads=2, tower_resolutions=[28, 28, 64, 28]),
 }
 
 # Released configurations at their native resolution: (resolution, visual tokens, channels), from
@@ -51,6 +55,11 @@ RELEASED: dict[str, tuple[int, int, int]] = {
     "siglip_so400m": (384, 729, 1152),
     "convnext_l": (1024, 256, 3072),
     "convnext_xxl": (256, 16, 6144),
+    # LLaVA-OneVision-0.5B on a 384 x 384 image: base view + 1x1 AnyRes grid, 729 + 729 + 27 newline
+    # tokens of SigLIP's 1152 (LlavaOnevisionProcessor's count, tests/test_hf_vision.py)
+    "hf_vlm": (384, 1485, 1152),
+    # Cambrian-1: the SVA's 24 x 24 queries of width 1024 (Cambrian-1 paper, section 3)
+    "cambrian1": (1024, 576, 1024),
 }
 
 # Folding BatchNorm and parallel branches into one conv is exact algebra: in float64 the only

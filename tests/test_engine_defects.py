@@ -1,8 +1,6 @@
 """Regression tests for the defects the engine review found (issue 10): each failed before the redesign."""
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -46,11 +44,10 @@ def test_options_are_validated_when_made(cls, changes, field):
         cls(**changes)
 
 
+@pytest.mark.timeout(120)  # before: the warm-up loop never ended (a hang, not a slow run)
 def test_warmup_inf_on_the_command_line_exits_at_once(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    t0 = time.monotonic()
     assert sweep_cmd.main(["+space=fastvithd", "measure.warmup_s=inf", "sweep.progress=false"]) == 2
-    assert time.monotonic() - t0 < 60  # before: the warm-up loop never ended
     err = capsys.readouterr().err
     assert "warmup_s" in err and "Traceback" not in err
     assert not (tmp_path / "results").exists()
@@ -78,16 +75,21 @@ def test_a_user_csv_joins_whatever_the_knob_spelling(tmp_path):
     assert by_width == {1: 55.0, 2: 61.5}
 
 
-def test_a_huge_space_is_refused_fast_with_its_size_named():
+def test_a_huge_space_is_refused_fast_with_its_size_named(monkeypatch):
     width = list(np.round(np.linspace(0.5, 2.0, 40), 4))
     sp = load_space({"name": "huge", "encoders": {"toy": {"knobs": {"width": width, "depth": list(range(1, 41))}}},
                      "resolutions": [32 * i for i in range(1, 41)], "llms": ["llm-a", "llm-b"],
                      "text_tokens": [0, 8]}, shape_fn=F.shape, check_models=False)
     assert sp.product_size() == 40 * 40 * 40 * 2 * 2 > MAX_SWEEP_POINTS
-    t0 = time.monotonic()
+
+    def no_enumeration(*args, **kwargs):
+        raise AssertionError("the space was enumerated before it was refused")
+
+    import explorer.engine.sweep.plan as plan_module
+
+    monkeypatch.setattr(plan_module, "enumerate_points", no_enumeration)
     with pytest.raises(SpaceError, match="256,000 design points"):
         plan_sweep(sp, MeasureSettings(device="cpu"), None, SweepOptions(), F.BACKEND)
-    assert time.monotonic() - t0 < 2.0
 
 
 def test_loading_checks_each_knob_value_once_not_the_product():
@@ -122,14 +124,19 @@ def test_planning_counts_flops_for_a_bounded_number_of_configs():
     assert all(j.gflops_est > 0 for j in enc)
 
 
-def test_search_over_a_space_too_large_to_list(tmp_path):
+def test_search_over_a_space_too_large_to_list(tmp_path, monkeypatch):
     width = [round(0.5 + 0.01 * i, 2) for i in range(100)]
     sp = load_space({"name": "huge", "encoders": {"toy": {"knobs": {"width": width, "depth": list(range(1, 101))}}},
                      "resolutions": [32 * i for i in range(1, 11)], "llms": ["llm-a", "llm-b"], "text_tokens": [0],
                      "exclude": [{"depth": 1}]}, shape_fn=F.shape, check_models=False)
     assert sp.product_size() == 200_000
-    t0 = time.monotonic()
+
+    def no_enumeration(*args, **kwargs):
+        raise AssertionError("the search listed the whole space")
+
+    import explorer.engine.search.loop as search_loop
+
+    monkeypatch.setattr(search_loop, "enumerate_points", no_enumeration)
     report = F.search(sp, MeasureSettings(device="cpu"), f"sqlite:///{tmp_path}/s.db", trials=4, sampler="random")
-    assert time.monotonic() - t0 < 30
     assert report.grid_size == 200_000 and report.trials_run == 4
     assert report.states.get("COMPLETE", 0) + report.states.get("PRUNED", 0) == 4

@@ -28,7 +28,7 @@ def small_disk(tmp_path):
 
 
 def _fill(folder) -> None:
-    with open(folder / "filler", "wb") as fh:
+    with open(folder / "filler", "wb", buffering=0) as fh:  # unbuffered: closing has nothing left to flush
         try:
             while True:
                 fh.write(b"\0" * 65536)
@@ -62,3 +62,19 @@ def test_full_disk_mid_sweep_stops_clearly_and_resumes(small_disk):
     again = F.run(sp, settings, Store(db))
     assert again.store_error is None and again.remaining == 0
     assert len(Store(db).measurements()) == 24
+
+
+def test_full_disk_at_the_very_first_write(small_disk):
+    """The store opens, then the disk is full before the first point is written: a clear stop, no traceback."""
+    sp = load_space({"name": "toy", "encoders": {"toy": {"knobs": {"width": [1, 2]}}}, "resolutions": [64],
+                     "llms": ["llm-a"], "text_tokens": [0]}, shape_fn=F.shape, check_models=False)
+    db = small_disk / "store.db"
+    st = Store(db)  # open (tables made), then the disk fills up
+    _fill(small_disk)
+    report = F.run(sp, MeasureSettings(device="cpu"), st)
+    assert report.store_error is not None and "resume" in report.store_error
+    assert sum(report.measured.values()) == 0 and report.remaining > 0
+    (small_disk / "filler").unlink()
+    again = F.run(sp, MeasureSettings(device="cpu"), Store(db))
+    assert again.store_error is None and again.remaining == 0
+    assert sum(again.measured.values()) == report.remaining == len(Store(db).measurements())

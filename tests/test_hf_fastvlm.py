@@ -234,8 +234,9 @@ def test_the_default_fastvithd_is_timms_fastvit_mci3_unchanged(randomize) -> Non
 
 
 def _trained(tmp_path: Path, **overrides):
+    from explorer.train.config import TrainConfig
     from explorer.train.data import ProxyTaskConfig
-    from explorer.train.trainer import TrainConfig, train
+    from explorer.train.trainer import train
 
     config = TrainConfig(output_dir=str(tmp_path / "run"), resolution=SIZE,
                          proxy=ProxyTaskConfig(canvas=256, val_size=6, test_size=2), encoder_knobs=dict(KNOBS),
@@ -246,12 +247,12 @@ def _trained(tmp_path: Path, **overrides):
 
 
 def test_export_hf_needs_a_transformers_lm() -> None:
-    from explorer.train.trainer import TrainConfig
+    from explorer.train.config import TrainConfig
 
     with pytest.raises(ValueError, match=r"export_hf=True with lm='scratch'"):
-        TrainConfig(export_hf=True).validate()
+        TrainConfig(export_hf=True)
     with pytest.raises(ValueError, match="invalid export_hf"):
-        TrainConfig(export_hf="yes").validate()  # type: ignore[arg-type]
+        TrainConfig(export_hf="yes")  # type: ignore[arg-type]
 
 
 def test_a_trained_run_exports_and_transformers_answers_as_we_do(tmp_path: Path) -> None:
@@ -263,15 +264,17 @@ def test_a_trained_run_exports_and_transformers_answers_as_we_do(tmp_path: Path)
     _timm()
     from transformers import FastVlmForConditionalGeneration
 
-    from explorer.train.trainer import _datasets, _load_checkpoint, build_vlm
+    from explorer.train.build import build_vlm
+    from explorer.train.checkpoints import load_checkpoint
+    from explorer.train.loading import datasets
 
     hf = FastVlmForConditionalGeneration.from_pretrained(result.hf_export).eval()
     vlm = build_vlm(config)
-    vlm.load_state_dict(_load_checkpoint(Path(result.checkpoint_path))["model"])
+    vlm.load_state_dict(load_checkpoint(Path(result.checkpoint_path))["model"])
     vlm.eval()
     exported = json.loads(Path(result.hf_export, "explorer_export.json").read_text())
     tokens, image_id = exported["visual_tokens"], exported["image_token_id"]
-    _, val, _ = _datasets(config)
+    _, val, _ = datasets(config)
     ours = [json.loads(x) for x in Path(result.output_dir, "predictions_val.jsonl").read_text().splitlines()]
     last_logits = []
     for index in range(len(ours)):

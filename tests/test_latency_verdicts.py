@@ -222,10 +222,12 @@ def test_validate_verdicts(ratio, lo, hi, verdict, difference):
 
 
 def test_runtime_ratios_are_bold_only_when_separated():
+    from explorer.analysis.bench_report import ratio_cell
+
     base = exact(100.0)  # 90% interval 86.2 .. 116.0 (default drift)
-    assert bench.ratio_cell(exact(110.0), base) == "1.10 (tied)"
-    assert bench.ratio_cell(exact(150.0), base) == "**1.50**"  # 129.3 .. 174.0 clears 116.0
-    assert bench.ratio_cell(exact(70.0), base) == "**0.70**"
+    assert ratio_cell(exact(110.0), base) == "1.10 (tied)"
+    assert ratio_cell(exact(150.0), base) == "**1.50**"  # 129.3 .. 174.0 clears 116.0
+    assert ratio_cell(exact(70.0), base) == "**0.70**"
 
 
 # --------------------------------------------------------------------------------------------

@@ -182,7 +182,7 @@ def test_llm_runtime_settings_are_checked_before_work(monkeypatch):
     assert settings_digest(base) == settings_digest(base.replace(llm_runtime="transformers", llm_quant="f16"))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
-    with pytest.raises(ValueError, match=r"llama_cpp is not; install it with `pip install 'explorer\[llamacpp\]'`"):
+    with pytest.raises(ValueError, match=r"llama_cpp(, gguf)? is not; install it with `pip install 'explorer\[llamacpp\]'`"):
         base.replace(llm_runtime="llamacpp").validate()
     monkeypatch.setattr(importlib.util, "find_spec", real)
     if HAS_LLAMA:

@@ -162,14 +162,15 @@ def test_training_checkpoint_into_folded_encoder_is_refused() -> None:
 
 
 def test_trainer_takes_an_official_checkpoint(tmp_path: Path) -> None:
-    from explorer.train.trainer import TrainConfig, build_vlm
+    from explorer.train.build import build_vlm
+    from explorer.train.config import TrainConfig
 
     source = fold_like_fastvlm(build_encoder("fastvithd", **TINY_HD))
     _randomise(source, 3)
     path = save_official(source, tmp_path / "model.safetensors", prefix=FASTVLM_PREFIX)
     config = TrainConfig(output_dir=str(tmp_path / "run"), resolution=64, encoder_knobs=dict(TINY_HD),
                          encoder_weights=str(path), lm_hidden=32, lm_layers=1, lm_heads=2)
-    model = build_vlm(config.validate())
+    model = build_vlm(config)
     ours = model.encoder.state_dict()
     assert set(ours) == set(source.state_dict())
     assert all(torch.equal(ours[k], v) for k, v in source.state_dict().items())

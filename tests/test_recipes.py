@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from explorer.train.recipes import RecipeData, recipe_configs
-from explorer.train.trainer import TrainConfig, _trainable_flags
+from explorer.train.build import trainable_flags
+from explorer.train.config import TrainConfig
 
 
 def _data(tmp_path: Path) -> RecipeData:
@@ -27,7 +28,7 @@ def test_fastvlm_recipe_stages_and_freezing(tmp_path: Path) -> None:
     configs = recipe_configs("fastvlm", base, _data(tmp_path), str(tmp_path / "runs"), steps, high_resolution=512)
     assert [Path(c.output_dir).name for c in configs] == list(steps)
     # encoder, projector, LM trainable: stage 1 projector only; stages 1.5 and 2 everything
-    assert [_trainable_flags(c) for c in configs] == [(False, True, False), (True, True, True), (True, True, True)]
+    assert [trainable_flags(c) for c in configs] == [(False, True, False), (True, True, True), (True, True, True)]
     assert [c.resolution for c in configs] == [256, 512, 512]
     assert configs[0].init_from is None
     assert configs[1].init_from == configs[0].output_dir and configs[2].init_from == configs[1].output_dir
@@ -39,7 +40,7 @@ def test_fastvlm_recipe_stages_and_freezing(tmp_path: Path) -> None:
 def test_llava15_recipe_keeps_the_vision_encoder_frozen(tmp_path: Path) -> None:
     configs = recipe_configs("llava15", TrainConfig(), _data(tmp_path), str(tmp_path / "runs"),
                              {"stage1_projector": 10, "stage2_instructions": 10})
-    assert [_trainable_flags(c) for c in configs] == [(False, True, False), (False, True, True)]
+    assert [trainable_flags(c) for c in configs] == [(False, True, False), (False, True, True)]
     with pytest.raises(ValueError, match="stage2_instructions"):
         recipe_configs("llava15", TrainConfig(), _data(tmp_path), str(tmp_path / "r"), {"stage1_projector": 10})
     with pytest.raises(ValueError, match="recipe"):

@@ -8,7 +8,6 @@ round, so every expectation is a hand-written set of labels.
 from __future__ import annotations
 
 import sqlite3
-import time
 
 import pandas as pd
 import pytest
@@ -277,6 +276,7 @@ def test_an_older_store_opens_and_gains_the_history_table(tmp_path):
         assert old.payload == rec.payload and old.superseded_at is not None
 
 
+@pytest.mark.timeout(120)  # a refusal, not a hang
 def test_a_bad_remeasure_value_is_refused_naming_the_field(tmp_path, capsys, monkeypatch):
     with pytest.raises(OptionError, match=r"invalid sweep\.remeasure='bogus': one of none, noisy, contended, "
                                           r"flagged, all"):
@@ -284,11 +284,10 @@ def test_a_bad_remeasure_value_is_refused_naming_the_field(tmp_path, capsys, mon
     with pytest.raises(OptionError, match="sweep.remeasure"):
         SweepOptions(remeasure=True)
     monkeypatch.chdir(tmp_path)
-    t0 = time.monotonic()
     assert sweep_cmd.main(["+space=fastvithd", "sweep.remeasure=bogus", "sweep.progress=false"]) == 2
     err = capsys.readouterr().err
     assert "invalid sweep.remeasure='bogus'" in err and "flagged" in err and "Traceback" not in err
-    assert time.monotonic() - t0 < 60 and not (tmp_path / "results").exists()
+    assert not (tmp_path / "results").exists()
 
 
 def test_a_search_refuses_remeasure_before_any_work(tmp_path):

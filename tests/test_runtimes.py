@@ -5,6 +5,7 @@ import hashlib
 import importlib.util
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -29,6 +30,8 @@ TINY: dict[str, tuple[dict, int]] = {
     "siglip_so400m": (dict(depth=2, width=64, heads=2, mlp_dim=128), 56),
     "convnext_l": (dict(depths=[1, 1, 1, 1, 1], widths=[8, 16, 16, 32, 32]), 128),
     "convnext_xxl": (dict(depths=[1, 1, 1, 1, 1], widths=[8, 16, 16, 32, 32]), 128),
+    "hf_vlm": (dict(model=str(Path(__file__).parent / "data" / "tiny_llava_onevision" / "config.json")), 100),
+    "cambrian1": (dict(scale=0.02, width=8, heads=2, tower_resolutions=[28, 28, 64, 28]), 64),
 }
 CPU = MeasureSettings(device="cpu", threads=1, warmup_s=0.0, warmup_iters=1, min_iters=2, max_iters=2,
                       preprocess="none")

@@ -427,7 +427,7 @@ def test_cli_dry_run_measures_nothing(tmp_path: Path, fake_cli: Any, capsys: pyt
     ("search.trials=0", 2, "error: invalid search.trials=0"),
     ("search.max_params_m=-5", 2, "error: invalid search.max_params_m=-5"),
     ("search.objectives=[ttft_ms:min,speed:max]", 2, "column 'speed' is not a numeric results column"),
-    ("search.trials=many", 1, "search.trials"),
+    ("search.trials=many", 2, "error: invalid search.trials='many': an integer"),  # Hydra's type check, reworded
 ])
 def test_cli_bad_options_exit_without_traceback(tmp_path: Path, fake_cli: Any, capsys: pytest.CaptureFixture,
                                                arg: str, code: int, text: str) -> None:

@@ -79,11 +79,35 @@ def test_converged_rule():
 def test_timer_returns_every_field_for_a_sleep():
     t = time_callable(lambda: time.sleep(0.003), FAST)
     assert isinstance(t, Timing)
-    assert 2.9 <= t.median_ms < 50
+    assert 2.9 <= t.median_ms < 1000  # milliseconds: a sleep is never shorter; 3000 would be microseconds
     assert t.p10_ms <= t.median_ms <= t.p90_ms
     assert t.ci_low_ms <= t.median_ms <= t.ci_high_ms
     assert t.n >= FAST.min_iters and t.mean_ms > 0 and t.cv >= 0
-    assert isinstance(t.noisy, bool)
+    # noisy means: a cap ended the protocol before the median's CI was within the target
+    within = median_ci_ranks(t.n) is not None and \
+        t.median_ms - t.ci_low_ms <= FAST.target_rel_ci * t.median_ms and \
+        t.ci_high_ms - t.median_ms <= FAST.target_rel_ci * t.median_ms
+    assert t.noisy == (not within)
+
+
+def test_timer_stops_as_soon_as_the_interval_is_tight_on_a_steady_clock():
+    """A fake clock that each call advances by exactly 3 ms: median 3.0, not noisy, and the
+    protocol stops at the first sample count with a 95% interval (6) instead of running to the caps."""
+    clock = [0]
+
+    def call() -> None:
+        clock[0] += 3_000_000
+
+    t = time_callable(call, FAST.replace(probe=False), clock=lambda: clock[0])
+    assert (t.median_ms, t.p10_ms, t.p90_ms, t.cv) == (3.0, 3.0, 3.0, 0.0)
+    assert not t.noisy and t.n == 6
+    jitter = iter([1, 9] * 100)
+
+    def noisy_call() -> None:
+        clock[0] += next(jitter) * 1_000_000
+
+    wide = time_callable(noisy_call, FAST.replace(probe=False, target_rel_ci=0.01), clock=lambda: clock[0])
+    assert wide.noisy and wide.n == FAST.max_iters  # never within 1 %: the sample cap ends it
 
 
 def test_tiny_cap_sets_noisy():

@@ -27,7 +27,8 @@ import pytest
 import torch
 
 from explorer.train.points import base_config
-from explorer.train.trainer import latest_checkpoint, train
+from explorer.train.checkpoints import latest_checkpoint
+from explorer.train.trainer import train
 
 TINY = {"depths": [1, 1, 1, 1, 1], "widths": [8, 16, 16, 32, 32], "head_dim": 16}
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -84,7 +85,7 @@ def test_accumulation_matches_one_big_batch(tmp_path: Path) -> None:
     assert whole.steps == accum.steps == 4 and accum.samples_seen == whole.samples_seen == 32
     assert _rel(_losses(tmp_path / "accum"), _losses(tmp_path / "whole")) < 1e-3
     with pytest.raises(ValueError, match="batch_size"):
-        base_config(_config(tmp_path, "bad", grad_accum_steps=3)).validate()
+        base_config(_config(tmp_path, "bad", grad_accum_steps=3))
 
 
 def test_two_gloo_processes_follow_one_process_and_resume(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ from explorer.analysis.pareto import pareto_front
 from explorer.data.space import load_space
 from explorer.data.store import Store
 from explorer.train.points import base_config, plan_targets, select_points, train_targets
-from explorer.train.trainer import TrainConfig, TrainResult
+from explorer.train.config import TrainConfig
+from explorer.train.trainer import TrainResult
 
 
 def _swept(tmp_path):
@@ -96,11 +97,13 @@ def test_bad_train_config_is_named_before_training(tmp_path):
         base_config({"proxy": {"colour": 1}})
     store = _swept(tmp_path)
     targets = plan_targets(select_points(results.load(store, accuracy_metric=None), "all"))
-    calls: list = []
-    bad = dataclasses.replace(base_config({}), lr=5.0)
     with pytest.raises(ValueError, match="lr"):
-        train_targets(targets, bad, store, tmp_path / "runs", log=lambda *_: None, run=fake_run(calls))
-    assert calls == []  # validated before the first run
+        dataclasses.replace(base_config({}), lr=5.0)  # a bad value: the config cannot be built
+    calls: list = []
+    missing = dataclasses.replace(base_config({}), init_from=str(tmp_path / "no-such-run"))
+    with pytest.raises(ValueError, match="init_from"):
+        train_targets(targets, missing, store, tmp_path / "runs", log=lambda *_: None, run=fake_run(calls))
+    assert calls == []  # every run's inputs checked before the first run
 
 
 def test_train_command_errors_are_clear(tmp_path):

@@ -18,7 +18,10 @@ from PIL import Image
 
 from explorer.models import build_encoder
 from explorer.train.data import CharTokenizer, ProxyTaskConfig, make_sample
-from explorer.train.trainer import TrainConfig, latest_checkpoint, lr_factor, train
+from explorer.train.build import lr_factor
+from explorer.train.checkpoints import latest_checkpoint
+from explorer.train.config import TrainConfig
+from explorer.train.trainer import train
 from explorer.train.vlm import IGNORE_INDEX, VLM, CharCodec, DecoderConfig, TinyDecoder
 from tiny_lm import tiny_hf_lm
 
@@ -76,16 +79,16 @@ def test_bad_config_names_the_field(tmp_path: Path, field: str, value: Any, matc
     if field == "precision" and value == "bf16" and torch.cuda.is_available():
         pytest.skip("bf16 is allowed on CUDA")
     with pytest.raises(ValueError, match=match):
-        dataclasses.replace(tiny(tmp_path), **{field: value}).validate()
+        dataclasses.replace(tiny(tmp_path), **{field: value}).check_runnable()
 
 
 def test_missing_paths_for_llava_and_hf(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="llava_train"):
-        tiny(tmp_path, data="llava").validate()
+        tiny(tmp_path, data="llava")
     with pytest.raises(ValueError, match="lm_path"):
-        tiny(tmp_path, lm="hf").validate()
+        tiny(tmp_path, lm="hf")
     with pytest.raises(ValueError, match=r"proxy\.code_length=9"):  # the nested config is validated too
-        tiny(tmp_path, proxy=ProxyTaskConfig(code_length=9)).validate()
+        tiny(tmp_path, proxy=ProxyTaskConfig(code_length=9))
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:
@@ -140,7 +143,6 @@ def test_batched_greedy_decoding_matches_one_by_one() -> None:
 
 
 def test_training_loss_falls(tmp_path: Path) -> None:
-    start = time.perf_counter()
     result = train(tiny(tmp_path, max_steps=60, batch_size=16, warmup_steps=5, lr=3e-3,
                         checkpoint_every=100))
     losses = [r["loss"] for r in _records(result.output_dir) if r.get("kind") == "train"]
@@ -148,14 +150,16 @@ def test_training_loss_falls(tmp_path: Path) -> None:
     first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
     assert last < first - 0.8, (first, last)  # from ~3.8 (uniform over 48 ids) to the answer format
     assert result.steps == 60 and result.samples_seen == 960 and not result.stopped_early
-    assert result.val_accuracy is not None and 0.0 <= result.val_accuracy <= 1.0
+    # the reported accuracy is the share of correct predictions written for the whole val split
+    val = [json.loads(x) for x in Path(result.output_dir, "predictions_val.jsonl").read_text().splitlines()]
+    assert len(val) == 16 and result.val_accuracy == sum(r["correct"] for r in val) / 16
+    assert result.val_metrics["exact_match"] == pytest.approx(sum(r["exact_match"] for r in val) / 16)
     assert set(result.val_by_task) <= {"box_code", "larger_number", "word_on_line", "table"}
     assert result.checkpoint_path and Path(result.checkpoint_path).is_file()
     assert result.visual_tokens == 1 and result.steps_per_minute and result.steps_per_minute > 0
     saved = json.loads(Path(result.output_dir, "result.json").read_text())
     assert saved["steps"] == 60 and saved["val_accuracy"] == result.val_accuracy
     assert len(Path(result.output_dir, "predictions_test.jsonl").read_text().splitlines()) == 16
-    assert time.perf_counter() - start < 60
 
 
 def test_resume_after_stop_matches_uninterrupted_run(tmp_path: Path) -> None:
@@ -264,7 +268,8 @@ def test_llava_data_trains_on_gpt_turns(tmp_path: Path) -> None:
 _CHILD = """
 import json, sys, torch
 torch.set_num_threads(1)
-from explorer.train.trainer import TrainConfig, train
+from explorer.train.config import TrainConfig
+from explorer.train.trainer import train
 from explorer.train.data import ProxyTaskConfig
 cfg = json.loads(sys.argv[1])
 cfg["proxy"] = ProxyTaskConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in cfg["proxy"].items()})

@@ -133,8 +133,15 @@ def parse_objectives(objectives: ObjectivesLike) -> tuple[Objective, ...]:
         items = [part.strip() for part in objectives.split(",") if part.strip()]
     elif isinstance(objectives, Mapping):  # column -> direction (iterating would drop the directions)
         items = [(column, direction) for column, direction in objectives.items()]
-    else:
+    elif (isinstance(objectives, tuple) and len(objectives) == 2 and all(isinstance(v, str) for v in objectives)
+          and objectives[1].lower() in _DIRECTION_ALIASES and ":" not in objectives[0]):
+        items = [objectives]  # ("ttft_ms", "max"): one (column, direction) pair, not two columns
+    elif isinstance(objectives, (list, tuple)) or (
+            isinstance(objectives, Sequence) and not isinstance(objectives, (bytes, bytearray))):
         items = list(objectives)
+    else:
+        raise ValueError(f"invalid objectives={objectives!r}: allowed are 'column:min|max,...', a list of "
+                         "Objective, 'column:min|max' or (column, direction), or a mapping column -> direction")
     parsed: list[Objective] = []
     for item in items:
         if isinstance(item, Objective):

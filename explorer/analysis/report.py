@@ -35,6 +35,7 @@ from explorer.analysis.pareto import (
 
 __all__ = [
     "FigureEntry", "StaticExportUnavailable", "build_figures", "render_report", "write_report", "write_pngs",
+    "write_png_files",
     "resolve_group_by",
 ]
 
@@ -252,6 +253,31 @@ def _fleet_section(df: pd.DataFrame, objectives: ObjectivesLike, budgets: Sequen
     return "\n".join(parts)
 
 
+def _strategies_section(df: pd.DataFrame) -> str:
+    """Token strategies beside their equal-token baselines, and the paper's headline comparisons,
+    when the table holds them (``docs/vlms.md``); empty otherwise."""
+    from explorer.analysis.equal_tokens import equal_token_pairs
+    from explorer.analysis.headline import headline_table
+
+    needed = {"encoder", "knobs", "resolution", "llm", "visual_tokens", "encoder_latency_ms", "ttft_ms"}
+    if not needed <= set(df.columns):
+        return ""
+    parts = []
+    pairs = equal_token_pairs(df)
+    if len(pairs):
+        parts += ["<h2>Token strategies and equal-token baselines</h2>",
+                  "<p>Each token strategy beside the same tower on one view of the image, downsampled to the "
+                  "size whose token count is closest (plain downsampling): equal tokens, so equal prefill; "
+                  "the ratios are strategy / baseline.</p>",
+                  _table(pairs, "equal-token-table")]
+    heads = headline_table(df.assign(latency_source=df.get("latency_source", "measured")))
+    if len(heads):
+        parts += ["<h2>The paper's headline comparisons</h2>",
+                  _table(heads.drop(columns=["fast", "other"]), "headline-table",
+                         "Other side's TTFT / FastVLM's, beside the paper's ratio; both TTFTs in parts (ms).")]
+    return "\n".join(parts)
+
+
 def _confidence_note(df: pd.DataFrame) -> str:
     """How many rows have a latency whose CI missed its target or that was taken under
     contention (the hover marks them); '' when none has."""
@@ -343,6 +369,7 @@ Written {now} by explorer.</p>
 {_frontier_section(result, df)}
 {_budget_section(df, budgets, group_by)}
 {_fleet_section(df, objectives, budgets)}
+{_strategies_section(df)}
 <h2>Environment</h2>
 {_environment_section(df)}
 <h2>Rows left out</h2>
@@ -395,8 +422,6 @@ def write_pngs(
     Raises :class:`StaticExportUnavailable` (with what to install) where kaleido or a Chromium
     is missing; kaleido is an optional extra, not a dependency of explorer.
     """
-    if importlib.util.find_spec("kaleido") is None:
-        raise StaticExportUnavailable(STATIC_EXPORT_HELP + "\n(kaleido is not installed.)")
     if not isinstance(directory, (str, Path)) or not str(directory):
         raise ValueError(f"invalid directory={directory!r}: a folder for the PNG files is required")
     folder = Path(directory)
@@ -404,7 +429,20 @@ def write_pngs(
     entries = [e for e in build_figures(df, objectives, resolve_group_by(df, group_by), reference) if e.figure]
     files = [folder / f"{e.name}.png" for e in entries]
     figs = [e.figure for e in entries]
-    heights = [int(f.layout.height or height) for f in figs]
+    write_png_files(figs, files, width, [int(f.layout.height or height) for f in figs], scale)
+    return files
+
+
+def write_png_files(figs: Sequence[go.Figure], files: Sequence[Path], width: int, heights: Sequence[int],
+                    scale: float = 1.0) -> None:
+    """Write each figure to its file as PNG through kaleido, all in one call where plotly allows:
+    the one static export path (the report's ``png=`` and the notebooks' figures).
+
+    Raises :class:`StaticExportUnavailable` (with what to install) where kaleido or a Chromium is
+    missing.
+    """
+    if importlib.util.find_spec("kaleido") is None:
+        raise StaticExportUnavailable(STATIC_EXPORT_HELP + "\n(kaleido is not installed.)")
     try:
         if hasattr(pio, "write_images"):
             pio.write_images(figs, files, format="png", width=width, height=heights, scale=scale)
@@ -416,4 +454,3 @@ def write_pngs(
         if "chrome" in text or "kaleido" in text or "browser" in text:
             raise StaticExportUnavailable(f"{STATIC_EXPORT_HELP}\n(kaleido said: {str(err).strip()})") from err
         raise
-    return files

@@ -13,6 +13,7 @@ from typing import Any, Optional
 
 from omegaconf import DictConfig
 
+from explorer.checks import check_output_file
 from explorer.commands.common import error
 from explorer.conf.schema import hydra_command
 
@@ -56,6 +57,8 @@ def run_from_config(cfg: DictConfig) -> int:
     try:
         options = FitOptions(noise_sigma=float(cfg.noise_sigma), prior_sigma=float(cfg.prior_sigma)).validate()
         url, folder = _store_url(str(cfg.store))
+        out = Path(cfg.out) if cfg.get("out") else (folder or Path(".")) / "device_profile.yaml"
+        check_output_file("out", out)  # before the roofs are measured and the fit runs
         store = Store(url, create=False)
         observations, env_key, environment = observations_from_store(store, cfg.get("env"))
         dtype = str(environment.get("dtype", "float32"))
@@ -82,8 +85,11 @@ def run_from_config(cfg: DictConfig) -> int:
     except (ProfileError, ValueError) as err:
         error(str(err))
         return 2
-    out = Path(cfg.out) if cfg.get("out") else (folder or Path(".")) / "device_profile.yaml"
-    write_profile(profile, out)
+    try:
+        write_profile(profile, out)
+    except OSError as err:
+        error(f"could not write {out}: {err.strerror or err}")
+        return 1
     print("compute efficiency: " + ", ".join(f"{k} {v:.3f}" for k, v in profile.compute_efficiency.items()))
     print("memory efficiency:  " + ", ".join(f"{k} {v:.3f}" for k, v in profile.memory_efficiency.items()))
     print(f"overhead per call: {profile.overhead_s.value * 1e6:.1f} us; interval x{profile.interval_low:.3f} .. "

@@ -5,7 +5,6 @@ keep that the same everywhere.
 """
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -18,7 +17,9 @@ __all__ = ["error", "space_source", "chosen_space", "space_and_settings", "writa
 
 
 def error(text: str) -> None:
-    """Print ``error: text`` on stderr."""
+    """Print ``error: text`` on stderr, as one line (a text of several lines, such as every problem
+    of a space, is joined with "; ")."""
+    text = "; ".join(line.strip() for line in str(text).splitlines() if line.strip())
     sys.stderr.write(f"error: {text}\n")
     sys.stderr.flush()
 
@@ -81,7 +82,7 @@ def space_and_settings(cfg: Any) -> Optional[tuple[Any, Any, str]]:
         space = load_space(node, name=None if node.get("name") else choice, source_name=source)
         settings = default_settings(space, **measure_overrides(cfg))
     except SpaceError as err:
-        error(f"invalid search space\n{err}")
+        error(f"invalid search space: {err}")
         return None
     except ValueError as err:
         error(str(err))
@@ -91,16 +92,13 @@ def space_and_settings(cfg: Any) -> Optional[tuple[Any, Any, str]]:
 
 def writable_folder(field: str, path: Path) -> Path:
     """``path`` as a folder this process can write into (made if missing), else OptionError."""
-    from explorer.checks import OptionError
+    from explorer.checks import OptionError, check_output_folder
 
-    if path.exists() and not path.is_dir():
-        raise OptionError(field, str(path), "a folder, but that path is a file")
+    check_output_folder(field, path)  # a file, a special file, a read-only or foreign place: refused
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OptionError(field, str(path), f"a folder that can be created ({err.strerror or err})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise OptionError(field, str(path), "a folder this user can write into")
     return path
 
 

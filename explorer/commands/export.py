@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Optional
 
 from omegaconf import DictConfig
 
-from explorer.checks import OptionError, check_choice, check_text
+from explorer.checks import OptionError, check_choice, check_output_file, check_text
 from explorer.commands.common import error
 from explorer.conf.schema import hydra_node, options_of, hydra_command
 
@@ -59,6 +59,7 @@ def run_from_config(cfg: DictConfig) -> int:
 
     try:
         opts = options_of(ExportOptions, cfg)
+        check_output_file("out", opts.target())  # before the database is read
         with warnings.catch_warnings():
             warnings.simplefilter("always")
             written = export(opts.source, opts.target(), opts.file_format(), space=opts.space, env=opts.env)

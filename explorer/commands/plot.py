@@ -13,7 +13,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from explorer.analysis.pareto import pareto_front, parse_objectives
-from explorer.checks import OptionError, check_number, check_text
+from explorer.checks import OptionError, check_number, check_output_file, check_output_folder, check_text
 from explorer.commands.common import error
 from explorer.conf.schema import hydra_node, options_of, hydra_command
 
@@ -47,10 +47,17 @@ def load_reference(spec: str) -> pd.DataFrame:
         from explorer.data.reference import load_references
 
         return load_references()
+    from explorer.analysis.plots import reference_points
+
     path = Path(spec)
     if not path.is_file():
         raise ValueError(f"invalid reference={spec!r}: not a file; give a CSV or 'published'")
-    return pd.read_csv(path)
+    try:
+        table = pd.read_csv(path)
+        reference_points(table)  # the columns the figure needs, checked now rather than skipped in the page
+    except ValueError as err:
+        raise ValueError(f"invalid reference={spec!r}: {str(err).splitlines()[0]}") from None
+    return table
 
 
 @dataclass(frozen=True)
@@ -75,6 +82,8 @@ class PlotOptions:
             raise OptionError("source", None, "a results folder, database path or URL, or a .csv/.parquet table")
         check_text("source", self.source)
         check_text("out", self.out)
+        if self.png is not None:
+            check_text("png", self.png)
         check_text("env", self.env)
         if self.objectives is not None:
             try:
@@ -100,6 +109,9 @@ def run_from_config(cfg: DictConfig) -> int:
     try:
         opts = options_of(PlotOptions, cfg)
         objectives = parse_objectives(opts.objectives) if opts.objectives is not None else None
+        check_output_file("out", opts.out)  # before the source is read
+        if opts.png:
+            check_output_folder("png", opts.png)
         df = load_table(opts.source, opts.env)
         reference = load_reference(opts.reference) if opts.reference else None
         title = opts.title or f"explorer report: {opts.source}"

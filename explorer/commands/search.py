@@ -41,7 +41,7 @@ def run_from_config(cfg: DictConfig) -> int:
         prepare_search(space, settings, None, options)  # every option checked before a file is touched
         _, url = results_location(cfg, space.name, create=not options.dry_run)
     except SpaceError as err:
-        error(f"invalid search space\n{err}")
+        error(f"invalid search space: {err}")
         return 2
     except ValueError as err:  # SearchError, OptionError, a bad out= or store=
         error(str(err))

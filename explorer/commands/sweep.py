@@ -42,8 +42,8 @@ def run_from_config(cfg: DictConfig) -> int:
         accuracy_csv = _accuracy_table(cfg.get("accuracy"))
         if options.dry_run:
             db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
-            store = Store(url) if db is None or db.is_file() else None
-            print(plan_sweep(space, settings, store, options).describe())
+            store = Store(url, create=False) if db is None or db.is_file() else None
+            _dry_run(space, settings, store, options)
             print(f"results would go to: {url}")
             return 0
         plan_sweep(space, settings, None, options)  # what only planning finds, before a file is made
@@ -52,7 +52,7 @@ def run_from_config(cfg: DictConfig) -> int:
         store = Store(url)
         writable_folder("out", out)  # pareto.html goes there
     except SpaceError as err:
-        error(f"invalid search space\n{err}")
+        error(f"invalid search space: {err}")
         return 2
     except ValueError as err:  # StoreError, OptionError, a bad accuracy CSV
         error(str(err))
@@ -73,6 +73,32 @@ def run_from_config(cfg: DictConfig) -> int:
               f"resume with the same command:\n  {cmd}", flush=True)
         return 130 if report.interrupted else 0
     return 0
+
+
+def _dry_run(space: Any, settings: Any, store: Any, options: Any) -> None:
+    """Print the plan with the environment a sweep started now would measure in (the same look at
+    the machine chooses the threads), and what the store holds of it in other environments."""
+    from explorer.engine.backend import MeasureBackend
+    from explorer.engine.sweep import plan_sweep
+    from explorer.engine.sweep.machine import machine_policy
+
+    policy = machine_policy(settings, options, MeasureBackend())
+    plan = plan_sweep(space, policy.settings, store, options)
+    print(plan.describe())
+    if policy.settings is not settings:
+        print(f"threads: {policy.settings.threads}, the cores free now (a sweep looks again when it starts; "
+              "measure.threads=N fixes them)")
+    if store is None:
+        return
+    wanted = {(j.kind, j.key) for j in plan.jobs}
+    for env_key, env in store.environments().items():
+        if env_key == plan.env_key:
+            continue
+        have = sum(1 for kk, status in store.measurement_status(env_key).items() if kk in wanted and status == "ok")
+        if have:
+            print(f"also stored: {have} of these measurements in environment {env_key} ({env.get('device')}, "
+                  f"{env.get('threads')} thread(s), {env.get('dtype')}); measure.threads={env.get('threads')} "
+                  "continues that one")
 
 
 def _accuracy_table(accuracy: Any) -> Optional[str]:

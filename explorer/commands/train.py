@@ -46,7 +46,7 @@ def run_from_config(cfg: DictConfig) -> int:
         opts = options_of(TrainOptions, cfg.train)
         space = load_space(node, name=None if node.get("name") else choice, source_name=source)
         base = base_config({k: v for k, v in dict(opts.config).items() if v is not None})
-        base.validate()
+        base.check_runnable()
         out, url = results_location(cfg, space.name, create=False)
         if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
             _err(f"no results database at {url}: run `explorer sweep +space={space.name}` first")

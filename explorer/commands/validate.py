@@ -15,8 +15,10 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from explorer.checks import check_output_file
 from explorer.commands.common import error
-from explorer.conf.schema import MeasureOverrides, measure_overrides, run_hydra_command
+from explorer.conf.schema import MeasureOverrides, enter_body, measure_overrides, run_hydra_command
+from explorer.data.atomic import atomic_path
 
 _STATE: dict[str, Any] = {"exit": 0}
 
@@ -101,6 +103,8 @@ def run_from_config(cfg: DictConfig) -> int:
             enc = build_encoder(cfg.encoder, **dict(knobs))
         for r in resolutions:
             enc.num_tokens(r)
+        if cfg.out:
+            check_output_file("out", cfg.out)
         env = current_environment(settings)
     except ValueError as err:
         error(str(err))
@@ -119,13 +123,17 @@ def run_from_config(cfg: DictConfig) -> int:
     text = render(checks, settings, env)
     print(text, end="")
     if cfg.out:
-        with open(cfg.out, "w", encoding="utf-8") as fh:
-            fh.write(text)
+        with atomic_path(cfg.out) as tmp:
+            tmp.write_text(text, encoding="utf-8")
     return 0 if all(c.ok for c in checks) else 1
 
 
 @hydra.main(version_base="1.3", config_path=None, config_name="validate")
 def _hydra_main(cfg: DictConfig) -> None:
+    refused = enter_body(_STATE, "validate")
+    if refused is not None:
+        _STATE["exit"] = refused
+        return
     try:
         code = run_from_config(cfg)
     except KeyboardInterrupt:

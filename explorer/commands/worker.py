@@ -94,7 +94,7 @@ def run_from_config(cfg: DictConfig) -> int:
         else:
             reports = [run_worker(store, space, settings, options, sweep_options, measure_overrides=overrides)]
     except SpaceError as err:
-        error(f"invalid search space\n{err}")
+        error(f"invalid search space: {err}")
         return 2
     except (ValueError, FileNotFoundError, DeviceBusy) as err:  # StoreError, OptionError: found before any measurement
         error(str(err))

@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from explorer.data.space import list_spaces
 
 __all__ = ["hydra_node", "MeasureOverrides", "SpaceAppConfig", "SweepAppConfig", "SearchAppConfig", "register_schemas",
-           "register_spaces", "prepare_argv", "measure_overrides", "options_of", "run_hydra_command", "hydra_command", "SPACE_FILES",
+           "register_spaces", "prepare_argv", "measure_overrides", "enter_body", "hydra_error_line", "unknown_override", "options_of", "run_hydra_command", "hydra_command", "SPACE_FILES",
            "BROKEN_SPACES"]
 
 #: name -> file of every space registered in the `space` group by this process (for messages).
@@ -149,12 +149,16 @@ def register_spaces(extra_dirs: Iterable[Union[str, Path]] = (), files: Iterable
     found = dict(list_spaces(extra_dirs))
     for f in files:
         path = Path(f).expanduser()
+        if not path.is_file():
+            BROKEN_SPACES[path.stem] = (f"invalid space_file={str(f)!r}: "
+                                        f"{'a folder, not a file' if path.is_dir() else 'no such file'}")
+            continue
         found[path.stem] = path
     for name, path in found.items():
         try:
             node = OmegaConf.load(path)
         except Exception as err:  # reported only if this space is chosen
-            BROKEN_SPACES[name] = f"{path}: not valid YAML ({err})"
+            BROKEN_SPACES[name] = f"{path}: not valid YAML ({' '.join(str(err).split())})"
             continue
         if not isinstance(node, dict) and not OmegaConf.is_dict(node):
             BROKEN_SPACES[name] = f"{path}: a space file must be a mapping (see search_spaces/*.yaml)"
@@ -168,8 +172,28 @@ def register_spaces(extra_dirs: Iterable[Union[str, Path]] = (), files: Iterable
 def _value(arg: str, key: str) -> Optional[str]:
     for prefix in (f"{key}=", f"+{key}=", f"++{key}="):
         if arg.startswith(prefix):
-            return arg[len(prefix):]
+            value = arg[len(prefix):]
+            if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+                value = value[1:-1]
+            return value
     return None
+
+
+def quote_for_hydra(arg: str) -> str:
+    """``key=value`` with a non-ASCII plain value quoted, so Hydra's lexer (ASCII only outside quotes)
+    reads a path such as ``out=/data/résultats`` as the user meant it."""
+    if "=" not in arg or arg.isascii() or arg.startswith("-"):
+        return arg
+    key, value = arg.split("=", 1)
+    if not value or value[0] in "'\"[{":
+        return arg
+
+    def quoted(item: str) -> str:
+        if item.isascii():
+            return item
+        return "'" + item.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return f"{key}=" + ",".join(quoted(v) for v in value.split(","))  # a,b: Hydra's sweep over a and b
 
 
 def prepare_argv(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -187,13 +211,14 @@ def prepare_argv(argv: list[str]) -> tuple[list[str], list[str]]:
     for a in argv:
         if a.startswith("space="):
             a = "+" + a
+        a = quote_for_hydra(a)
         v = _value(a, "space")
         if v is not None and a.startswith("+space="):
             chosen += [n.strip() for n in v.split(",") if n.strip()]
         out.append(a)
     if files and not chosen:
         names = [Path(f).stem for v in files for f in v.split(",")]
-        out.append("+space=" + ",".join(names))
+        out.append(quote_for_hydra("+space=" + ",".join(names)))
         chosen = names
     return out, chosen
 
@@ -213,19 +238,166 @@ def measure_overrides(cfg: Any) -> dict[str, Any]:
     return values
 
 
+class _HeldStderr:
+    """Holds what is written to stderr until the app's body starts (what Hydra writes before that is
+    its own error about the command line, reworded by :func:`hydra_error_line`); passes the rest on."""
+
+    def __init__(self, real: Any):
+        self.real = real
+        self.held: list[str] = []
+        self.passing = False
+
+    def write(self, text: str) -> int:
+        if self.passing:
+            return self.real.write(text)
+        self.held.append(text)
+        return len(text)
+
+    def flush(self) -> None:
+        self.real.flush()
+
+    def release(self) -> None:
+        if not self.passing:
+            self.passing = True
+            self.real.write("".join(self.held))
+            self.held.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+_CONVERSIONS = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+
+
+def hydra_error_line(text: str, prog: str, argv: list[str]) -> str:
+    """One ``error:`` line (without the prefix) for what Hydra printed about a bad command line."""
+    import re
+
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("Set the environment")]
+    body = " ".join(lines)
+    full_key = re.search(r"full_key: (\S+)", body)
+    if m := re.search(r"Could not find '(\w+)/([^']*)'", body):
+        group, name = m.groups()
+        options = re.findall(r"^\t(\S+)$", text, re.M)
+        known = ", ".join(options) if options else "see --help"
+        extra = " (or space_file=PATH, spaces_dir=DIR)" if group == "space" else ""
+        return f"invalid {group}={name!r}: not a known {group}; one of: {known}{extra}"
+    if m := re.search(r"Could not override '([^']+)'", body):
+        key = m.group(1)
+        value = next((a.split("=", 1)[1] for a in argv if a.lstrip("+~").split("=", 1)[0] == key and "=" in a), "")
+        return f"invalid {key}={value!r}: no such option of `explorer {prog}` (its options: explorer {prog} --help)"
+    if m := re.search(r"Error merging override (\S+?)=(.*?) (Value|Invalid|Error)", body):
+        key, value = m.group(1).lstrip("+~"), m.group(2)
+        if c := re.search(r"could not be converted to (\w+)", body):
+            allowed = _CONVERSIONS.get(c.group(1), c.group(1))
+        elif "not a valid bool" in body:
+            allowed = "true or false"
+        elif c := re.search(r"Invalid value '[^']*', expected one of \[([^\]]*)\]", body):
+            allowed = f"one of {c.group(1)}"
+        else:
+            allowed = lines[1] if len(lines) > 1 else "a value of the option's type"
+        return f"invalid {full_key.group(1) if full_key else key}={value!r}: {allowed}"
+    if "LexerNoViableAlt" in body or "mismatched input" in body or "no viable alternative" in body \
+            or "token recognition error" in body:
+        bad = _unparsable(argv)
+        hint = (f"; put the value in quotes for Hydra, e.g. '{bad.split('=', 1)[0]}=\"{bad.split('=', 1)[1]}\"'"
+                if bad and "=" in bad else "; quote values with spaces, brackets or non-ASCII characters")
+        return f"cannot read the command-line argument {bad!r}" + (f" ({lines[-1]})" if lines else "") + hint
+    return body or f"explorer {prog}: Hydra refused the command line"
+
+
+def _unparsable(argv: list[str]) -> Optional[str]:
+    """The first argument Hydra's override parser cannot read."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    for a in argv:
+        if a.startswith("-"):
+            continue
+        try:
+            parser.parse_override(a)
+        except Exception:  # noqa: BLE001 - Hydra's OverrideParseException and friends
+            return a
+    return None
+
+
+def _schema_node(prog: str) -> Any:
+    from hydra.core.config_store import ConfigStore
+
+    try:
+        return ConfigStore.instance().load(f"{prog}_schema.yaml").node
+    except Exception:  # noqa: BLE001 - no schema stored under that name: nothing to compare with
+        return None
+
+
+def unknown_override(schema: Any, overrides: Iterable[str]) -> Optional[str]:
+    """The first ``+key=value`` override that adds a key the command's schema does not have (Hydra's
+    ``+`` appends silently), as the error text; None when all are known. Keys under ``space`` (a
+    space file's own sections) and ``hydra`` are left to their own checks."""
+    if schema is None:
+        return None
+    for o in overrides:
+        if not o.startswith("+") or "=" not in o:
+            continue
+        key, value = o.lstrip("+").split("=", 1)
+        parts = key.split(".")
+        if parts[0] in ("space", "hydra"):
+            continue
+        node = schema
+        for i, part in enumerate(parts):
+            if not OmegaConf.is_dict(node) or not dataclasses.is_dataclass(OmegaConf.get_type(node)):
+                break  # a free-form value or mapping (Any, train.config): its own checks judge it
+            if part not in node:
+                return (f"invalid {key}={value!r}: no such option"
+                        + (f" in {'.'.join(parts[:i])}" if i else "") + "; see --help for the options")
+            node = node._get_node(part)
+    return None
+
+
+def enter_body(state: dict[str, Any], prog: str) -> Optional[int]:
+    """Called first in an app's body: from here on stderr passes through; refuses a ``+key=value``
+    the schema lacks (returns 2 after printing it) and returns None otherwise."""
+    held = state.get("held")
+    if held is not None:
+        held.release()
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        overrides = list(HydraConfig.get().overrides.task)
+    except Exception:  # noqa: BLE001 - composed outside Hydra's app (tests)
+        return None
+    text = unknown_override(_schema_node(prog), overrides)
+    if text is not None:
+        import sys
+
+        sys.stderr.write(f"error: {text}\n")
+        sys.stderr.flush()
+        return 2
+    return None
+
+
 def run_hydra_command(prog: str, hydra_main: Any, argv: list[str], state: dict[str, Any], *,
-                      spaces: bool = True) -> int:
+                      spaces: bool = True, schema_name: Optional[str] = None) -> int:
     """Run one of explorer's ``@hydra.main`` apps on ``argv`` as ``python -m explorer <prog>``.
 
-    Shared by the sweep, search and train commands: spaces are registered and ``argv``
-    normalised first (:func:`prepare_argv`; ``spaces=False`` for commands without a space group), a broken space file is reported without a traceback,
-    and Hydra's own exits (``--help``, unknown keys) become return codes. ``state["exit"]`` is the
-    code the app's body set; ``state["argv"]`` keeps the user's words for "resume with" messages.
+    Shared by every command: spaces are registered and ``argv`` normalised first
+    (:func:`prepare_argv`; ``spaces=False`` for commands without a space group), a broken space file
+    is reported without a traceback, and Hydra's own errors about the command line (a bad type, an
+    unknown key, an unknown space, an argument its lexer cannot read) become one ``error:`` line
+    and exit 2 (``--help`` exits 0). ``state["exit"]`` is the code the app's body set;
+    ``state["argv"]`` keeps the user's words for "resume with" messages.
     """
     import sys
 
     if spaces:
-        args, chosen = prepare_argv(list(argv))
+        from explorer.data.space import SpaceError
+
+        try:
+            args, chosen = prepare_argv(list(argv))
+        except SpaceError as err:
+            sys.stderr.write(f"error: {err}\n")
+            sys.stderr.flush()
+            return 2
     else:  # `space=NAME` is a plain option there, not the group an earlier command may have registered
         from hydra.core.config_store import ConfigStore
 
@@ -238,15 +410,27 @@ def run_hydra_command(prog: str, hydra_main: Any, argv: list[str], state: dict[s
             return 2
     state["exit"] = 0
     state["argv"] = list(argv)
-    saved = sys.argv
+    saved, saved_err = sys.argv, sys.stderr
+    held = state["held"] = _HeldStderr(saved_err)
     sys.argv = [f"python -m explorer {prog}", *args]
+    sys.stderr = held  # type: ignore[assignment]
+    code: Optional[int] = None
     try:
         hydra_main()
     except SystemExit as exc:  # Hydra exits on its own errors (unknown key, bad type, --help)
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        return code if code else int(state["exit"])
     finally:
-        sys.argv = saved
+        sys.argv, sys.stderr = saved, saved_err
+        state.pop("held", None)
+    if not held.passing:  # the body never ran: what was written is Hydra's
+        text = "".join(held.held)
+        if code:
+            saved_err.write(f"error: {hydra_error_line(text, prog, args)}\n")
+            saved_err.flush()
+            return 2
+        saved_err.write(text)
+    if code:
+        return code
     return int(state["exit"])
 
 
@@ -262,6 +446,10 @@ def hydra_command(prog: str, run: Any, state: dict[str, Any], *, config_name: Op
 
     @hydra.main(version_base="1.3", config_path="pkg://explorer.conf", config_name=name)
     def app(cfg: Any) -> None:
+        refused = enter_body(state, name)
+        if refused is not None:
+            state["exit"] = max(int(state["exit"]), refused)
+            return
         try:
             code = run(cfg)
         except KeyboardInterrupt:

@@ -42,13 +42,33 @@ from sqlalchemy.exc import IntegrityError
 from explorer.data.store import (MeasurementRecord, Store, StoreError, _DeviceClaim, _Lease, _Sweep, _SweepJob,
                                  _jsonable, utcnow)
 
-__all__ = ["LEASE_STATES", "QueuedJob", "QueueCounts", "WorkQueue", "Heartbeat", "DeviceBusy", "worker_id"]
+__all__ = ["LEASE_STATES", "QueuedJob", "QueueCounts", "WorkQueue", "Heartbeat", "DeviceBusy", "worker_id", "owner_gone"]
 
 LEASE_STATES = ("pending", "leased", "done")
 
 
 class DeviceBusy(RuntimeError):
     """Another live timing worker holds this host's device."""
+
+
+def owner_gone(owner: Optional[str]) -> bool:
+    """Whether a lease's owner (``host:pid:random``, :func:`worker_id`) is a process of this host
+    that no longer runs (killed, crashed). Owners on other hosts are judged by their leases' time."""
+    if not owner:
+        return False
+    parts = owner.split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's live process
+        return False
+    return False
 
 
 def worker_id() -> str:
@@ -195,6 +215,55 @@ class WorkQueue:
                                  attempts=int(row.attempts))
 
         return self.store._retry(attempt)
+
+    def claim_jobs(self, sweep: str, env_key: str, wanted: Iterable[tuple[str, str]]) -> list[QueuedJob]:
+        """Lease those of ``wanted`` (``(kind, key)`` pairs) that are free: pending, with an expired
+        lease, or leased by a process of this host that is gone (a killed sweep's jobs are taken
+        over at once, not after its lease runs out). One transaction; the jobs others hold or have
+        done are left out. What ``explorer sweep`` claims a group of interleaved jobs with."""
+        wanted = list(dict.fromkeys(wanted))
+        if not wanted:
+            return []
+
+        def attempt() -> list[QueuedJob]:
+            with self.store._write() as s, s.begin():
+                now = utcnow()
+                keys = {k for _, k in wanted}
+                rows = s.scalars(select(_Lease).where(_Lease.sweep == sweep, _Lease.env_key == env_key,
+                                                      _Lease.key.in_(keys), _Lease.state != "done")
+                                 .order_by(_Lease.id).with_for_update(skip_locked=True)).all()
+                got: list[QueuedJob] = []
+                pairs = set(wanted)
+                for row in rows:
+                    if (row.kind, row.key) not in pairs:
+                        continue
+                    free = row.state == "pending" or (row.lease_until is not None and row.lease_until < now) \
+                        or row.owner == self.owner or owner_gone(row.owner)
+                    if not free:
+                        continue
+                    row.state, row.owner, row.lease_until = "leased", self.owner, self._until()
+                    row.attempts = (row.attempts or 0) + 1
+                    row.updated_at = now
+                    got.append(QueuedJob(lease_id=int(row.id), sweep=row.sweep, env_key=row.env_key, kind=row.kind,
+                                         key=row.key, inputs=dict(row.inputs or {}), label=row.label,
+                                         attempts=int(row.attempts)))
+                return got
+
+        return list(self.store._retry(attempt))
+
+    def states(self, sweep: str, env_key: str) -> dict[tuple[str, str], str]:
+        """``(kind, key) -> pending | leased | done`` of a sweep in one environment (an expired
+        lease, or one held by a gone process of this host, reads as pending)."""
+        now = utcnow()
+        with self.store._read() as s:
+            rows = s.execute(select(_Lease.kind, _Lease.key, _Lease.state, _Lease.lease_until, _Lease.owner)
+                             .where(_Lease.sweep == sweep, _Lease.env_key == env_key)).all()
+        out: dict[tuple[str, str], str] = {}
+        for kind, key, state, until, owner in rows:
+            if state == "leased" and ((until is not None and until < now) or owner_gone(owner)):
+                state = "pending"
+            out[(str(kind), str(key))] = str(state)
+        return out
 
     def attempts(self, sweep: str, env_key: str) -> dict[tuple[str, str], int]:
         """``(kind, key) -> how many times a worker leased it`` (more than once: a lease ran out, or

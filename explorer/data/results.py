@@ -13,6 +13,7 @@ from typing import Any, Mapping, Optional, Union
 
 import pandas as pd
 
+from explorer.checks import check_bool
 from explorer.data.confidence import TimingFlags, any_true, legend, marks, remeasure_command, timing_flags
 from explorer.data.drift import INTERVAL_COLUMNS as LATENCY_INTERVAL_COLUMNS, history_drift, row_intervals, ties
 from explorer.data.space import canonical_json
@@ -129,6 +130,7 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
     docs/measurement.md, "Re-measurement intervals"), with the drift allowance calibrated from the
     store's re-measurements when it holds enough (``latency_drift`` says which).
     """
+    check_bool("ttft_includes_preprocess", ttft_includes_preprocess)
     store, owned = _open(source)
     try:
         df = frame_from_store(store, space=space, env=env, ttft_includes_preprocess=ttft_includes_preprocess,

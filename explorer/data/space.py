@@ -231,18 +231,9 @@ class EncoderShape:
 
 @functools.lru_cache(maxsize=256)
 def _meta_encoder(family: str, frozen_knobs: tuple[tuple[str, Any], ...]) -> Any:
-    import torch
+    from explorer.models.registry import build_encoder_meta
 
-    from explorer.models import build_encoder
-
-    knobs = {k: thaw(v) for k, v in frozen_knobs}
-    try:
-        with torch.device("meta"):
-            return build_encoder(family, **knobs)
-    except (ValueError, TypeError):
-        raise
-    except Exception:  # a builder doing real arithmetic at build time: fall back to the CPU
-        return build_encoder(family, **knobs)
+    return build_encoder_meta(family, **{k: thaw(v) for k, v in frozen_knobs})
 
 
 def encoder_shape(family: str, knobs: Mapping[str, Any], resolution: int) -> EncoderShape:
@@ -272,11 +263,15 @@ def spaces_dirs(extra: Iterable[Union[str, Path]] = ()) -> list[Path]:
     Order: ``extra`` (e.g. ``spaces_dir=`` on the command line), ``$EXPLORER_SPACES_DIR``
     (``os.pathsep``-separated), ``./search_spaces`` and the checkout's ``search_spaces/``.
     """
-    dirs: list[Path] = [Path(p).expanduser() for p in extra]
+    named = [("spaces_dir", Path(p).expanduser()) for p in extra]
     env = os.environ.get("EXPLORER_SPACES_DIR")
     if env:
-        dirs += [Path(p).expanduser() for p in env.split(os.pathsep) if p]
-    dirs += [Path.cwd() / "search_spaces", _repo_spaces_dir()]
+        named += [("EXPLORER_SPACES_DIR", Path(p).expanduser()) for p in env.split(os.pathsep) if p]
+    for field, d in named:  # a folder the user named must be one
+        if not d.is_dir():
+            raise SpaceError(f"invalid {field}={str(d)!r}: "
+                             f"{'a file, not a folder of NAME.yaml spaces' if d.exists() else 'no such folder'}")
+    dirs = [d for _, d in named] + [Path.cwd() / "search_spaces", _repo_spaces_dir()]
     seen: list[Path] = []
     for d in dirs:
         d = d.resolve()

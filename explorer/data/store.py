@@ -8,7 +8,8 @@ same database: this module only owns ``measurements``, ``measurement_history``, 
 Why it looks like this:
 
 - Each measurement is written in its own short transaction, so a sweep killed at any moment
-  loses at most the measurement in flight and resumes from what is committed.
+  loses only the measurements in flight (one, or the unfinished members of an interleaved group)
+  and resumes from what is committed.
 - A measurement row is identified by ``(kind, key, env_key)``: the factor (encoder, projector or
   prefill), the digest of that factor's own inputs and the measuring environment. Values from
   different environments live side by side and are never mixed silently.
@@ -45,6 +46,13 @@ STATUSES = ("ok", "failed", "timeout", "oom", "killed")
 #: Version of the tables this module writes (kept in the ``explorer_meta`` table). A database of a
 #: newer version is refused rather than misread; version 1 databases had no meta table.
 SCHEMA_VERSION = 4
+#: The advisory lock (PostgreSQL) that serialises creating the schema.
+SCHEMA_LOCK_KEY = 0x6578706C  # "expl"
+#: Optuna's study tables, which may share a store's database (explorer search).
+OPTUNA_TABLES = frozenset({"studies", "study_directions", "study_user_attributes", "study_system_attributes",
+                           "trials", "trial_user_attributes", "trial_system_attributes", "trial_params",
+                           "trial_values", "trial_intermediate_values", "trial_heartbeats", "version_info",
+                           "alembic_version"})
 #: Tables added by each version (an older database is upgraded by creating them).
 SCHEMA_HISTORY = {2: "explorer_meta", 3: "sweeps, sweep_jobs, leases, device_claims (explorer.data.queue)",
                   4: "measurement_history"}
@@ -367,6 +375,8 @@ class Store:
         from sqlalchemy.exc import SQLAlchemyError
 
         try:
+            if self.is_sqlite:
+                self._quick_check()
             tables = set(inspect(self.engine).get_table_names())
             ours = {t.name for t in _Base.metadata.sorted_tables}
             version = None
@@ -380,10 +390,13 @@ class Store:
             if not create and not tables & ours:
                 raise StoreError(f"invalid store={self.url!r}: not an explorer results database (tables: "
                                  f"{', '.join(sorted(tables)) or 'none'}); run `explorer sweep` to make one")
+            foreign = tables - ours - OPTUNA_TABLES
+            if create and self.is_sqlite and foreign and not tables & ours:
+                raise StoreError(f"invalid store={self.url!r}: the file holds another application's tables "
+                                 f"({', '.join(sorted(foreign)[:5])}{', ...' if len(foreign) > 5 else ''}), not "
+                                 "explorer's; give a new file or a results folder (out=...)")
             if create:
-                self._retry(lambda: _Base.metadata.create_all(self._write_engine))
-                if version is None or version < SCHEMA_VERSION:  # older ones: their missing tables made above
-                    self._retry(self._write_version)
+                self._retry(self._create_tables)
         except StoreError:
             self.engine.dispose()
             raise
@@ -392,13 +405,29 @@ class Store:
             text = str(getattr(err, "orig", None) or err).strip().splitlines()[0]
             raise StoreError(f"invalid store={self.url!r}: cannot open it ({text})") from None
 
-    def _write_version(self) -> None:
-        with self._write() as s, s.begin():
-            row = s.get(_Meta, "schema_version")
+    def _quick_check(self) -> None:
+        """Refuse a SQLite file whose pages are damaged (``PRAGMA quick_check``) before reading it."""
+        with self.engine.connect() as conn:
+            rows = [str(r[0]) for r in conn.exec_driver_sql("PRAGMA quick_check").fetchall()]
+        if rows != ["ok"]:
+            raise StoreError(f"invalid store={self.url!r}: the database file is damaged (PRAGMA quick_check: "
+                             f"{rows[0][:120] if rows else 'no answer'}{f'; {len(rows)} problems' if len(rows) > 1 else ''}); "
+                             "restore it from a copy, or recover it with `sqlite3 FILE .recover`")
+
+    def _create_tables(self) -> None:
+        """Create the missing tables and record the schema version, in one transaction. On PostgreSQL
+        the transaction first takes an advisory lock, so workers started at the same instant on a fresh
+        database create the schema one after another (each later one finds the tables made)."""
+        with self._write_engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
+            _Base.metadata.create_all(conn)
+            meta = _Meta.__table__
+            row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
             if row is None:
-                s.add(_Meta(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row.value) < SCHEMA_VERSION:
-                row.value = str(SCHEMA_VERSION)
+                conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            elif int(row[0]) < SCHEMA_VERSION:  # an older database: its missing tables were made above
+                conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     def schema_version(self) -> Optional[int]:
         """The version in ``explorer_meta`` (None: a version-1 database without the table)."""
@@ -599,7 +628,13 @@ class Store:
                     added += 1
                 return added
 
-        return int(self._retry(attempt))
+        for i in range(5):  # another process added the same points first: read again, add the rest
+            try:
+                return int(self._retry(attempt))
+            except IntegrityError:
+                if i == 4:
+                    raise
+        return 0  # pragma: no cover
 
     def points(self, space: Optional[str] = None) -> list[PointRecord]:
         stmt = select(_Point).order_by(_Point.id)

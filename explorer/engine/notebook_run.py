@@ -170,10 +170,12 @@ def export_figure(fig: Any, path: Union[str, Path, None], *, width: int = 1100, 
     if path is None:
         log("figure not exported (set WRITE_FIGURES = True or EXPLORER_WRITE_FIGURES=1 to write docs/figures/)")
         return None
+    from explorer.analysis.report import write_png_files
+
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.write_image(str(path), width=width, height=height or fig.layout.height or 600, scale=scale)
+        write_png_files([fig], [path], width, [int(height or fig.layout.height or 600)], scale)
     except Exception as exc:  # no kaleido, or no Chrome for it: say so and go on
         first = (str(exc).strip().splitlines() or [""])[0]
         log(f"NOTE: static export of {path.name} skipped ({type(exc).__name__}: {first}). "

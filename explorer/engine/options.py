@@ -49,6 +49,10 @@ class SweepOptions:
     measurements of one kind are built together and timed in shuffled rounds (1: one at a time);
     ``machine_check`` looks at the machine before measuring, warns when other work runs, and (with
     ``measure.threads`` unset) measures with the cores left free (docs/measurement.md, "Contention").
+    ``share``: sweeps of one store in one environment share the work through the store's leased
+    queue (:mod:`explorer.data.queue`, the one ``explorer worker`` uses): two sweeps started
+    together measure each job once (false: this sweep measures its whole list itself; sharing is
+    off anyway with ``resume=false`` or ``remeasure``).
     """
 
     SECTION: ClassVar[str] = "sweep"
@@ -63,10 +67,11 @@ class SweepOptions:
     interleave: int = 12
     machine_check: bool = True
     remeasure: str = "none"
+    share: bool = True
 
     def __post_init__(self) -> None:
         check_int("sweep.interleave", self.interleave, low=1, high=1000)
-        for name in ("dry_run", "resume", "retry_failed", "progress", "machine_check"):
+        for name in ("dry_run", "resume", "retry_failed", "progress", "machine_check", "share"):
             check_bool(f"sweep.{name}", getattr(self, name))
         check_number("sweep.timeout_s", self.timeout_s, low=0, low_open=True, optional=True,
                      none_means="no timeout")
@@ -110,7 +115,7 @@ class SearchOptions:
         check_choice("search.accuracy", self.accuracy, ("stored", "predicted"))
         check_int("search.trials", self.trials, low=1, high=1_000_000)
         check_choice("search.sampler", self.sampler, SAMPLERS)
-        check_int("search.seed", self.seed, optional=True, none_means="a different search every time")
+        check_int("search.seed", self.seed, low=0, high=2**32 - 1, optional=True, none_means="a different search every time")
         check_text("search.study", self.study, optional=True, none_means="<space>-<sampler>-<digest>")
         for name in ("max_ttft_ms", "max_params_m"):
             check_number(f"search.{name}", getattr(self, name), low=0, low_open=True, optional=True,
@@ -138,7 +143,8 @@ class TrainOptions:
     ``points``: ``pareto``, ``all`` or comma-separated point keys; ``max_points``: at most this
     many runs, cheapest TTFT first; ``per_llm``: one run per LLM too (with ``config.lm=hf``);
     ``output_root``: run folders (default ``<out>/train``); ``config``: TrainConfig fields
-    (encoder, knobs and resolution come from each point), validated by TrainConfig itself.
+    (encoder, knobs and resolution come from each point), validated by TrainConfig itself; a
+    field set to null keeps TrainConfig's default.
     """
 
     SECTION: ClassVar[str] = "train"
@@ -148,7 +154,8 @@ class TrainOptions:
     per_llm: bool = False
     dry_run: bool = False
     output_root: Optional[str] = None
-    config: Any = field(default_factory=lambda: {"max_steps": 600})
+    # max_steps listed (None: TrainConfig's default) so that train.config.max_steps=N overrides without +
+    config: Any = field(default_factory=lambda: {"max_steps": None})
 
     def __post_init__(self) -> None:
         check_int("train.max_points", self.max_points, low=1, optional=True, none_means="every selected run")

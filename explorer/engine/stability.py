@@ -10,7 +10,6 @@ encoders are timed (projector and prefill are counted, not timed): the benchmark
 from __future__ import annotations
 
 import itertools
-import os
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
+from explorer.measure.contention import load_average_text
 
 __all__ = ["Setting", "setting_label", "no_costlier", "StabilityArm", "StabilityReport", "run_stability", "order_violations", "ratio_spread", "busy_neighbours"]
 
@@ -196,10 +196,10 @@ def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, ba
     if neighbours:
         with busy_neighbours(neighbours):
             report = run_sweep(space, settings, store, opts, backend)
-            load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+            load = load_average_text()
     else:
         report = run_sweep(space, settings, store, opts, backend)
-        load = " ".join(f"{v:.2f}" for v in os.getloadavg())
+        load = load_average_text()
     elapsed = time.monotonic() - t0
     latency: dict[Setting, float] = {}
     units: dict[Setting, float] = {}

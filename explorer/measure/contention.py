@@ -189,6 +189,14 @@ class MachineLoad:
         return "; ".join(parts)
 
 
+def load_average_text() -> str:
+    """The 1, 5 and 15 minute load averages as text ("0.52 0.61 0.70"), or "unknown" where the OS has none."""
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except (AttributeError, OSError):  # pragma: no cover - not on every platform
+        return "unknown"
+
+
 def free_cores(cores: int, other_cores: float) -> int:
     """``cores`` minus other processes' use rounded to the nearest whole core, at least 1."""
     return max(1, int(cores) - int(math.floor(max(0.0, other_cores) + 0.5)))

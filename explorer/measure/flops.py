@@ -222,6 +222,7 @@ FVCORE_HANDLERS: dict[str, Callable[[list[Any], list[Any]], int]] = {
     "aten::conv1d": _h_conv(None),
     "aten::conv2d": _h_conv(None),
     "aten::conv3d": _h_conv(None),
+    "aten::_convolution_mode": _h_conv(None),  # conv with padding="valid"/"same" (transformers' SigLIP)
     "aten::conv_transpose1d": _h_conv(None, True),
     "aten::conv_transpose2d": _h_conv(None, True),
     "aten::conv_transpose3d": _h_conv(None, True),

@@ -98,12 +98,15 @@ class _Group:
 
 
 def run_interleaved(tasks: Sequence[Callable[[], Any]], seed: int = 0, turn_s: float = DEFAULT_TURN_S,
-                    on_round: Optional[Callable[[int, list[int]], None]] = None) -> list[TaskResult]:
+                    on_round: Optional[Callable[[int, list[int]], None]] = None,
+                    on_finish: Optional[Callable[[int, TaskResult], None]] = None) -> list[TaskResult]:
     """Run ``tasks`` one at a time in shuffled rounds of turns (see the module docstring).
 
     Returns one :class:`TaskResult` per task, in the tasks' order. A task that raises does not
     stop the others; KeyboardInterrupt stops the group. ``on_round(round_number, order)`` is told
-    each round's order (tests). Runs on the calling thread; not reentrant.
+    each round's order (tests); ``on_finish(index, result)`` is called (between turns, outside
+    every task) as soon as a task has returned or raised, so its caller can keep the result
+    before the rest of the group ends. Runs on the calling thread; not reentrant.
     """
     from greenlet import GreenletExit, getcurrent, greenlet
 
@@ -149,6 +152,8 @@ def run_interleaved(tasks: Sequence[Callable[[], Any]], seed: int = 0, turn_s: f
                 lets[i].switch()
                 if i in finished:
                     active.remove(i)
+                    if on_finish is not None:
+                        on_finish(i, results[i])
     finally:
         _ACTIVE[0] = None
         for i in active:  # interrupted: end the others' frames (their finally blocks run)

@@ -338,6 +338,15 @@ def time_sampled_prefill(spec: LLMSpec, tokens: int, settings: MeasureSettings, 
     return combine_scaled(whole_k, layers_k, (spec.layers - k) / k)
 
 
+def time_decoder_layers(spec: LLMSpec, tokens: int, settings: MeasureSettings, k: int) -> Timing:
+    """Latency of ``k`` decoder layers alone over ``tokens`` tokens, on the exact inputs a ``k``-layer
+    copy passes them (no embeddings, final norm or head): a segment of a prefill."""
+    device = settings.resolve_device()
+    model = _timing_model(spec, str(device), settings.dtype, k, settings.llm_attention)
+    ids = _prompt(spec, tokens, settings.batch_size, device)
+    return time_callable(_layers_fn(model, ids, _compile_prefill(settings)), settings, module=model)
+
+
 def measure_prefill(spec_or_name: SpecLike, tokens: int, settings: MeasureSettings, time: bool = True,
                     memory_budget_gb: Optional[float] = None, sample_layers: int = 2,
                     method: str = "auto", cross_check: bool = True) -> PrefillCost:

@@ -23,7 +23,7 @@ import torch
 from explorer.checks import OptionError, check_bool, check_choice, check_int, check_number, is_number, require
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+DEVICE_PATTERN = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 # Settings that change the measured value itself (not merely its noise); they enter the digest.
 _DIGEST_FIELDS = ("dtype", "batch_size", "channels_last", "compile", "reparameterize")
@@ -64,9 +64,27 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _mps_available() -> bool:
+def mps_available() -> bool:
     backend = getattr(torch.backends, "mps", None)
     return bool(backend is not None and backend.is_available())
+
+
+def resolve_device(device: str) -> torch.device:
+    """The concrete torch device of a device name: ``auto`` picks cuda, then mps, then cpu.
+
+    The one resolution of ``auto`` (measurement and training both use it).
+    """
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", torch.cuda.current_device())
+        if mps_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if not isinstance(device, str) or not DEVICE_PATTERN.fullmatch(device):
+        raise OptionError("device", device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+    if device == "cuda":
+        return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return torch.device(device)
 
 
 @dataclass(frozen=True)
@@ -124,7 +142,7 @@ class MeasureSettings:
 
     def validate(self) -> "MeasureSettings":
         """Raise ValueError naming the field, the value and what is allowed; returns self."""
-        require(isinstance(self.device, str) and bool(_DEVICE_RE.fullmatch(self.device)), "measure.device", self.device,
+        require(isinstance(self.device, str) and bool(DEVICE_PATTERN.fullmatch(self.device)), "measure.device", self.device,
                 "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
         check_choice("measure.dtype", self.dtype, DTYPES)
         cores = usable_cores()
@@ -232,23 +250,15 @@ class MeasureSettings:
                 raise OptionError("measure.dtype", self.dtype, f"'float32' or 'float16' on {torch.cuda.get_device_name(index)} "
                            "(no bfloat16 support)")
         elif device.type == "mps":
-            if not _mps_available():
+            if not mps_available():
                 raise OptionError("measure.device", self.device, "a device this machine has: MPS is not available "
                            "(use 'cpu' or 'auto')")
 
     def resolve_device(self) -> torch.device:
-        """The concrete torch device: ``auto`` picks cuda, then mps, then cpu."""
-        if self.device == "auto":
-            if torch.cuda.is_available():
-                return torch.device("cuda", torch.cuda.current_device())
-            if _mps_available():
-                return torch.device("mps")
-            return torch.device("cpu")
-        if not isinstance(self.device, str) or not _DEVICE_RE.fullmatch(self.device):
+        """The concrete torch device: ``auto`` picks cuda, then mps, then cpu (:func:`resolve_device`)."""
+        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
             raise OptionError("measure.device", self.device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
-        if self.device == "cuda":
-            return torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
-        return torch.device(self.device)
+        return resolve_device(self.device)
 
     @property
     def torch_dtype(self) -> torch.dtype:

@@ -137,6 +137,8 @@ def resolve_config(
     check_knob("multiscale_stages", list(multiscale_stages),
                all(is_int(s) and 1 <= s < n for s in multiscale_stages) and len(set(multiscale_stages)) == len(multiscale_stages),
                f"distinct stage numbers from 1 to {n - 1} whose features are pooled into the output")
+    check_knob("clip_head", clip_head, isinstance(clip_head, bool), "true or false")
+    check_knob("clip_head_dim", clip_head_dim, is_int(clip_head_dim) and clip_head_dim > 0, "a positive integer")
     check_knob("layer_scale_init", layer_scale_init, is_number(layer_scale_init) and layer_scale_init > 0,
                "a positive number")
     return FastViTConfig(

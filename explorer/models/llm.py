@@ -130,6 +130,18 @@ LLM_CATALOG: dict[str, LLMSpec] = {
     "vicuna-7b": LLMSpec("vicuna-7b", "llama", hidden=4096, layers=32, heads=32, kv_heads=32,
                          intermediate=11008, vocab=32000, tied_embeddings=False, rope_theta=1e4,
                          rms_eps=1e-5, qkv_bias=False, max_position=4096),
+    # Llama-3-8B (Cambrian-1-8B's LLM): meta-llama/Meta-Llama-3-8B config.json: hidden 4096,
+    # 32 layers, 32 heads, 8 KV heads, intermediate 14336, vocab 128256, rope_theta 500000,
+    # rms_norm_eps 1e-5, untied embeddings, max_position_embeddings 8192.
+    "llama3-8b": LLMSpec("llama3-8b", "llama", hidden=4096, layers=32, heads=32, kv_heads=8,
+                         intermediate=14336, vocab=128256, tied_embeddings=False, rope_theta=5e5,
+                         rms_eps=1e-5, qkv_bias=False, max_position=8192),
+    # SmolVLM-256M's language model (HuggingFaceTB/SmolVLM-256M-Instruct config.json, text_config:
+    # SmolLM2-135M, hidden 576, 30 layers, 9 heads, 3 KV heads, intermediate 1536, rope_theta
+    # 100000, rms_norm_eps 1e-5, tied embeddings, vocab 49280 with the image tokens added).
+    "smollm2-135m": LLMSpec("smollm2-135m", "llama", hidden=576, layers=30, heads=9, kv_heads=3,
+                            intermediate=1536, vocab=49280, tied_embeddings=True, rope_theta=1e5,
+                            rms_eps=1e-5, qkv_bias=False, max_position=8192),
 }
 
 

@@ -27,3 +27,18 @@ def build_encoder(name: str, **knobs: Any) -> VisionEncoder:
     if name not in _BUILDERS:
         raise ValueError(f"unknown encoder {name!r}; known encoders: {', '.join(list_encoders())}")
     return _BUILDERS[name](**knobs)
+
+
+def build_encoder_meta(name: str, **knobs: Any) -> VisionEncoder:
+    """:func:`build_encoder` on the meta device: shapes, token counts and parameter counts without
+    memory or weights. A builder that does real arithmetic at build time is built on the CPU and
+    then moved to meta; a bad knob raises the builder's ``ValueError`` / ``TypeError`` either way."""
+    import torch
+
+    try:
+        with torch.device("meta"):
+            return build_encoder(name, **knobs)
+    except (ValueError, TypeError):
+        raise
+    except Exception:  # e.g. a builder calling .item() on a freshly made tensor
+        return build_encoder(name, **knobs).to("meta")

@@ -6,10 +6,10 @@ docs/prediction.md reports how far off the CPU priors are on the machine at hand
 """
 from __future__ import annotations
 
-import os
 from datetime import datetime, timezone
 from typing import Any, Mapping
 
+from explorer.measure.contention import load_average_text
 from explorer.predict.profile import DeviceProfile, Sourced
 from explorer.predict.roof import Roof
 
@@ -28,18 +28,11 @@ PRIORS: Mapping[str, Mapping[str, Any]] = {
 }
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{x:.2f}" for x in os.getloadavg())
-    except OSError:  # pragma: no cover - not on every platform
-        return "unknown"
-
-
 def local_profile(roof: Roof, name: str, description: str, cores: int) -> DeviceProfile:
     """A CPU profile whose roofs are ``roof`` (measured now) and whose efficiencies are the CPU priors."""
     when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     where = (f"measured by explorer.predict.roof.measure_roof on this machine, {roof.threads} thread(s), {when}, "
-             f"load average {_loadavg()}")
+             f"load average {load_average_text()}")
     prior = PRIORS["cpu"]
     return DeviceProfile(
         name=name, description=description, kind="cpu",

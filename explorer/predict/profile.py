@@ -34,6 +34,7 @@ from typing import Any, Mapping, Optional, Union
 import yaml
 
 from explorer.predict.opclass import COMPUTE_CLASSES, OP_CLASSES
+from explorer.data.atomic import atomic_path
 
 __all__ = ["Sourced", "DeviceProfile", "ProfileError", "DEVICES_DIR", "list_profiles", "load_profile",
            "profile_from_dict", "profile_to_dict", "write_profile"]
@@ -244,6 +245,7 @@ def profile_to_dict(profile: DeviceProfile) -> dict[str, Any]:
 def write_profile(profile: DeviceProfile, path: Union[str, Path]) -> Path:
     """Write ``profile`` as YAML (the same format :func:`load_profile` reads)."""
     out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(yaml.safe_dump(profile_to_dict(profile), sort_keys=False, width=110), encoding="utf-8")
+    text = yaml.safe_dump(profile_to_dict(profile), sort_keys=False, width=110)
+    with atomic_path(out) as tmp:
+        tmp.write_text(text, encoding="utf-8")
     return out

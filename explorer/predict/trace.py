@@ -37,6 +37,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from explorer.data.atomic import atomic_path
 from explorer.measure.flops import matmul_macs, mha_macs, sdpa_macs
 from explorer.predict.opclass import OP_CLASSES, classify, is_attention, op_name
 
@@ -361,10 +362,9 @@ def _disk_cached(kind: str, key: tuple[Any, ...], make: Callable[[], OpTrace]) -
             pass  # a damaged entry: trace again and overwrite it
     trace = make()
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps([[r.op_class, r.op, r.flops, r.bytes, r.count] for r in trace.ops]), encoding="utf-8")
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:  # concurrent sweeps never read a half-written entry
+            tmp.write_text(json.dumps([[r.op_class, r.op, r.flops, r.bytes, r.count] for r in trace.ops]),
+                           encoding="utf-8")
     except OSError:
         pass  # a read-only home: the cache is an optimisation only
     return trace
@@ -382,10 +382,9 @@ def _check_dtype(dtype: str) -> torch.dtype:
 
 @functools.lru_cache(maxsize=64)
 def _meta_encoder(family: str, knobs_json: str, dtype: str, reparameterize: bool) -> nn.Module:
-    from explorer.models import build_encoder
+    from explorer.models.registry import build_encoder_meta
 
-    with torch.device("meta"):
-        model = build_encoder(family, **json.loads(knobs_json))
+    model = build_encoder_meta(family, **json.loads(knobs_json))
     model = model.to(dtype=_check_dtype(dtype)).eval()  # meta: no values, nothing is copied
     if reparameterize:
         model.reparameterize()

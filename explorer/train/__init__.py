@@ -1,8 +1,8 @@
 """Training engine: the text-rich proxy task, LLaVA-format data, the VLM and its trainer.
 
-Import the submodules directly (``explorer.train.data``, ``.llava_data``, ``.vlm``,
-``.trainer``); ``train`` and ``TrainConfig`` are re-exported lazily so that importing the
-package stays cheap.
+Import the submodules directly (``explorer.train.config``, ``.trainer``, ``.checkpoints``,
+``.data``, ...); ``train``, ``TrainConfig`` and ``TrainResult`` are re-exported lazily so that
+importing the package stays cheap.
 """
 from __future__ import annotations
 
@@ -12,6 +12,10 @@ __all__ = ["TrainConfig", "TrainResult", "train"]
 
 
 def __getattr__(name: str) -> Any:
+    if name == "TrainConfig":
+        from .config import TrainConfig
+
+        return TrainConfig
     if name in __all__:
         from . import trainer
 

@@ -17,7 +17,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 import pandas as pd
 
 from explorer.data.store import Store
-from .trainer import TrainConfig, TrainResult, train
+from .config import TrainConfig
+from .trainer import TrainResult, train
 
 SELECTIONS = ("pareto", "all")
 
@@ -112,7 +113,7 @@ def train_targets(
     """
     configs = [config_for(t, base, output_root) for t in targets]
     for c in configs:
-        c.validate()  # every run's config checked before the first one starts
+        c.check_runnable()  # every run's config checked against this machine before the first one starts
     done: list[tuple[TrainTarget, TrainResult]] = []
     for i, (target, config) in enumerate(zip(targets, configs), 1):
         log(f"[{i}/{len(targets)}] training {target.label} -> {config.output_dir}")
@@ -155,8 +156,6 @@ def base_config(overrides: Mapping[str, Any]) -> TrainConfig:
     unknown = sorted(set(values) - names)
     if unknown:
         raise ValueError(f"unknown train.config key(s) {unknown}; allowed: {sorted(names)}")
-    if "betas" in values:
-        values["betas"] = tuple(values["betas"])
     config = TrainConfig(**values)
     if proxy:
         fields = {f.name for f in dataclasses.fields(ProxyTaskConfig)}

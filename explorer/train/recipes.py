@@ -1,4 +1,4 @@
-"""LLaVA-1.5 and FastVLM training recipes as chains of :class:`~explorer.train.trainer.TrainConfig`.
+"""LLaVA-1.5 and FastVLM training recipes as chains of :class:`~explorer.train.config.TrainConfig`.
 
 A recipe is a list of stages; each stage is one ``train()`` run whose ``init_from`` is the
 previous stage's run. Freezing follows the papers: stage 1 trains the projector only (vision
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
-from .trainer import TrainConfig
+from .config import TrainConfig
 
 RECIPES = ("llava15", "fastvlm")
 
@@ -80,5 +80,5 @@ def recipe_configs(recipe: str, base: TrainConfig, data: RecipeData, output_root
         configs.append(config)
         previous = out
     for c in configs[:1]:
-        c.validate()  # later stages' init_from exists only once the previous stage has run
+        c.check_runnable()  # later stages' init_from exists only once the previous stage has run
     return configs

@@ -105,6 +105,10 @@ class Outcome:
     error: Optional[str]
 
 
+#: ``on_done(index, outcome)``: told as each call of a group finishes.
+OnDone = Callable[[int, Outcome], None]
+
+
 class InlineRunner:
     """Runs in this process; ``alarm=True`` enforces the timeout with SIGALRM."""
 
@@ -140,31 +144,42 @@ class InlineRunner:
             _free_memory(collect=failed)
 
     def run_group(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], timeout: Optional[float],
-                  seed: int = 0) -> Optional[list[Outcome]]:
+                  seed: int = 0, on_done: Optional[OnDone] = None) -> list[Optional[Outcome]]:
         """Run ``calls`` interleaved in shuffled rounds (:func:`explorer.measure.interleave.run_interleaved`).
 
+        ``on_done(index, outcome)`` is called as each call finishes, while the others still time.
         With ``alarm`` the calls run one at a time instead (a SIGALRM cannot stop one member of
-        an interleaved group), each with its own timeout. Never None here (see ProcessRunner).
+        an interleaved group), each with its own timeout. Never a None entry here (see ProcessRunner).
         """
         if self.alarm or len(calls) == 1:
-            return [self.run(fn, args, timeout) for fn, args in calls]
-        from explorer.measure.interleave import run_interleaved
-
-        failed = False
-        try:
-            results = run_interleaved([functools.partial(fn, *args) for fn, args in calls], seed=seed)
-            outcomes = []
-            for r in results:
-                if r.error is None:
-                    outcomes.append(Outcome("ok", _payload(r.value), None))
-                    continue
-                if isinstance(r.error, KeyboardInterrupt):
-                    raise r.error
-                failed = True
-                outcomes.append(_failure(r.error))
+            outcomes: list[Optional[Outcome]] = []
+            for i, (fn, args) in enumerate(calls):
+                outcomes.append(self.run(fn, args, timeout))
+                if on_done is not None:
+                    on_done(i, outcomes[-1])  # type: ignore[arg-type]
             return outcomes
+        from explorer.measure.interleave import TaskResult, run_interleaved
+
+        done: list[Optional[Outcome]] = [None] * len(calls)
+        failed = [False]
+
+        def finish(i: int, r: TaskResult) -> None:
+            if r.error is None:
+                try:
+                    done[i] = Outcome("ok", _payload(r.value), None)
+                except TypeError as exc:
+                    done[i] = _failure(exc)
+            else:
+                failed[0] = True
+                done[i] = _failure(r.error)
+            if on_done is not None:
+                on_done(i, done[i])  # type: ignore[arg-type]
+
+        try:
+            run_interleaved([functools.partial(fn, *args) for fn, args in calls], seed=seed, on_finish=finish)
+            return done
         finally:
-            _free_memory(collect=failed)
+            _free_memory(collect=failed[0])
 
     def ensure_started(self) -> None:
         """Nothing to start in this process."""
@@ -203,10 +218,18 @@ def _worker_main(conn: Any, parent_pid: int) -> None:
         if msg[0] == "ping":
             conn.send(("pong", None, None))
             continue
-        if msg[0] == "group":
+        if msg[0] == "group":  # one ("one", index, outcome) message as each finishes, then ("end",)
             _, calls, seed = msg
-            outs = runner.run_group(calls, None, seed) or []
-            reply: Any = [(o.status, o.payload, o.error) for o in outs]
+
+            def send_one(i: int, o: Outcome) -> None:
+                try:
+                    conn.send(("one", i, (o.status, o.payload, o.error)))
+                except Exception as exc:  # an unpicklable payload
+                    conn.send(("one", i, ("failed", None, f"cannot send the result back: {exc}")))
+
+            runner.run_group(calls, None, seed, on_done=send_one)
+            conn.send(("end",))
+            continue
         else:
             _, fn, args = msg
             out = runner.run(fn, args, None)
@@ -270,9 +293,11 @@ class ProcessRunner:
             self._kill()
             self._start()
 
-    def _send_and_wait(self, message: tuple[Any, ...], timeout: Optional[float]) -> tuple[str, Any]:
+    def _send_and_wait(self, message: tuple[Any, ...], timeout: Optional[float],
+                       partial: Optional[Callable[[Any], bool]] = None) -> tuple[str, Any]:
         """Send ``message`` to the worker and wait for its reply: ``("reply", reply)``, or
-        ``("died", outcome of _died())``, or ``("timeout", None)`` after killing the worker."""
+        ``("died", outcome of _died())``, or ``("timeout", None)`` after killing the worker.
+        With ``partial``, each message received is passed to it; it returns True for the last."""
         self.ensure_started()
         self._oom_before = oom_kill_count()
         self.conn.send(message)
@@ -281,9 +306,12 @@ class ProcessRunner:
             wait = 0.5 if deadline is None else max(0.0, min(0.5, deadline - time.monotonic()))
             if self.conn.poll(wait):
                 try:
-                    return "reply", self.conn.recv()
+                    reply = self.conn.recv()
                 except (EOFError, OSError):
                     return "died", self._died()
+                if partial is None or partial(reply):
+                    return "reply", reply
+                continue
             if not self.proc.is_alive():
                 return "died", self._died()
             if deadline is not None and time.monotonic() >= deadline:
@@ -300,17 +328,33 @@ class ProcessRunner:
                                          f"{timeout:g} s (worker process killed)")
 
     def run_group(self, calls: Sequence[tuple[Callable[..., Any], tuple[Any, ...]]], timeout: Optional[float],
-                  seed: int = 0) -> Optional[list[Outcome]]:
+                  seed: int = 0, on_done: Optional[OnDone] = None) -> list[Optional[Outcome]]:
         """Run ``calls`` interleaved in the worker; ``timeout`` is the whole group's.
 
-        None when the group timed out or the worker died: which call was to blame is unknown, so
-        the caller runs them again one at a time (each with its own timeout).
+        ``on_done(index, outcome)`` is called here as soon as the worker reports a call finished.
+        Calls still running when the group timed out or the worker died have None: which of them
+        was to blame is unknown, so the caller runs them again one at a time (each with its own
+        timeout); those that finished before are kept.
         """
         if len(calls) == 1:
             fn, args = calls[0]
-            return [self.run(fn, args, timeout)]
-        what, replies = self._send_and_wait(("group", list(calls), seed), timeout)
-        return [Outcome(*r) for r in replies] if what == "reply" else None
+            out = self.run(fn, args, timeout)
+            if on_done is not None:
+                on_done(0, out)
+            return [out]
+        outcomes: list[Optional[Outcome]] = [None] * len(calls)
+
+        def receive(msg: Any) -> bool:
+            if msg[0] == "one":
+                _, i, triple = msg
+                outcomes[i] = Outcome(*triple)
+                if on_done is not None:
+                    on_done(i, outcomes[i])  # type: ignore[arg-type]
+                return False
+            return True  # ("end",)
+
+        self._send_and_wait(("group", list(calls), seed), timeout, partial=receive)
+        return outcomes
 
     def _died(self) -> Outcome:
         code = self.proc.exitcode if self.proc is not None else None

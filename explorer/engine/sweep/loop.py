@@ -3,10 +3,14 @@
 Every measurement is committed to the store in its own transaction as soon as it finishes;
 running the same sweep again measures only what is missing for the same environment. Failures
 (exceptions, out-of-memory, timeouts) are stored with their status and error and the sweep goes
-on. Ctrl-C stops after the measurement in flight; a second Ctrl-C stops at once.
+on. Measurements interleaved in a group (``sweep.interleave``) are each committed the moment their
+own timing ends, while the rest of the group still samples: a kill costs the timings still in
+flight (at most the group's unfinished ones), never one that finished. Ctrl-C stops after the
+group in flight; a second Ctrl-C stops at once.
 """
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -15,6 +19,7 @@ from typing import Any, Optional, Sequence, Union
 
 from sqlalchemy.exc import SQLAlchemyError
 
+from explorer.data.queue import Heartbeat, QueuedJob, WorkQueue
 from explorer.data.space import Space
 from explorer.data.store import MeasurementRecord, Store, utcnow
 from explorer.engine.backend import MeasureBackend
@@ -142,6 +147,7 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
         settings.validate()
     st = store if isinstance(store, Store) else Store(store or f"results/{space.name}")
     policy = MachinePolicy(settings)
+    planned_here = plan is None
     if plan is None:
         policy = machine_policy(settings, options, backend)
         settings = policy.settings
@@ -149,7 +155,6 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
     fns = {kind: backend.measure(kind) for kind in KINDS}
     runner = make_runner(options.isolation, list(fns.values()), settings, environ=policy.environ)
 
-    st.save_points(plan.point_records)
     todo = list(plan.todo)
     if options.max_measurements is not None:
         todo = todo[: options.max_measurements]
@@ -158,7 +163,20 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
                          n_points=len(plan.points), unique=unique, measured={k: 0 for k in unique},
                          skipped=len(plan.jobs) - len(plan.todo), machine=policy.summary(),
                          machine_warning=policy.warning)
+    queue: Optional[WorkQueue] = None
+    try:
+        st.save_points(plan.point_records)
+        if todo and planned_here and options.share and options.resume and options.remeasure == "none":
+            queue = WorkQueue(st)
+            report.shared_as = _join_queue(queue, space.name, settings, plan, options)
+    except (SQLAlchemyError, OSError) as err:  # the very first write: a full disk, a read-only database
+        report.store_error = _store_error_text(err, st.url)
+        report.remaining = len(plan.todo)
+        runner.close()
+        report.elapsed_s = time.monotonic() - t0
+        return report
     if not todo:
+        runner.close()
         report.elapsed_s = time.monotonic() - t0
         return report
 
@@ -166,59 +184,152 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
     stop.install()
     bar = _progress_bar(todo, plan, enabled=options.progress)
     done = 0
+    held: dict[tuple[str, str], QueuedJob] = {}  # leases this sweep holds and has not completed
+
+    def commit(job: Job, outcome: Any, started: Any, duration_s: float) -> None:
+        """Store one finished measurement at once (the others of its group may still time)."""
+        nonlocal done
+        if report.store_error:
+            return
+        rec = MeasurementRecord(kind=job.kind, key=job.key, env_key=plan.env_key, environment=plan.environment,
+                                inputs=job.inputs, status=outcome.status, payload=outcome.payload,
+                                error=outcome.error, started_at=started, finished_at=utcnow(), duration_s=duration_s)
+        try:
+            if queue is not None:
+                lease = held.pop((job.kind, job.key))
+                if not queue.complete(lease, rec):  # the lease ran out and another took the job: theirs counts
+                    return
+            else:
+                st.save_measurement(rec)
+        except (SQLAlchemyError, OSError) as err:  # disk full, database gone: stop, keep what is stored
+            report.store_error = _store_error_text(err, st.url)
+            return
+        done += 1
+        report.measured[job.kind] += 1
+        if outcome.status != "ok":
+            report.failures.append({"kind": job.kind, "key": job.key, "label": job.label,
+                                    "status": outcome.status, "error": outcome.error})
+            first = (outcome.error or "").splitlines()[0] if outcome.error else ""
+            _note(bar, f"{outcome.status}: {job.kind} {job.label}: {first}")
+        if bar is not None:
+            bar.update(plan.estimates_s[job.key])
+
+    def measure_group(group: list[Job], number: int) -> None:
+        if queue is not None:  # only the jobs no other sweep or worker holds or has done
+            try:
+                claimed = queue.claim_jobs(report.shared_as, plan.env_key, [(j.kind, j.key) for j in group])
+            except (SQLAlchemyError, OSError) as err:
+                report.store_error = _store_error_text(err, st.url)
+                return
+            held.update({(q.kind, q.key): q for q in claimed})
+            group = [j for j in group if (j.kind, j.key) in held]
+            if not group:
+                return
+        if bar is not None:
+            what = f"{group[0].kind} {group[0].label}" if len(group) == 1 else \
+                f"{len(group)} {group[0].kind}s interleaved"
+            bar.set_postfix_str(f"{done}/{len(todo)} {what}", refresh=True)
+        runner.ensure_started()
+        started = utcnow()
+        t_start = time.monotonic()
+        calls = [(fns[job.kind], job.call_args() + (settings,)) for job in group]
+        timeout = None if options.timeout_s is None else options.timeout_s * len(group)
+        weights = [max(plan.estimates_s.get(j.key, 0.0), 1e-9) for j in group]
+
+        def finished(i: int, outcome: Any) -> None:
+            commit(group[i], outcome, started, (time.monotonic() - t_start) * weights[i] / sum(weights))
+
+        outcomes = runner.run_group(calls, timeout, seed=number, on_done=finished)
+        missing = [i for i, o in enumerate(outcomes) if o is None]
+        if missing and not report.store_error:  # timed out or died as a group: the unfinished one at a time
+            _note(bar, f"a group of {len(group)} {group[0].kind} measurements failed together "
+                       f"({len(group) - len(missing)} finished and stored); measuring the other "
+                       f"{len(missing)} one at a time")
+            for i in missing:
+                if report.store_error or stop.requested:
+                    break
+                runner.ensure_started()
+                t_one, started_one = time.monotonic(), utcnow()
+                outcome = runner.run(calls[i][0], calls[i][1], options.timeout_s)
+                commit(group[i], outcome, started_one, time.monotonic() - t_one)
+
     groups = measurement_groups(todo, plan, options.interleave, settings)
+    number = 0
     try:
-        for number, group in enumerate(groups):
-            if stop.requested:
-                break
-            if bar is not None:
-                what = f"{group[0].kind} {group[0].label}" if len(group) == 1 else \
-                    f"{len(group)} {group[0].kind}s interleaved"
-                bar.set_postfix_str(f"{done}/{len(todo)} {what}", refresh=True)
-            runner.ensure_started()
-            started = utcnow()
-            t_start = time.monotonic()
-            calls = [(fns[job.kind], job.call_args() + (settings,)) for job in group]
-            timeout = None if options.timeout_s is None else options.timeout_s * len(group)
-            outcomes = runner.run_group(calls, timeout, seed=number)
-            if outcomes is None:  # timed out or died as a group: find the culprit one at a time
-                _note(bar, f"a group of {len(group)} {group[0].kind} measurements failed together; "
-                           "measuring them one at a time")
-                outcomes = []
-                for fn, args in calls:
-                    runner.ensure_started()
-                    outcomes.append(runner.run(fn, args, options.timeout_s))
-            duration = time.monotonic() - t_start
-            weights = [max(plan.estimates_s.get(j.key, 0.0), 1e-9) for j in group]
-            for job, outcome, w in zip(group, outcomes, weights):
+        with (Heartbeat(queue) if queue is not None else contextlib.nullcontext()):
+            for group in groups:
+                if stop.requested or report.store_error:
+                    break
+                measure_group(group, number)
+                number += 1
+            # Shared: jobs another sweep or worker holds may come back (it died); wait for them.
+            while queue is not None and not stop.requested and not report.store_error:
                 try:
-                    st.save_measurement(MeasurementRecord(
-                        kind=job.kind, key=job.key, env_key=plan.env_key, environment=plan.environment,
-                        inputs=job.inputs, status=outcome.status, payload=outcome.payload, error=outcome.error,
-                        started_at=started, finished_at=utcnow(), duration_s=duration * w / sum(weights)))
-                except (SQLAlchemyError, OSError) as err:  # disk full, database gone: stop, keep what is stored
+                    states = queue.states(report.shared_as, plan.env_key)
+                except (SQLAlchemyError, OSError) as err:
                     report.store_error = _store_error_text(err, st.url)
                     break
-                done += 1
-                report.measured[job.kind] += 1
-                if outcome.status != "ok":
-                    report.failures.append({"kind": job.kind, "key": job.key, "label": job.label,
-                                            "status": outcome.status, "error": outcome.error})
-                    first = (outcome.error or "").splitlines()[0] if outcome.error else ""
-                    _note(bar, f"{outcome.status}: {job.kind} {job.label}: {first}")
-                if bar is not None:
-                    bar.update(plan.estimates_s[job.key])
-            if report.store_error:
-                break
+                open_jobs = [j for j in todo if states.get((j.kind, j.key), "done") != "done"]
+                if not open_jobs:
+                    break
+                free = [j for j in open_jobs if states.get((j.kind, j.key)) == "pending"]
+                if not free:
+                    time.sleep(SHARED_POLL_S)
+                    continue
+                for group in measurement_groups(free, plan, options.interleave, settings):
+                    if stop.requested or report.store_error:
+                        break
+                    measure_group(group, number)
+                    number += 1
     except KeyboardInterrupt:
         stop.requested = True
     finally:
         stop.restore()
+        if queue is not None and held:
+            for lease in list(held.values()):  # claimed, not measured: back to the pool at once
+                try:
+                    queue.release(lease)
+                except Exception:  # noqa: BLE001 - the lease runs out on its own
+                    pass
         if bar is not None:
             bar.set_postfix_str(f"{done}/{len(todo)} done", refresh=True)
             bar.close()
         runner.close()
-    report.interrupted = stop.requested and done < len(todo)
-    report.remaining = len(plan.todo) - done
+    if queue is not None and not report.store_error:
+        try:
+            states = queue.states(report.shared_as, plan.env_key)
+            finished_all = sum(1 for j in todo if states.get((j.kind, j.key)) == "done")
+            report.by_others = max(0, finished_all - done)
+        except (SQLAlchemyError, OSError):
+            pass
+    report.remaining = len(plan.todo) - done - report.by_others
+    report.interrupted = stop.requested and report.remaining > 0
     report.elapsed_s = time.monotonic() - t0
     return report
+
+
+#: Seconds between looks at a shared queue while other processes hold this sweep's last jobs.
+SHARED_POLL_S = 0.5
+
+
+def _join_queue(queue: WorkQueue, name: str, settings: Any, plan: SweepPlan, options: SweepOptions) -> str:
+    """Publish the plan to the store's queue and join it in this environment; returns the queue
+    sweep's name: the space's, or ``<space>@<digest>`` when the space's is published with other
+    measurement settings (one queue sweep measures one way)."""
+    from explorer.data.space import digest
+    from explorer.data.store import StoreError
+    from explorer.engine.sweep.isolation import RETRIED_ON_RESUME
+    from explorer.engine.sweep.worker import published_settings
+
+    published = published_settings(settings)
+    try:
+        queue.publish(name, published, plan.jobs, plan.estimates_s)
+    except StoreError:
+        name = f"{name}@{digest(published, 8)}"
+        queue.publish(name, published, plan.jobs, plan.estimates_s)
+    # Done: what the store holds now (not when this sweep planned: another may have measured since).
+    stored = queue.store.measurement_status(plan.env_key)
+    done = {kk for kk, status in stored.items() if status not in RETRIED_ON_RESUME
+            and (status == "ok" or not options.retry_failed)}
+    queue.join(name, plan.env_key, done)
+    return name

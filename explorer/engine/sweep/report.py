@@ -29,6 +29,8 @@ class SweepReport:
     store_error: Optional[str] = None  # why the store stopped taking measurements (disk full, database gone)
     machine: str = "not checked"  # what the machine check saw before measuring (explorer.engine.sweep.machine)
     machine_warning: str = ""  # the warning printed when the machine was busy
+    shared_as: Optional[str] = None  # the store's queue sweep this sweep shared its work through
+    by_others: int = 0  # of this sweep's list, measured meanwhile by other sweeps or workers of the store
 
     def frame(self, store: Optional[Store] = None) -> Any:
         """The results table of this space and environment (see explorer.data.results.load)."""
@@ -48,8 +50,9 @@ class SweepReport:
         from explorer.data import results
 
         n = sum(self.measured.values())
-        lines = [f"sweep {self.space!r}: {self.n_points} points, {n} measured now, {self.skipped} already stored, "
-                 f"{len(self.failures)} failed, {format_duration(self.elapsed_s)}"]
+        others = f", {self.by_others} measured meanwhile by other sweeps or workers" if self.by_others else ""
+        lines = [f"sweep {self.space!r}: {self.n_points} points, {n} measured now, {self.skipped} already stored"
+                 f"{others}, {len(self.failures)} failed, {format_duration(self.elapsed_s)}"]
         try:
             frame = self.frame(store)
             table, legend = results.summary_table(frame, self.space)
@@ -77,5 +80,9 @@ class SweepReport:
             lines.append(f"  {f['status']}: {f['kind']} {f['label']}: {first}")
         if len(self.failures) > 10:
             lines.append(f"  ... and {len(self.failures) - 10} more failures (status column of the results)")
+        if self.shared_as is not None:
+            lines.append(f"work shared through the store's queue as sweep {self.shared_as!r}: more hands are the same "
+                         f"`explorer sweep` command, or `explorer worker store={self.store_url} "
+                         f"worker.sweep={self.shared_as}`")
         lines.append(f"results: {self.store_url}")
         return "\n".join(lines)

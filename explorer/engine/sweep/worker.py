@@ -32,7 +32,7 @@ from explorer.engine.sweep.plan import default_settings, plan_sweep, resolve_spa
 #: Settings that belong to each worker (its device and how much of it), not to the published sweep.
 WORKER_OWN_SETTINGS: frozenset[str] = frozenset({"device", "threads"})
 
-__all__ = ["WORKER_OWN_SETTINGS", "WorkerReport", "publish_sweep", "resolve_sweep", "run_worker", "launch_workers"]
+__all__ = ["WORKER_OWN_SETTINGS", "WorkerReport", "published_settings", "publish_sweep", "resolve_sweep", "run_worker", "launch_workers"]
 
 
 @dataclass
@@ -66,6 +66,12 @@ def _settings_dict(settings: Any) -> dict[str, Any]:
     return dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) else dict(settings)
 
 
+def published_settings(settings: Any) -> dict[str, Any]:
+    """The measurement settings a shared sweep is published with: all but each worker's own
+    (:data:`WORKER_OWN_SETTINGS`)."""
+    return {k: v for k, v in _settings_dict(settings).items() if k not in WORKER_OWN_SETTINGS}
+
+
 def _env_dict(env: Any) -> dict[str, Any]:
     if hasattr(env, "to_dict"):
         return dict(env.to_dict())
@@ -85,7 +91,7 @@ def publish_sweep(space: Union[Space, str, Any], settings: Any, store: Union[Sto
     settings = default_settings(space) if settings is None else settings
     st = _open(store)
     plan = plan_sweep(space, settings, None, options, backend)
-    published = {k: v for k, v in _settings_dict(settings).items() if k not in WORKER_OWN_SETTINGS}
+    published = published_settings(settings)
     WorkQueue(st).publish(space.name, published, plan.jobs, plan.estimates_s)
     st.save_points(plan.point_records)
     return space.name

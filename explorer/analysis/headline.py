@@ -1,0 +1,128 @@
+"""The FastVLM paper's three headline TTFT comparisons, read off a results table.
+
+Pure functions over a results frame (``explorer.data.results.load`` or ``predict_space``; one
+latency source per frame, measured or predicted, never mixed). Each comparison is a pair of design
+points of ``search_spaces/headline_comparisons.yaml``; :func:`headline_table` gives, per
+comparison, the ratio of the two TTFTs beside the paper's number and both TTFTs split into their
+parts (encoder, projector, prefill), with the ratios of the parts that explain the difference.
+:func:`equal_token_resolution` is the plain-downsampling baseline's input size for a token count.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional
+
+import pandas as pd
+
+__all__ = ["Side", "Headline", "HEADLINES", "headline_table", "headline_sentence", "equal_token_resolution"]
+
+
+@dataclass(frozen=True)
+class Side:
+    """One design point of a comparison (knobs as a plain dict; text tokens: whatever the table has)."""
+
+    label: str
+    encoder: str
+    resolution: int
+    llm: str
+    knobs: Mapping[str, Any] = field(default_factory=dict)
+
+    def select(self, df: pd.DataFrame) -> pd.DataFrame:
+        want = json.dumps(dict(self.knobs), sort_keys=True, separators=(",", ":"))
+        knobs = df["knobs"].map(lambda k: json.dumps(json.loads(k) if isinstance(k, str) and k else {},
+                                                     sort_keys=True, separators=(",", ":")))
+        return df[(df["encoder"] == self.encoder) & (df["resolution"] == self.resolution) & (df["llm"] == self.llm)
+                  & (knobs == want)]
+
+
+@dataclass(frozen=True)
+class Headline:
+    name: str
+    paper_ratio: float  # the paper's TTFT ratio, other / FastVLM
+    fast: Side
+    other: Side
+    note: str = ""
+
+
+HEADLINES: tuple[Headline, ...] = (
+    Headline("LLaVA-OneVision-0.5B @1152", 85.0,
+             Side("FastViTHD@1152 + Qwen2-0.5B", "fastvithd", 1152, "qwen2-0.5b"),
+             Side("LLaVA-OneVision-0.5B@1152", "hf_vlm", 1152, "qwen2-0.5b", {"model": "llava-onevision-0.5b"}),
+             "SigLIP-SO400M on 10 views (AnyRes 3x3 + base): 7371 tokens against 324"),
+    Headline("Cambrian-1-8B", 7.9,
+             Side("FastViTHD@1024 + Qwen2-7B", "fastvithd", 1024, "qwen2-7b"),
+             Side("Cambrian-1-8B (4 towers + SVA, Llama-3-8B)", "cambrian1", 1024, "llama3-8b"),
+             "approximation: the towers are exact, the aggregator one SVA layer (under 1% of the FLOPs)"),
+    Headline("LLaVA-1.5 setup", 3.2,
+             Side("FastViTHD@768 + Vicuna-7B", "fastvithd", 768, "vicuna-7b"),
+             Side("ViT-L/14@336 + Vicuna-7B (LLaVA-1.5)", "vit_l14_clip", 336, "vicuna-7b"),
+             "the paper's FastViTHD resolution for this claim is not in the facts at hand; 768 (144 tokens) chosen"),
+)
+
+PARTS = ("encoder_latency_ms", "projector_latency_ms", "prefill_latency_ms")
+
+
+def _one(df: pd.DataFrame, side: Side) -> Optional[pd.Series]:
+    rows = side.select(df)
+    if "status" in rows:
+        rows = rows[rows["status"] == "ok"]
+    return None if rows.empty else rows.iloc[0]
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not (math.isnan(a) or math.isnan(b)) else math.nan
+
+
+def headline_table(df: pd.DataFrame, headlines: tuple[Headline, ...] = HEADLINES) -> pd.DataFrame:
+    """One row per comparison found in ``df``: both sides' TTFT parts, the ratios, the paper's ratio.
+
+    Columns: comparison, paper_ratio, ratio (other TTFT / FastVLM TTFT), encoder_ratio,
+    prefill_ratio, tokens_fast, tokens_other, then ``fast_*`` and ``other_*`` for
+    encoder/projector/prefill/ttft in ms, latency_source and note. A comparison whose points are
+    missing from ``df`` is left out.
+    """
+    out = []
+    for h in headlines:
+        a, b = _one(df, h.fast), _one(df, h.other)
+        if a is None or b is None:
+            continue
+        row: dict[str, Any] = {"comparison": h.name, "paper_ratio": h.paper_ratio,
+                               "ratio": _ratio(float(b["ttft_ms"]), float(a["ttft_ms"])),
+                               "encoder_ratio": _ratio(float(b["encoder_latency_ms"]), float(a["encoder_latency_ms"])),
+                               "prefill_ratio": _ratio(float(b["prefill_latency_ms"]), float(a["prefill_latency_ms"])),
+                               "tokens_fast": int(a["visual_tokens"]), "tokens_other": int(b["visual_tokens"]),
+                               "fast": h.fast.label, "other": h.other.label}
+        for prefix, r in (("fast", a), ("other", b)):
+            for part in PARTS + ("ttft_ms",):
+                row[f"{prefix}_{part.replace('_latency', '')}"] = float(r[part])
+        row["latency_source"] = str(a.get("latency_source", "measured")) if hasattr(a, "get") else "measured"
+        row["note"] = h.note
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def headline_sentence(row: Mapping[str, Any]) -> str:
+    """``85x claimed, 23.1x here: prefill 40.9x (7403 vs 356 tokens), encoder 6.7x``."""
+    enc_share_other = row["other_encoder_ms"] / row["other_ttft_ms"] if row["other_ttft_ms"] else math.nan
+    return (f"{row['comparison']}: the paper says {row['paper_ratio']:g}x, this table {row['ratio']:.1f}x "
+            f"({row['latency_source']}). Prefill {row['prefill_ratio']:.1f}x ({row['tokens_other']} against "
+            f"{row['tokens_fast']} visual tokens), encoder {row['encoder_ratio']:.1f}x; the encoder is "
+            f"{enc_share_other:.0%} of the other side's TTFT.")
+
+
+def equal_token_resolution(num_tokens: Callable[[int], int], target: int, lo: int = 28, hi: int = 4096) -> int:
+    """The input size whose token count (``num_tokens(R)``, non-decreasing in R) is closest to
+    ``target``: the plain-downsampling baseline of a token strategy (ties: the smaller R)."""
+    if num_tokens(hi) <= target:
+        return hi
+    a, b = lo, hi
+    while b - a > 1:  # smallest R with num_tokens(R) >= target
+        mid = (a + b) // 2
+        if num_tokens(mid) >= target:
+            b = mid
+        else:
+            a = mid
+    below, above = a, b
+    return below if abs(num_tokens(below) - target) <= abs(num_tokens(above) - target) else above
