@@ -215,7 +215,8 @@ def compare(a: Union[Interval, Sequence[float], None], b: Union[Interval, Sequen
     return "tied"
 
 
-def ratio_interval(a: Union[Interval, Sequence[float]], b: Union[Interval, Sequence[float]]) -> Optional[tuple[float, float]]:
+def ratio_interval(a: Union[Interval, Sequence[float]],
+                   b: Union[Interval, Sequence[float]]) -> Optional[tuple[float, float]]:
     """The range of ``a / b`` over both intervals (positive values only), or None."""
     x, y = _bounds(a), _bounds(b)
     if x is None or y is None or y[0] <= 0 or x[0] < 0:

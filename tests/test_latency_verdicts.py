@@ -355,8 +355,9 @@ def test_a_budget_answer_says_when_it_is_tied_or_may_not_fit():
                           "ttft_low_ms": [80.0, 70.0], "ttft_high_ms": [105.0, 90.0], "accuracy": [56.0, 55.0],
                           "accuracy_low": [54.0, 53.0], "accuracy_high": [58.0, 57.0],
                           "accuracy_source": ["published:x", "published:y"]})
-    assert budget_answer(table, 100, "avg5") == ("a @ 256 px: avg5 56.0 [published:x], TTFT 90 ms, tied on avg5 with "
-                                                 "1 other(s) under the budget, its TTFT interval reaches past the budget")
+    assert budget_answer(table, 100, "avg5") == (
+        "a @ 256 px: avg5 56.0 [published:x], TTFT 90 ms, tied on avg5 with 1 other(s) under the budget, "
+        "its TTFT interval reaches past the budget")
     assert budget_answer(table, 120, "avg5").endswith("under the budget")  # 105 <= 120: it fits
 
 

@@ -203,8 +203,8 @@ def _budget_section(df: pd.DataFrame, budgets: Sequence[float], group_by: str | 
     tables = []
     for budget in budgets:
         best = best_under_budget(df, "ttft_ms", float(budget), "accuracy", group_by)
-        keep = [c for c in ("llm", "encoder", "knobs", "resolution", "accuracy", "ttft_ms", "ttft_low_ms", "ttft_high_ms",
-                            "within_budget", "n_tied", "tied_with", "n_under_budget", "cheapest_ttft_ms", "point_key")
+        keep = [c for c in ("llm", "encoder", "knobs", "resolution", "accuracy", "ttft_ms", "ttft_low_ms",
+                            "ttft_high_ms", "within_budget", "n_tied", "tied_with", "n_under_budget", "cheapest_ttft_ms", "point_key")
                 if c in best.columns]
         tables.append(_table(best[keep], f"budget-{budget:g}", f"Best accuracy with TTFT <= {budget:g} ms"))
     return "<h2>Best under a TTFT budget</h2>\n" + "\n".join(tables)

@@ -14,7 +14,8 @@ from typing import Any, Mapping, Optional
 
 from explorer.data.confidence import TIMING_FIELDS
 from explorer.data.store import MeasurementRecord, Store
-from explorer.intervals import DEFAULT_DRIFT, LEVEL, Drift, Interval, calibrate, compare, remeasure_interval, sum_intervals
+from explorer.intervals import (DEFAULT_DRIFT, LEVEL, Drift, Interval, calibrate, compare, remeasure_interval,
+                                sum_intervals)
 
 __all__ = ["INTERVAL_COLUMNS", "PART_COLUMNS", "history_pairs", "history_drift", "row_intervals", "ties"]
 

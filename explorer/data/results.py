@@ -21,8 +21,8 @@ from explorer.data.atomic import atomic_path
 from explorer.data.store import AccuracyRecord, MeasurementRecord, PointRecord, Store
 from explorer.intervals import DEFAULT_DRIFT, LEVEL, Drift
 
-__all__ = ["COLUMNS", "EXTRA_COLUMNS", "CONFIDENCE_COLUMNS", "LATENCY_INTERVAL_COLUMNS", "load", "frame_from_store", "fastest_per_resolution",
-           "summary_table", "tie_lines", "point_label", "flag_counts", "flag_line", "export"]
+__all__ = ["COLUMNS", "EXTRA_COLUMNS", "CONFIDENCE_COLUMNS", "LATENCY_INTERVAL_COLUMNS", "load", "frame_from_store",
+           "fastest_per_resolution", "summary_table", "tie_lines", "point_label", "flag_counts", "flag_line", "export"]
 
 #: The documented columns, in order (docs/architecture.md "Results table columns").
 COLUMNS: tuple[str, ...] = (

@@ -130,7 +130,8 @@ class CoverageReport:
 
     def markdown(self) -> str:
         lines = [f"Command: `{self.command}`" if self.command else "", "",
-                 "| run | condition | started (UTC) | threads | load average before -> after | elapsed | machine check |",
+                 "| run | condition | started (UTC) | threads | load average before -> after | elapsed | "
+                 "machine check |",
                  "| --- | --- | --- | --- | --- | --- | --- |"]
         for n, r in enumerate(self.runs, 1):
             lines.append(f"| {n} | {r.condition}-{r.index} | {r.started} | {r.threads} | {r.load_before} -> "
@@ -169,7 +170,8 @@ def _loadavg() -> str:
         return "unknown"
 
 
-def sweep_run(space: Any, settings: Any, folder: Path, backend: MeasureBackend = ENCODERS_ONLY) -> Callable[..., CoverageRun]:
+def sweep_run(space: Any, settings: Any, folder: Path,
+              backend: MeasureBackend = ENCODERS_ONLY) -> Callable[..., CoverageRun]:
     """The default way to take one run: a real sweep (``run_sweep``: machine check, thread policy,
     interleaved rounds) of ``space`` into a fresh store under ``folder``, beside ``neighbours``
     busy loops; every ok timed measurement is kept."""
