@@ -41,11 +41,19 @@ def test_default_space_rows_equal_the_pre_redesign_engine():
         if old_latency is not None:
             assert {k: new_latency[k] for k in old_latency} == old_latency
             extra = {k: v for k, v in new_latency.items() if k not in old_latency}
+            # fields added since: contention and probe records (unobserved here) and the
+            # re-measurement interval (issue 25), which must bracket the unchanged median
+            interval = {k: extra.pop(k) for k in ("remeasure_low_ms", "remeasure_high_ms", "remeasure_level")}
             assert extra == {"other_cores": None, "steal": None, "contended": False, "probe_ms": None,
-                             "probe_units": None}
+                             "probe_units": None, "probe_p10_ms": None, "probe_p90_ms": None}
+            if interval["remeasure_level"] is not None:  # stored by time_callable; None from summarize alone
+                assert interval["remeasure_low_ms"] <= old_latency["median_ms"] <= interval["remeasure_high_ms"]
+                assert 0 < interval["remeasure_level"] < 1
+            extra.update(interval)
             timing_added |= set(extra)
         assert {k: new_payload[k] for k in old_payload if k != "latency"} == \
             {k: v for k, v in old_payload.items() if k != "latency"}
         added |= set(new_payload) - set(old_payload)
     assert added <= {"runtime", "runtime_error", "preprocess", "preprocess_latency", "lm_head", "attention"}
-    assert timing_added == {"other_cores", "steal", "contended", "probe_ms", "probe_units"}
+    assert timing_added == {"other_cores", "steal", "contended", "probe_ms", "probe_units", "probe_p10_ms",
+                            "probe_p90_ms", "remeasure_low_ms", "remeasure_high_ms", "remeasure_level"}
