@@ -330,8 +330,13 @@ def _matrix(design: _Design, rows: pd.DataFrame, benchmarks: Sequence[str], sour
 
 
 def _solve(x: np.ndarray, y: np.ndarray, penalty: np.ndarray) -> np.ndarray:
+    """The ridge solution of ||y - x w||^2 + sum(penalty * w^2) (normal equations; every column is
+    penalised, so the system is positive definite; least squares only if it is numerically not)."""
     a = x.T @ x + np.diag(penalty)
-    return np.linalg.lstsq(a, x.T @ y, rcond=None)[0]
+    try:
+        return np.linalg.solve(a, x.T @ y)
+    except np.linalg.LinAlgError:
+        return np.linalg.lstsq(a, x.T @ y, rcond=None)[0]
 
 
 def _recipe_key(name: str) -> Optional[tuple[str, str]]:
@@ -411,12 +416,20 @@ def fit_accuracy(table: pd.DataFrame, options: AccuracyFitOptions = AccuracyFitO
     rng = np.random.default_rng(options.seed)
     sources = np.array(sorted(table["source_id"].unique()))
     source_of = pd.Categorical(table["source_id"], categories=sources).codes
+    # per-source blocks of the normal equations, so each refit is a weighted sum of them
+    grams = [x[source_of == k].T @ x[source_of == k] for k in range(len(sources))]
+    moments = [x[source_of == k].T @ y[source_of == k] for k in range(len(sources))]
     boot = []
     for _ in range(options.bootstrap):
         # Bayesian bootstrap over sources (Rubin 1981): every source stays in, with a Dirichlet
         # weight, so a benchmark or recipe published by one source is never left undetermined
-        weight = np.sqrt(rng.dirichlet(np.ones(len(sources)))[source_of] * len(sources))
-        boot.append(_solve(x * weight[:, None], y * weight, pen))
+        weight = rng.dirichlet(np.ones(len(sources))) * len(sources)
+        a = sum(w * g for w, g in zip(weight, grams)) + np.diag(pen)
+        rhs = sum(w * m for w, m in zip(weight, moments))
+        try:
+            boot.append(np.linalg.solve(a, rhs))
+        except np.linalg.LinAlgError:
+            boot.append(np.linalg.lstsq(a, rhs, rcond=None)[0])
     support = (table.assign(enc=enc).groupby("encoder_family")
                .agg(enc_min=("enc", "min"), enc_max=("enc", "max"), tok_min=("visual_tokens", "min"),
                     tok_max=("visual_tokens", "max"))
