@@ -67,7 +67,7 @@ def run_from_config(cfg: DictConfig) -> int:
 
     try:
         values = measure_overrides(cfg)
-        settings = MeasureSettings(**values).validate()
+        settings = MeasureSettings(**values).check_on_machine()
         if settings.effective_runtime != "eager":
             raise ValueError(f"invalid measure.runtime={settings.effective_runtime!r}: validate compares the eager "
                              "torch VLM end to end")

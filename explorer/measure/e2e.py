@@ -123,7 +123,7 @@ def validate_point(encoder: str, knobs: Optional[Mapping[str, Any]], resolution:
     ``settings.target_rel_ci`` or ``max_iters`` / ``max_time_s`` is reached. Only the eager
     runtime is compared (the assembled VLM is a torch module). ``vlm`` reuses an assembled model.
     """
-    settings.validate()
+    settings.check_on_machine()
     if settings.effective_runtime != "eager":
         raise ValueError(f"invalid runtime={settings.effective_runtime!r}: validate assembles a torch VLM, "
                          "so only 'eager' is compared end to end")

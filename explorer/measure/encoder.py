@@ -82,7 +82,7 @@ def measure_encoder(name: str, knobs: Optional[Mapping[str, Any]], resolution: i
     ``torch`` (FlopCounterMode on a meta copy: no forward pass, much faster for big inputs).
     Bad settings, resolution or knobs raise ValueError before any model is built or run.
     """
-    settings.validate()
+    settings.check_on_machine()
     _check_resolution(resolution)
     if counter not in ("fvcore", "torch"):
         raise ValueError(f"invalid counter={counter!r}: 'fvcore' or 'torch'")

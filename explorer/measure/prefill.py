@@ -350,7 +350,7 @@ def measure_prefill(spec_or_name: SpecLike, tokens: int, settings: MeasureSettin
     warns if it disagrees with the analytic count by more than 0.5%; the counter's zero-cost
     operators are returned as ``skipped_ops``.
     """
-    settings.validate()
+    settings.check_on_machine()
     spec = get_llm_spec(spec_or_name)
     _check_tokens(tokens, spec)
     if method not in ("auto", "whole", "sampled"):

@@ -30,7 +30,7 @@ def measure_projector(in_channels: int, hidden: int, tokens: int, settings: Meas
     Latency is one forward of ``[batch_size, tokens, in_channels]`` with the settings' dtype
     and runtime (checked against eager first).
     """
-    settings.validate()
+    settings.check_on_machine()
     _positive("in_channels", in_channels)
     _positive("hidden", hidden)
     _positive("tokens", tokens)

@@ -73,7 +73,7 @@ def measure_pruned_prefill(spec_or_name: SpecLike, visual: int, text: int, pruni
                            memory_budget_gb: Optional[float] = None) -> PrefillCost:
     """FLOPs and latency of the two-segment prefill; ``tokens`` is the prompt (V + T) and
     ``method`` names both segments."""
-    settings.validate()
+    settings.check_on_machine()
     spec = get_llm_spec(spec_or_name)
     (k, p1), (rest, p2) = pruning.segments(spec, visual, text)
     require(is_int(sample_layers) and sample_layers >= 1, "sample_layers", sample_layers, "a positive integer")

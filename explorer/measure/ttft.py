@@ -92,7 +92,7 @@ def measure_point(encoder: str, knobs: Optional[Mapping[str, Any]], resolution: 
        ``ttft_ms`` unless ``include_preprocess=False`` (the paper's definition).
        Settings, the LLM name and ``text_tokens`` are validated before the encoder is built.
     """
-    settings.validate()
+    settings.check_on_machine()
     spec = get_llm_spec(llm)
     if not isinstance(text_tokens, int) or isinstance(text_tokens, bool) or text_tokens < 0:
         raise ValueError(f"invalid text_tokens={text_tokens!r}: an integer >= 0")

@@ -136,7 +136,7 @@ def run_worker(store: Union[Store, str], space: Union[Space, str, Any, None] = N
         if settings is None:
             settings = default_settings(resolve_space(space, backend))
         if measure_overrides:
-            settings = dataclasses.replace(settings, **measure_overrides).validate()
+            settings = dataclasses.replace(settings, **measure_overrides).check_on_machine()
     else:
         name = _resolve_sweep(queue, options.sweep)
         settings = default_settings(None, **{**queue.settings(name), **dict(measure_overrides or {})})
