@@ -55,7 +55,7 @@ def run_from_config(cfg: DictConfig) -> int:
         error("no store given: store=RESULTS_DIR (a folder with store.db, a .db file or a SQLAlchemy URL)")
         return 2
     try:
-        options = FitOptions(noise_sigma=float(cfg.noise_sigma), prior_sigma=float(cfg.prior_sigma)).validate()
+        options = FitOptions(noise_sigma=float(cfg.noise_sigma), prior_sigma=float(cfg.prior_sigma))
         url, folder = _store_url(str(cfg.store))
         out = Path(cfg.out) if cfg.get("out") else (folder or Path(".")) / "device_profile.yaml"
         check_output_file("out", out)  # before the roofs are measured and the fit runs

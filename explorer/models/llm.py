@@ -46,9 +46,6 @@ class LLMSpec:
     hidden_act: str = "silu"
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
         """Raise ValueError naming the first field that cannot describe a real model."""
         require(self.arch in ARCHS, "arch", self.arch, f"one of {', '.join(ARCHS)}")
         for f in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "max_position"):

@@ -22,6 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from explorer.checks import check_int, check_number
 from explorer.predict.model import TraceArrays, efficiencies, roofline_seconds
 from explorer.predict.observations import Observation
 from explorer.predict.opclass import COMPUTE_CLASSES, OP_CLASSES
@@ -39,14 +40,10 @@ class FitOptions:
     overhead_prior_sigma: float = 1.5
     iterations: int = 60
 
-    def validate(self) -> "FitOptions":
+    def __post_init__(self) -> None:
         for name in ("noise_sigma", "prior_sigma", "overhead_prior_sigma"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise ValueError(f"invalid {name}={v!r}: a positive number")
-        if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"invalid iterations={self.iterations!r}: a positive integer")
-        return self
+            check_number(name, getattr(self, name), low=0, low_open=True)
+        check_int("iterations", self.iterations, low=1)
 
 
 def _logit(p: float) -> float:
@@ -57,7 +54,6 @@ def _logit(p: float) -> float:
 def fit_profile(observations: Sequence[Observation], base: DeviceProfile, dtype: str,
                 options: FitOptions = FitOptions()) -> tuple[dict[str, float], dict[str, float], float]:
     """Fitted (compute efficiencies, memory efficiencies, overhead seconds)."""
-    options.validate()
     if not observations:
         raise ValueError("calibration needs at least one measurement")
     parts = [TraceArrays.of(o.trace) for o in observations]

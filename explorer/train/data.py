@@ -94,8 +94,8 @@ class ProxyTaskConfig:
     val_size: int = 500
     test_size: int = 500
 
-    def validate(self) -> "ProxyTaskConfig":
-        """Raise ValueError naming the bad field before any rendering starts."""
+    def __post_init__(self) -> None:
+        """Raise ValueError naming the bad field: an invalid config cannot exist."""
         require(is_int(self.resolution) and 16 <= self.resolution <= 4096, "resolution", self.resolution, "an integer in [16, 4096]")
         require(is_int(self.canvas) and 128 <= self.canvas <= 4096, "canvas", self.canvas, "an integer in [128, 4096]")
         require(len(self.tasks) > 0 and all(t in TASKS for t in self.tasks)
@@ -118,7 +118,6 @@ class ProxyTaskConfig:
             value = getattr(self, name)
             require(is_int(value) and value > 0, name, value, "a positive integer")
         require(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "a non-negative integer")
-        return self
 
     def split_size(self, split: str) -> int:
         require(split in SPLITS, "split", split, f"one of {list(SPLITS)}")
@@ -573,7 +572,7 @@ class ProxyTextDataset(Dataset):
     """The proxy task as a map-style dataset over one split (samples rendered on access)."""
 
     def __init__(self, cfg: ProxyTaskConfig, split: str = "train", size: Optional[int] = None) -> None:
-        self.cfg = cfg.validate()
+        self.cfg = cfg
         require(split in SPLITS, "split", split, f"one of {list(SPLITS)}")
         self.split = split
         self.size = cfg.split_size(split) if size is None else size

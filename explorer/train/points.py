@@ -163,5 +163,8 @@ def base_config(overrides: Mapping[str, Any]) -> TrainConfig:
         if bad:
             raise ValueError(f"unknown train.config.proxy key(s) {bad}; allowed: {sorted(fields)}")
         proxy = {k: tuple(v) if isinstance(v, list) else v for k, v in proxy.items()}
-        config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, **proxy))
+        try:
+            config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, **proxy))
+        except ValueError as err:  # the proxy task's own check, named as the section it came from
+            raise ValueError(f"invalid proxy.{str(err).removeprefix('invalid ')}") from None
     return config
