@@ -14,6 +14,9 @@ belong to Python). What counts as a crossing, module by module over every ``.py`
    assignment of one of its classes, or an assignment to ``self._name``. ``self._x`` and
    ``cls._x`` are a class's own business and never count.
 
+``getattr(obj, "_name")``, ``hasattr`` and ``setattr`` with a literal private name count as the
+attribute ``obj._name`` (rules 2 and 3).
+
 Private names only the standard library or third-party packages define (``torch._C``,
 transformers' ``config._attn_implementation``, omegaconf's ``node._get_node``) are outside this
 test: they are other projects' contracts, not ours. What two modules share is made public in one
@@ -81,6 +84,21 @@ def defined_private_names(tree: ast.Module) -> set[str]:
     return {n for n in names if is_private(n)}
 
 
+def attribute_uses(tree: ast.Module) -> list[tuple[ast.AST, ast.expr, str]]:
+    """``(node, object, name)`` of every private attribute reached: ``obj._name`` and
+    ``getattr`` / ``hasattr`` / ``setattr(obj, "_name", ...)``."""
+    uses: list[tuple[ast.AST, ast.expr, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and is_private(node.attr):
+            uses.append((node, node.value, node.attr))
+        elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
+              and node.func.id in ("getattr", "hasattr", "setattr") and len(node.args) >= 2
+              and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str)
+              and is_private(node.args[1].value)):
+            uses.append((node, node.args[0], node.args[1].value))
+    return uses
+
+
 def crossings(package: Path = PACKAGE) -> list[str]:
     mods = modules(package)
     defined = {name: defined_private_names(tree) for name, (_, tree) in mods.items()}
@@ -102,24 +120,21 @@ def crossings(package: Path = PACKAGE) -> list[str]:
                 for alias in node.names:
                     if alias.name in mods and alias.asname:
                         module_aliases[alias.asname] = alias.name
-        for node in ast.walk(tree):
-            if not (isinstance(node, ast.Attribute) and is_private(node.attr)):
-                continue
-            value = node.value
+        for node, value, attr in attribute_uses(tree):
             if isinstance(value, ast.Name) and value.id in ("self", "cls"):
                 continue
             if isinstance(value, ast.Name) and value.id in module_aliases:
                 if module_aliases[value.id] != name:
-                    found.append(f"{where}:{node.lineno}: {value.id}._{node.attr[1:]} "
+                    found.append(f"{where}:{node.lineno}: {value.id}.{attr} "
                                  f"(a private name of {module_aliases[value.id]})")
                 continue
             dotted = ast.unparse(value)
             if dotted in mods and dotted != name:  # explorer.x.y._name through `import explorer.x.y`
-                found.append(f"{where}:{node.lineno}: {dotted}.{node.attr}")
+                found.append(f"{where}:{node.lineno}: {dotted}.{attr}")
                 continue
-            owners = sorted(other for other, names in defined.items() if node.attr in names and other != name)
-            if owners and node.attr not in defined[name]:
-                found.append(f"{where}:{node.lineno}: {dotted}.{node.attr} (a private name of {', '.join(owners)})")
+            owners = sorted(other for other, names in defined.items() if attr in names and other != name)
+            if owners and attr not in defined[name]:
+                found.append(f"{where}:{node.lineno}: {dotted}.{attr} (a private name of {', '.join(owners)})")
     return found
 
 
@@ -142,7 +157,7 @@ def test_the_walk_sees_each_kind_of_crossing(tmp_path):
         "from explorer.data.store import _helper, Store, __version__\nfrom .store import _helper as h\n"
         "import explorer.data.store as st\nfrom explorer.data import store\n\n"
         "def f(s: Store):\n    st._helper()\n    store._helper()\n    s._write()\n    s._own\n"
-        "    s._unknown_to_us\n    s.__class__\n")
+        "    s._unknown_to_us\n    s.__class__\n    getattr(store, '_helper', None)\n")
     found = crossings(pkg)
     text = "\n".join(found)
     assert "from explorer.data.store import _helper" in text  # rule 1, absolute and relative
@@ -150,4 +165,5 @@ def test_the_walk_sees_each_kind_of_crossing(tmp_path):
     assert "st._helper" in text and "store._helper" in text  # rule 2
     assert "s._write" in text and "s._own" in text  # rule 3: a method, a self attribute
     assert "_unknown_to_us" not in text and "__class__" not in text and "__version__" not in text
-    assert len(found) == 6, text
+    assert "getattr" not in text and sum("store._helper" in line for line in found) == 2  # getattr counts too
+    assert len(found) == 7, text

@@ -15,7 +15,7 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from explorer.checks import check_output_file
+from explorer.checks import check_output_file, is_int, is_number
 from explorer.commands.common import error
 from explorer.conf.schema import MeasureOverrides, enter_body, measure_overrides, run_hydra_command
 from explorer.data.atomic import atomic_path
@@ -79,12 +79,12 @@ def run_from_config(cfg: DictConfig) -> int:
             else cfg.resolutions
         if isinstance(resolutions, int):
             resolutions = [resolutions]
-        if not resolutions or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in resolutions):
+        if not resolutions or not all(is_int(r) and r > 0 for r in resolutions):
             raise ValueError(f"invalid resolutions={resolutions!r}: a list of positive integers, e.g. [256,512]")
         tol = cfg.tolerance
-        if not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        if not is_number(tol) or not 0 < tol < 1:
             raise ValueError(f"invalid tolerance={tol!r}: a fraction in (0, 1), e.g. 0.1 for +-10%")
-        if not isinstance(cfg.text_tokens, int) or cfg.text_tokens < 0:
+        if not is_int(cfg.text_tokens) or cfg.text_tokens < 0:
             raise ValueError(f"invalid text_tokens={cfg.text_tokens!r}: an integer >= 0")
         from explorer.models import build_encoder
 

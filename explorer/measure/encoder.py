@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
+from ..checks import is_int, require
 from .costs import EncoderCost, Timing
 from .flops import count_flops, count_flops_torch
 from .memory import measure_peak_memory
@@ -19,8 +20,7 @@ from .timing import time_callable
 
 
 def _check_resolution(resolution: Any) -> int:
-    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0:
-        raise ValueError(f"invalid resolution={resolution!r}: a positive integer number of pixels")
+    require(is_int(resolution) and resolution > 0, "resolution", resolution, "a positive integer number of pixels")
     return resolution
 
 

@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from ..checks import is_int, require
 from ..models.projector import MLP2xGelu
 from .costs import ProjectorCost
 from .encoder import prepare_exported
@@ -13,8 +14,7 @@ from .timing import time_callable
 
 
 def _positive(field: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"invalid {field}={value!r}: a positive integer")
+    require(is_int(value) and value > 0, field, value, "a positive integer")
     return value
 
 

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from explorer.checks import OptionError, check_bool, check_choice, check_int, check_number, check_text, require
+from explorer.checks import (OptionError, check_bool, check_choice, check_int, check_number, check_text, is_number,
+                             require)
 from explorer.measure.settings import DEVICE_PATTERN, mps_available, resolve_device
 from .data import ProxyTaskConfig
 from .llava_data import IMAGE_MODES
@@ -203,7 +204,7 @@ def _check_recipe(config: TrainConfig) -> None:
     require(config.lr < 1, "lr", config.lr, "a number in (0, 1)")
     check_number("weight_decay", config.weight_decay, low=0)
     require(isinstance(config.betas, tuple) and len(config.betas) == 2
-            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in config.betas),
+            and all(is_number(b) and 0 <= b < 1 for b in config.betas),
             "betas", config.betas, "two numbers in [0, 1)")
     check_number("min_lr_ratio", config.min_lr_ratio, low=0, high=1)
     check_number("grad_clip", config.grad_clip, low=0)

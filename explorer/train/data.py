@@ -39,7 +39,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
-from explorer.checks import is_int, require
+from explorer.checks import is_int, is_number, require
 
 TASKS: tuple[str, ...] = ("box_code", "larger_number", "word_on_line", "table", "read_code")
 #: The default mix; ``read_code`` (one code among grey clutter) is the easiest, for short CPU runs.
@@ -103,7 +103,7 @@ class ProxyTaskConfig:
         if self.task_weights is not None:
             require(len(self.task_weights) == len(self.tasks) and all(w >= 0 for w in self.task_weights)
                    and sum(self.task_weights) > 0, "task_weights", self.task_weights, "one non-negative weight per task, not all zero")
-        ok = len(self.text_size) == 2 and all(isinstance(v, (int, float)) for v in self.text_size)
+        ok = len(self.text_size) == 2 and all(is_number(v) for v in self.text_size)
         require(ok and 0.005 <= self.text_size[0] <= self.text_size[1] <= 0.5, "text_size", self.text_size, "(min, max) glyph size as fractions of the canvas with 0.005 <= min <= max <= 0.5")
         require(is_int(self.code_length) and 1 <= self.code_length <= 6, "code_length", self.code_length, "an integer in [1, 6]")
         require(isinstance(self.code_chars, str) and len(self.code_chars) >= 2
