@@ -45,7 +45,7 @@ from explorer.data.tables import (HISTORY_COPIED, AccuracyRow, Base, Measurement
 T = TypeVar("T")
 
 __all__ = ["KINDS", "STATUSES", "SCHEMA_VERSION", "StoreError", "AccuracyRecord", "MeasurementRecord", "PointRecord",
-           "Store", "resolve_url", "utcnow"]
+           "Store", "as_store", "resolve_url", "sqlite_file", "utcnow"]
 
 KINDS = ("encoder", "projector", "prefill")
 STATUSES = ("ok", "failed", "timeout", "oom", "killed")
@@ -148,6 +148,18 @@ def resolve_url(target: Union[str, Path]) -> str:
     if path.suffix not in (".db", ".sqlite", ".sqlite3"):
         path = path / "store.db"
     return f"sqlite:///{path}"
+
+
+def sqlite_file(url: str) -> Optional[Path]:
+    """The database file a ``sqlite:///PATH`` URL names (None for a server's URL)."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix):]) if url.startswith(prefix) else None
+
+
+def as_store(source: Union["Store", str, Path], *, create: bool) -> "Store":
+    """``source`` itself when it is a :class:`Store`, else the store it names (opened with
+    ``create``: False for readers, which refuse what is not a results database)."""
+    return source if isinstance(source, Store) else Store(source, create=create)
 
 
 #: SQLSTATEs of failures a retry of the whole transaction fixes (serialization failure, deadlock).
