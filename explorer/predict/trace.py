@@ -39,6 +39,7 @@ from torch.utils._pytree import tree_flatten
 
 from explorer.checks import is_int, require
 from explorer.data.atomic import atomic_path
+from explorer.data.space import canonical_json
 from explorer.measure.flops import matmul_macs, mha_macs, sdpa_macs
 from explorer.predict.opclass import OP_CLASSES, classify, is_attention, op_name
 
@@ -407,8 +408,8 @@ def trace_encoder(family: str, knobs: Optional[Mapping[str, Any]], resolution: i
                   batch: int = 1, reparameterize: bool = True) -> OpTrace:
     """Operators of one encoder forward at ``resolution`` (cached per configuration)."""
     require(is_int(resolution) and resolution > 0, "resolution", resolution, "a positive integer (pixels)")
-    return _encoder_trace(family, json.dumps(dict(knobs or {}), sort_keys=True), int(resolution), dtype,
-                          int(batch), bool(reparameterize))
+    return _encoder_trace(family, canonical_json(dict(knobs or {})), int(resolution), dtype, int(batch),
+                          bool(reparameterize))
 
 
 @functools.lru_cache(maxsize=1024)
