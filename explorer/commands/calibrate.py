@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from omegaconf import DictConfig
 
@@ -33,13 +33,15 @@ class CalibrateAppConfig:
 
 
 def _store_url(text: str) -> tuple[str, Optional[Path]]:
+    from explorer.data.store import resolve_url, sqlite_file
+
     if "://" in text:
         return text, None
-    path = Path(text).expanduser()
-    db = path if path.suffix in (".db", ".sqlite", ".sqlite3") else path / "store.db"
+    url = resolve_url(text)  # a .db file, or a results folder's store.db
+    db = cast(Path, sqlite_file(url))  # resolve_url makes a sqlite:/// URL of every path
     if not db.is_file():
         raise ValueError(f"invalid store={text!r}: no results database at {db} (run `explorer sweep` first)")
-    return f"sqlite:///{db}", db.parent
+    return url, db.parent
 
 
 def run_from_config(cfg: DictConfig) -> int:

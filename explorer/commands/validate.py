@@ -33,7 +33,7 @@ class ValidateAppConfig:
     tolerance: float = 0.10
     out: Optional[str] = None  # also write the markdown table to this file
     device: Optional[str] = None
-    measure: Any = field(default_factory=MeasureOverrides)
+    measure: MeasureOverrides = field(default_factory=MeasureOverrides)  # type: ignore[valid-type]
 
 
 def render(checks: list[Any], settings: Any, env: Any) -> str:
