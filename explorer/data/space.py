@@ -448,7 +448,8 @@ def _check_models(chk: Problems, space: Space, shape_fn: Optional[ShapeFn]) -> N
                 shape(entry.family, combo, entry.resolutions[0] if entry.resolutions else 256)
                 ok_combo = combo
             except (ValueError, TypeError) as err:
-                culprit = err.field if isinstance(err, OptionError) and err.field in combo else _culprit(str(err), combo)
+                named = err.field if isinstance(err, OptionError) else None
+                culprit = named if named in combo else _culprit(str(err), combo)
                 if culprit is not None:
                     values = dict(entry.knobs)[culprit]
                     idx = values.index(freeze(combo[culprit])) if freeze(combo[culprit]) in values else 0

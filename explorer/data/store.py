@@ -417,7 +417,8 @@ class Store:
     def get_measurement(self, kind: str, key: str, env_key: str) -> Optional[MeasurementRecord]:
         with self.session() as s:
             row = s.scalars(select(MeasurementRow).where(
-                MeasurementRow.kind == kind, MeasurementRow.key == key, MeasurementRow.env_key == env_key)).one_or_none()
+                MeasurementRow.kind == kind, MeasurementRow.key == key,
+                MeasurementRow.env_key == env_key)).one_or_none()
             return None if row is None else self._to_record(row)
 
     def measurement_status(self, env_key: str) -> dict[tuple[str, str], str]:

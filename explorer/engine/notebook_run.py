@@ -92,7 +92,8 @@ def notebook_setup(space: str, quick: bool, results_dir: Union[str, Path, None] 
     write = env_flag("EXPLORER_WRITE_FIGURES", False) if write_figures is None else bool(write_figures)
     pd.set_option("display.width", 200)
     pd.set_option("display.max_columns", 40)
-    print(f"QUICK={quick}; results database {paths.results_db} ({'present' if paths.results_db.is_file() else 'absent'}); "
+    present = "present" if paths.results_db.is_file() else "absent"
+    print(f"QUICK={quick}; results database {paths.results_db} ({present}); "
           f"figures {'written to ' + str(paths.figures_dir) if write else 'not written'}")
     return quick, paths, write
 

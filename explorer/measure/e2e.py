@@ -128,7 +128,8 @@ def validate_point(encoder: str, knobs: Optional[Mapping[str, Any]], resolution:
     if settings.effective_runtime != "eager":
         raise ValueError(f"invalid runtime={settings.effective_runtime!r}: validate assembles a torch VLM, "
                          "so only 'eager' is compared end to end")
-    require(is_number(tolerance) and 0 < tolerance < 1, "tolerance", tolerance, "a fraction in (0, 1), e.g. 0.1 for +-10%")
+    require(is_number(tolerance) and 0 < tolerance < 1, "tolerance", tolerance,
+            "a fraction in (0, 1), e.g. 0.1 for +-10%")
     spec = get_llm_spec(llm)
     check_int("text_tokens", text_tokens, low=0)
     model = vlm if vlm is not None else assemble_vlm(encoder, knobs, spec, settings)
