@@ -47,6 +47,9 @@ HAND_CHECKED = [
     ("internvl", "InternVL2-4B", "docvqa", "test", 0.8920),  # InternVL docs, evaluation.md, DocVQA 4B
     ("qwen2_vl", "Qwen2-VL-2B", "ocrbench", None, 794),  # QwenLM/Qwen2-VL README, image benchmarks
     ("paligemma", "PaliGemma pt-896", "docvqa", "test", 84.77),  # big_vision paligemma README
+    ("llava_onevision", "LLaVA-OneVision-Qwen2-0.5B-OV", "docvqa", None, 73.7),  # lmms-lab model card model-index
+    ("matryoshka_mm", "LLaVA-NeXT-7B-M3", "chartqa", None, 50.24),  # M3 project page table, 36 tokens per grid
+    ("tokenpacker", "TokenPacker-HD-7b-9patch-144token", "ocrbench", None, 452),  # TokenPacker README table image
     ("fastvlm_model_cards", "FastVLM-0.5B", "textvqa", None, 64.5),  # apple/FastVLM-0.5B model card
     ("fastvlm_readme_figure", "FastViTHD @256 + Qwen2-0.5B", "avg5", None, 48.4),  # ml-fastvlm README figure
 ]

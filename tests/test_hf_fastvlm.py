@@ -6,10 +6,15 @@ outputs compared to ours. timm needs torchvision, which does not load beside the
 of the main environment; ``.ci/run`` runs this file a second time in an environment that has them
 (torch 2.14.1 + torchvision 0.29.1 + timm) with ``EXPLORER_TEST_TIMM=1``, where a missing timm
 fails instead of skipping. The layout tests without timm run everywhere.
+
+The same step checks transformers' own FastVLM-0.5B (built on meta from published facts) equal in
+cost to ours (tower parameters tensor for tensor, visual tokens, encoder FLOPs against torch's
+FlopCounterMode, the projector's shapes) and the ``hf_vlm`` catalog entry ``fastvlm-0.5b``.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -291,3 +296,172 @@ def test_a_trained_run_exports_and_transformers_answers_as_we_do(tmp_path: Path)
         assert vlm.codec.decode(out[0, ids.shape[1]:].tolist()) == ours[index]["prediction"]
     spread = torch.stack(last_logits).std(0).max()
     assert spread > 1e-3, "the answer logits do not depend on the image: the comparison would be vacuous"
+
+
+# ------------------------------------------------------------------------------ transformers' own FastVLM-0.5B
+
+
+def _fastvlm_05b_config():
+    """transformers' FastVlmConfig of FastVLM-0.5B, written from published facts (random weights).
+
+    apple/FastVLM-0.5B's config.json (llava_qwen2): mm_vision_tower mobileclip_l_1024 (FastViTHD
+    at 1024 px), mm_hidden_size 3072, mm_projector_type mlp2x_gelu; the LM Qwen2-0.5B: hidden 896,
+    24 layers, 14 heads, 2 KV heads, intermediate 4864, vocab 151936, tied embeddings, rope_theta 1e6.
+    transformers' FastVlmConfig: vision_config timm_wrapper, architecture fastvit_mci3, model_args
+    {inference_mode: true}, hidden_size 3072; image_seq_length 256 = (1024 / 64)^2.
+    """
+    from transformers import FastVlmConfig, Qwen2Config, TimmWrapperConfig
+
+    vision = TimmWrapperConfig(architecture="fastvit_mci3", hidden_size=3072, do_pooling=False,
+                               model_args={"inference_mode": True}, num_labels=0)
+    text = Qwen2Config(hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2,
+                       intermediate_size=4864, vocab_size=151936, tie_word_embeddings=True, rope_theta=1e6,
+                       max_position_embeddings=32768, rms_norm_eps=1e-6)
+    return FastVlmConfig(vision_config=vision, text_config=text, image_token_index=151646, image_seq_length=256,
+                         projector_hidden_act="gelu", multimodal_projector_bias=True)
+
+
+def test_transformers_fastvlm_05b_equals_ours_in_cost() -> None:
+    """transformers' own FastVLM-0.5B (FastVlmForConditionalGeneration over timm's fastvit_mci3), built
+    on meta, against our ``fastvithd`` + ``mlp2x_gelu`` + ``qwen2-0.5b``: the vision tower alone (no
+    pooling head, no projector) has our folded encoder's parameters, tensor for tensor; 256 visual
+    tokens at 1024 px; encoder FLOPs within 1%; the projector's shapes; the LM's parameters."""
+    _timm()
+    import copy
+
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import FastVlmForConditionalGeneration
+
+    from explorer.measure.flops import count_flops_torch
+    from explorer.models.llm import get_llm_spec
+    from explorer.models.projector import MLP2xGelu
+    from explorer.models.registry import build_encoder_meta
+    from explorer.train.pretrained import fold_like_fastvlm
+
+    with torch.device("meta"):
+        hf = FastVlmForConditionalGeneration(_fastvlm_05b_config()).eval()
+    tower = hf.model.vision_tower
+    ours = build_encoder_meta("fastvithd").eval()
+
+    # parameters: the tower as transformers loads it (folded as every released FastViTHD is, the
+    # ConvFFN's conv + BN kept) is ours folded the same way, every tensor under its timm name
+    folded = fold_like_fastvlm(copy.deepcopy(ours))
+    names = timm_names(folded)
+    theirs_shapes = {k: tuple(v.shape) for k, v in tower.timm_model.state_dict().items()}
+    assert {names[k]: tuple(v.shape) for k, v in folded.state_dict().items()} == theirs_shapes
+    tower_params = sum(p.numel() for p in tower.parameters())
+    assert tower_params == sum(p.numel() for p in folded.parameters())
+    assert math.isclose(tower_params / 1e6, 122.714, abs_tol=1e-3)
+    assert ours.num_params() > tower_params  # our training form adds the unfolded branches
+
+    # visual tokens at 1024 px: transformers' image features are 256 tokens, as ours
+    x = torch.empty(1, 3, 1024, 1024, device="meta")
+    with torch.no_grad():
+        features = hf.model.get_image_features(pixel_values=x)
+        our_tokens = ours(x)
+    assert tuple(features.last_hidden_state.shape) == (1, 3072, 16, 16)
+    assert tuple(features.pooler_output.shape) == (1, 256, 896)
+    assert ours.num_tokens(1024) == 256 and tuple(our_tokens.shape) == (1, 256, 3072)
+
+    # FLOPs at 1024 px: our count of our encoder as the sweep measures it (reparameterized) against
+    # torch's FlopCounterMode on transformers' tower, both on meta
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        tower(pixel_values=x)
+    theirs_gflops = counter.get_total_flops() / 1e9
+    # on meta, SDPA runs its math path: the attention of stages 4 and 5 is counted by torch's own bmm formula
+    assert counter.get_flop_counts()["Global"][torch.ops.aten.bmm] / 1e9 > 10
+    ours_gflops = count_flops_torch(copy.deepcopy(ours).reparameterize(), x).gflops
+    assert theirs_gflops > 400
+    assert ours_gflops == pytest.approx(theirs_gflops, rel=0.01)
+
+    # the projector: FastVLM's linear_1 -> GELU -> linear_2 is our mlp2x_gelu 3072 -> 896 -> 896
+    proj = hf.model.multi_modal_projector
+    with torch.device("meta"):
+        mine = MLP2xGelu(3072, 896)
+    assert [tuple(t.shape) for t in (proj.linear_1.weight, proj.linear_1.bias, proj.linear_2.weight,
+                                     proj.linear_2.bias)] == \
+        [tuple(t.shape) for t in (mine.fc1.weight, mine.fc1.bias, mine.fc2.weight, mine.fc2.bias)]
+
+    # the LM is our catalog's qwen2-0.5b (embeddings tied: counted once)
+    assert sum(p.numel() for p in hf.model.language_model.parameters()) == get_llm_spec("qwen2-0.5b").num_params()
+
+
+def test_fvcore_count_of_ours_equals_flop_counter_on_transformers_tower() -> None:
+    """The counter the sweep stores by default (fvcore, real tensors: a small knob variant) against
+    torch's FlopCounterMode on transformers' TimmWrapperModel built with the same model_args."""
+    _timm()
+    from torch.utils.flop_counter import FlopCounterMode
+    from transformers import TimmWrapperConfig, TimmWrapperModel
+
+    from explorer.measure.flops import count_flops
+
+    torch.manual_seed(0)
+    ours = build_encoder("fastvithd", **KNOBS).eval()
+    tower = TimmWrapperModel(TimmWrapperConfig(architecture="fastvit_mci3", hidden_size=ours.out_channels,
+                                               do_pooling=False, model_args=timm_model_args(ours),
+                                               num_labels=0)).eval()
+    # timm's attention written out (q @ k^T, softmax, @ v): counted by torch's own bmm formula, where
+    # FlopCounterMode has none for the CPU SDPA kernel
+    explicit = [m for m in tower.modules() if hasattr(m, "fused_attn")]
+    assert explicit
+    for m in explicit:
+        m.fused_attn = False
+    x = torch.rand(1, 3, 256, 256)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        tower(pixel_values=x)
+    ours.reparameterize()
+    assert count_flops(ours, x).gflops == pytest.approx(counter.get_total_flops() / 1e9, rel=1e-6)
+
+
+def test_the_fastvlm_catalog_entry_runs_transformers_tower() -> None:
+    """``hf_vlm model=fastvlm-0.5b``: a design point naming transformers' FastVLM; its tower is
+    transformers' TimmWrapperModel, equal in cost to ``fastvithd``."""
+    _timm()
+    from explorer.data.space import encoder_shape, enumerate_points, load_space
+    from explorer.measure.flops import count_flops_torch
+    from explorer.models.registry import build_encoder_meta
+
+    enc = build_encoder_meta("hf_vlm", model="fastvlm-0.5b")
+    assert type(enc.tower).__name__ == "TimmWrapperModel" and enc.describe()["llm"] == "qwen2-0.5b"
+    ours = build_encoder_meta("fastvithd").reparameterize()
+    x = torch.empty(1, 3, 1024, 1024, device="meta")
+    assert enc.num_tokens(1024) == 256 and tuple(enc(x).shape) == (1, 256, 3072)
+    assert count_flops_torch(enc, x).gflops == pytest.approx(count_flops_torch(ours, x).gflops, rel=0.01)
+    # one view resized to 1024 whatever the source size (the processor's crop / pad); tiling=none keeps it
+    assert enc.num_tokens(768) == 256
+    assert build_encoder_meta("hf_vlm", model="fastvlm-0.5b", tiling="none").num_tokens(768) == 144
+    space = load_space({"encoders": {"hf_vlm": {"knobs": {"model": ["fastvlm-0.5b"]}, "resolutions": [1024]}},
+                        "llms": ["qwen2-0.5b"], "text_tokens": [32]})
+    (point,) = enumerate_points(space)
+    shape = encoder_shape(point.encoder, point.knob_dict(), point.resolution)
+    assert (shape.visual_tokens, shape.out_channels) == (256, 3072)
+
+
+def test_the_fastvlm_catalog_entry_without_timm_is_refused_by_name() -> None:
+    try:
+        import timm  # noqa: F401
+    except Exception:
+        pass
+    else:
+        pytest.skip("timm imports here: the refusal is for environments without it")
+    from explorer.models.registry import build_encoder_meta
+
+    with pytest.raises(ValueError, match=r"invalid model='fastvlm-0\.5b': its tower is timm's fastvit_mci3.*timm"):
+        build_encoder_meta("hf_vlm", model="fastvlm-0.5b")
+
+
+def test_an_exported_fastvlm_is_an_hf_vlm_model_with_our_features(tmp_path: Path, randomize) -> None:
+    """``hf_vlm model=<a save_fastvlm directory>``: transformers' tower from the written config.json,
+    the view size from its image_seq_length; with the exported weights its tokens are our encoder's."""
+    _timm()
+    vlm = _vlm(tmp_path, randomize)
+    save_fastvlm(vlm, tmp_path / "hf", SIZE)
+    enc = build_encoder("hf_vlm", model=str(tmp_path / "hf")).eval()
+    assert enc.spec.kind == "fast_vlm" and enc.spec.tile == SIZE and enc.out_channels == 256
+    assert enc.num_tokens(SIZE) == 4 and enc.num_tokens(3 * SIZE) == 4  # one view resized to SIZE
+    enc.tower.timm_model.load_state_dict(timm_state_dict(vlm.encoder), strict=True)
+    x = torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(enc(x), vlm.encoder.eval()(x), rtol=1e-4, atol=1e-5)

@@ -6,9 +6,19 @@ import datetime as _dt
 import statistics
 from typing import Optional
 
+from explorer.intervals import compare, remeasure_interval
 from explorer.measure.bench import BenchReport
 from explorer.measure.costs import Timing
 from explorer.measure.runtime_bench import RuntimeReport
+
+
+def ratio_cell(timing: Timing, base: Timing) -> str:
+    """``timing / base`` in bold when their re-measurement intervals (explorer.intervals, 90%)
+    separate, else plain and ``(tied)``: a ratio the intervals cannot order is not claimed."""
+    ratio = timing.median_ms / base.median_ms
+    if compare(remeasure_interval(timing), remeasure_interval(base)) == "tied":
+        return f"{ratio:.2f} (tied)"
+    return f"**{ratio:.2f}**"
 
 
 def _fmt_t(t: Optional[Timing]) -> str:
@@ -112,7 +122,7 @@ def render_runtime_markdown(report: RuntimeReport) -> str:
                 continue
             r = rows.get(rt)
             ok = r is not None and r.timing is not None and eager is not None and eager.timing is not None
-            ratios.append(f"**{r.timing.median_ms / eager.timing.median_ms:.2f}**" if ok else "-")  # type: ignore[union-attr]
+            ratios.append(ratio_cell(r.timing, eager.timing) if ok else "-")  # type: ignore[union-attr]
         checked = [r for r in rows.values() if r.timing is not None and r.runtime != "eager"]
         err = f"{max(r.rel_error for r in checked):.1e}" if checked else "-"
         exports = ", ".join(f"{r.runtime} {r.export_s:.0f}" for r in checked) or "-"
@@ -132,7 +142,7 @@ def render_runtime_markdown(report: RuntimeReport) -> str:
             base = got.get(labels[0], (None, ""))[0]
             cells = [_fmt_short(got[l][0]) if got.get(l, (None,))[0] else (got.get(l, (None, "-"))[1][:60] or "-")
                      for l in labels]
-            ratios = [f"**{got[l][0].median_ms / base.median_ms:.2f}**" if base and got.get(l, (None,))[0] else "-"
+            ratios = [ratio_cell(got[l][0], base) if base and got.get(l, (None,))[0] else "-"
                       for l in labels[1:]]
             lines.append(f"| {p} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
     return "\n".join(lines) + "\n"

@@ -128,8 +128,13 @@ def budget_answer(table: pd.DataFrame, budget: float, label: str) -> str:
     if pd.isna(r["row"]):
         cheapest = r["cheapest_ttft_ms"]
         return "none fits" + (f" (cheapest scored pair: {cheapest:.0f} ms)" if pd.notna(cheapest) else "")
-    return (f"{r['llm']} @ {int(r['resolution'])} px: {label} {r['accuracy']:.1f} "
+    text = (f"{r['llm']} @ {int(r['resolution'])} px: {label} {r['accuracy']:.1f} "
             f"[{r['accuracy_source']}], TTFT {r['ttft_ms']:.0f} ms")
+    if r.get("n_tied", 0):  # explorer.intervals: overlapping accuracy intervals order nothing
+        text += f", tied on {label} with {int(r['n_tied'])} other(s) under the budget"
+    if r.get("within_budget") == "possibly not":
+        text += ", its TTFT interval reaches past the budget"
+    return text
 
 
 def ratio_text(x: float) -> str:

@@ -506,7 +506,11 @@ def best_under_budget(
     Ties on ``maximise`` go to the cheaper row (lower ``budget_column``), then to the earlier
     row. One row per group (``row`` holds its label in ``df``), with ``n_under_budget`` (how
     many valid rows fit) and ``cheapest_<budget_column>`` (the cheapest valid row, useful when
-    nothing fits). A group where nothing fits gets a row whose other columns are empty, so no
+    nothing fits). Where the table has intervals (:data:`INTERVAL_COLUMNS`): ``n_tied`` / ``tied_with``
+    (the labels of the other fitting rows whose ``maximise`` interval overlaps the best one's: no
+    order between them is claimed) and ``within_budget`` (``"yes"`` when the best row's
+    ``budget_column`` interval lies under the budget, ``"possibly not"`` when it reaches past it,
+    ``"unknown"`` without interval columns). A group where nothing fits gets a row whose other columns are empty, so no
     group vanishes silently. Groups come from all rows, failed ones included.
     Failed rows and rows missing either value take no part.
     """
@@ -542,19 +546,52 @@ def best_under_budget(
         fits = part[part["__cost"] <= budget]
         if len(fits):
             order = ["__gain", "__cost", "__order"]
-            best = fits.sort_values(order, ascending=[False, True, True]).iloc[[0]]
-            best = best.drop(columns=order).rename_axis("row").reset_index()
+            ranked = fits.sort_values(order, ascending=[False, True, True])
+            tied = _tied_labels(df, ranked, maximise)
+            best = ranked.iloc[[0]].drop(columns=order).rename_axis("row").reset_index()
+            best["n_tied"], best["tied_with"] = len(tied), [tuple(tied)]
+            best["within_budget"] = _within_budget(df, ranked.index[0], budget_column, budget)
         else:
             best = pd.DataFrame({"row": [pd.NA], **{c: [v] for c, v in zip(groups, key)}})
+            best["n_tied"], best["tied_with"], best["within_budget"] = 0, [()], pd.NA
         best["n_under_budget"] = len(fits)
         best[f"cheapest_{budget_column}"] = float(part["__cost"].min()) if len(part) else math.nan
         best["budget"] = float(budget)
         out.append(best)
     result = pd.concat(out, ignore_index=True)
     first = list(groups) + [c for c in (maximise, budget_column) if c not in groups]
-    rest = [c for c in ["row", *df.columns, "n_under_budget", f"cheapest_{budget_column}", "budget"]
+    rest = [c for c in ["row", *df.columns, "n_under_budget", f"cheapest_{budget_column}", "budget", "n_tied",
+                        "tied_with", "within_budget"]
             if c not in first]
     return result.reindex(columns=list(dict.fromkeys(first + rest)))
+
+
+def _interval(df: pd.DataFrame, label: object, column: str) -> tuple[float, float] | None:
+    """``(low, high)`` of ``column`` at row ``label`` from its interval columns (None without them)."""
+    cols = INTERVAL_COLUMNS.get(column)
+    if cols is None or not all(c in df.columns for c in cols):
+        return None
+    low, high = (pd.to_numeric(pd.Series([df.at[label, c]]), errors="coerce").iloc[0] for c in cols)
+    value = pd.to_numeric(pd.Series([df.at[label, column]]), errors="coerce").iloc[0]
+    low, high = (value if pd.isna(low) else low), (value if pd.isna(high) else high)
+    return float(min(low, value)), float(max(high, value))
+
+
+def _tied_labels(df: pd.DataFrame, ranked: pd.DataFrame, column: str) -> list[object]:
+    """Labels of the rows of ``ranked`` (best first) whose ``column`` interval overlaps the first's."""
+    from explorer.intervals import compare
+
+    first = _interval(df, ranked.index[0], column)
+    if first is None:
+        return []
+    return [label for label in ranked.index[1:] if compare(first, _interval(df, label, column)) == "tied"]
+
+
+def _within_budget(df: pd.DataFrame, label: object, column: str, budget: float) -> str:
+    bounds = _interval(df, label, column)
+    if bounds is None:
+        return "unknown"
+    return "yes" if bounds[1] <= budget else "possibly not"
 
 
 def _same_key(a: tuple, b: tuple) -> bool:

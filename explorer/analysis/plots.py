@@ -176,6 +176,10 @@ def hover_text(df: pd.DataFrame) -> pd.Series:
             ttft += marks(r.get("noisy"), r.get("contended")) if ttft else ""
             lines.append(f"TTFT {ttft} ms = " + " + ".join(f"{n} {v}" for n, v in parts if v))
         lines.append(_flags_line(r))
+        t_low, t_high, level = _fmt(r.get("ttft_low_ms")), _fmt(r.get("ttft_high_ms")), r.get("latency_level")
+        if t_low and t_high:  # explorer.intervals: where a re-measurement in another run would land
+            at = f"{100 * float(level):g}% " if isinstance(level, (int, float)) and level == level else ""
+            lines.append(f"TTFT {at}re-measurement interval {t_low}–{t_high} ms")
         spread = (_fmt(r.get("encoder_latency_p10_ms")), _fmt(r.get("encoder_latency_p90_ms")))
         if all(spread):
             lines.append(f"encoder p10–p90 {spread[0]}–{spread[1]} ms, cv {_fmt(r.get('encoder_latency_cv'), 2)}")

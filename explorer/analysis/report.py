@@ -50,7 +50,8 @@ STATIC_EXPORT_HELP = (
 #: Columns the frontier table shows when present (objectives are always shown).
 FRONTIER_COLUMNS: tuple[str, ...] = (
     "encoder", "knobs", "resolution", "llm", "text_tokens", "visual_tokens", "encoder_params_m",
-    "encoder_latency_ms", "projector_latency_ms", "prefill_latency_ms", "ttft_ms", "ttft_gflops",
+    "encoder_latency_ms", "projector_latency_ms", "prefill_latency_ms", "ttft_ms", "ttft_low_ms", "ttft_high_ms",
+    "ttft_gflops",
     "accuracy", "accuracy_low", "accuracy_high", "accuracy_source", "accuracy_extrapolated", "membership",
     "noisy", "contended", "n_identical", "point_key",
 )
@@ -152,13 +153,15 @@ def _frontier_section(result: FrontierResult, df: pd.DataFrame) -> str:
         hv = hypervolume(front, result.objectives, reference) if reference else float("nan")
         rows.append({"frontier": label, "points": len(front), "hypervolume": hv})
     parts.append(_table(pd.DataFrame(rows), "hypervolume-table"))
+    overall = None
     if len(objective_columns) >= 2 and result.n_valid:
         judged = df.loc[result.on_front.index.difference(result.excluded.index, sort=False)]
         overall = frontier_membership(judged, result.objectives)
         counts = overall.value_counts()
         parts.append(
             "<p>Given the intervals (accuracy: the 80% interval of each value; a published or trained "
-            f"value is exact), <b>{int(counts.get('certain', 0))}</b> row(s) are certainly on the overall "
+            f"value is exact; TTFT: {_latency_interval_text(judged)}), "
+            f"<b>{int(counts.get('certain', 0))}</b> row(s) are certainly on the overall "
             f"frontier, <b>{int(counts.get('possible', 0))}</b> possibly (an interval overlaps a rival's, "
             f"so the order is not settled) and {int(counts.get('dominated', 0))} certainly off it "
             "(<code>membership</code>; per group in the group table).</p>")
@@ -166,6 +169,14 @@ def _frontier_section(result: FrontierResult, df: pd.DataFrame) -> str:
     table = result.front.reindex(columns=[c for c in shown if c in result.front.columns])
     parts.append(_table(table, "frontier-table", f"Overall frontier ({len(table)} rows), best "
                         f"{result.objectives[0]} first."))
+    if overall is not None:
+        maybe = overall.index[overall.eq("possible").fillna(False).astype(bool)].difference(result.front.index)
+        if len(maybe):
+            extra = df.loc[maybe].assign(membership="possible")
+            parts.append(_table(extra.reindex(columns=[c for c in shown if c in extra.columns]),
+                                "possible-frontier-table",
+                                f"{len(maybe)} row(s) off the frontier of the point values but possibly on it "
+                                "given the intervals (a rival's interval overlaps theirs)."))
     if not result.group_fronts.empty:
         columns = ["group"] + [c for c in shown if c in result.group_fronts.columns]
         grouped = result.group_fronts.reindex(columns=columns)
@@ -174,14 +185,27 @@ def _frontier_section(result: FrontierResult, df: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def _latency_interval_text(df: pd.DataFrame) -> str:
+    """What the TTFT intervals are, from the table's ``latency_level`` / ``latency_drift``."""
+    if not {"ttft_low_ms", "ttft_high_ms"} <= set(df.columns) or df["ttft_low_ms"].isna().all():
+        return "no interval, exact"
+    level = pd.to_numeric(df.get("latency_level"), errors="coerce").dropna() if "latency_level" in df.columns \
+        else pd.Series(dtype=float)
+    drift = df["latency_drift"].dropna().unique() if "latency_drift" in df.columns else []
+    text = (f"the {100 * float(level.iloc[0]):g}% interval" if len(level) else "the interval") + \
+        " a re-measurement in another run would fall in"
+    return text + (f", drift allowance {html.escape('; '.join(map(str, drift)))}" if len(drift) else "")
+
+
 def _budget_section(df: pd.DataFrame, budgets: Sequence[float], group_by: str | Sequence[str] | None) -> str:
     if not budgets or "ttft_ms" not in df.columns or "accuracy" not in df.columns:
         return ""
     tables = []
     for budget in budgets:
         best = best_under_budget(df, "ttft_ms", float(budget), "accuracy", group_by)
-        keep = [c for c in ("llm", "encoder", "knobs", "resolution", "accuracy", "ttft_ms", "n_under_budget",
-                            "cheapest_ttft_ms", "point_key") if c in best.columns]
+        keep = [c for c in ("llm", "encoder", "knobs", "resolution", "accuracy", "ttft_ms", "ttft_low_ms",
+                            "ttft_high_ms", "within_budget", "n_tied", "tied_with", "n_under_budget", "cheapest_ttft_ms", "point_key")
+                if c in best.columns]
         tables.append(_table(best[keep], f"budget-{budget:g}", f"Best accuracy with TTFT <= {budget:g} ms"))
     return "<h2>Best under a TTFT budget</h2>\n" + "\n".join(tables)
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar, Optional
 
 from explorer.analysis.bench_report import render_markdown, render_runtime_markdown
-from explorer.checks import check_bool, check_choice, check_int, check_output_file
+from explorer.checks import check_bool, check_choice, check_int, check_number, check_output_file
 from explorer.commands.common import error
 from explorer.conf.schema import hydra_node, options_of, hydra_command
 from explorer.data.atomic import atomic_path
@@ -37,7 +37,10 @@ class BenchOptions:
     order) swept quiet, beside ``neighbours`` busy loops, and quiet again; ``threads`` fixes the
     thread count of every arm (null: the sweep's policy, the cores left free); ``window``: the
     timings' window in every arm (``own`` | ``group``; null: the space's, else ``own``; see
-    ``measure.window``).
+    ``measure.window``). ``coverage``: instead, the coverage benchmark (explorer.engine.coverage):
+    ``space`` swept ``runs`` times quiet and, with ``neighbours`` > 0, as many times beside that many
+    busy loops (alternating, ``gap_s`` seconds apart); per level, the share of later medians inside
+    the first run's re-measurement interval, with the intervals' median width and load averages.
     """
 
     SECTION: ClassVar[str] = "bench"
@@ -54,10 +57,16 @@ class BenchOptions:
     neighbours: int = 1
     space: str = "stability"
     window: Optional[str] = None
+    coverage: bool = False
+    runs: int = 3
+    gap_s: float = 0.0
 
     def __post_init__(self) -> None:
         check_bool("quick", self.quick)
         check_bool("stability", self.stability)
+        check_bool("coverage", self.coverage)
+        check_int("runs", self.runs, low=2, high=100)
+        check_number("gap_s", self.gap_s, low=0.0, high=3600.0)
         check_int("neighbours", self.neighbours, low=0, high=256)
         check_int("threads", self.threads, low=1, optional=True, none_means="torch's default")
         if self.window is not None:
@@ -107,6 +116,37 @@ def _run_stability(args: BenchOptions) -> int:
     return 0
 
 
+def _run_coverage(args: BenchOptions) -> int:
+    from explorer.data.space import SpaceError
+    from explorer.engine.coverage import CoverageOptions, run_coverage
+    from explorer.engine.stability import ENCODERS_ONLY
+    from explorer.engine.sweep.plan import default_settings, resolve_space
+
+    try:
+        space = resolve_space(args.space, ENCODERS_ONLY)
+        settings = default_settings(space, threads=args.threads, device=args.device)
+        if args.window is not None:
+            settings = settings.replace(window=args.window)
+        options = CoverageOptions(runs=args.runs, neighbours=args.neighbours, gap_s=args.gap_s)
+    except (ValueError, SpaceError) as err:
+        error(str(err))
+        return 2
+    command = "python -m explorer bench coverage=true" + "".join(
+        f" {k}={v}" for k, v in (("runs", args.runs), ("neighbours", args.neighbours), ("threads", args.threads),
+                                 ("gap_s", args.gap_s), ("space", args.space), ("window", args.window))
+        if v is not None and not (k == "space" and v == "stability") and not (k == "gap_s" and not v))
+
+    def progress(run: Any) -> None:
+        bench_log(f"{run.condition}-{run.index}: {run.threads} thread(s), {len(run.timings)} values, "
+             f"load {run.load_before} -> {run.load_after}, {run.elapsed_s:.0f} s")
+
+    report = run_coverage(space, settings, options, command=command, on_run=progress)
+    text = "## Coverage of the re-measurement intervals\n\n" + report.markdown()
+    print(text, end="")
+    _write(args.out, text)
+    return 0
+
+
 def run_from_config(cfg: Any) -> int:
     try:
         args = options_of(BenchOptions, cfg)
@@ -115,6 +155,8 @@ def run_from_config(cfg: Any) -> int:
     except ValueError as err:
         error(str(err))
         return 2
+    if args.coverage:
+        return _run_coverage(args)
     if args.stability:
         return _run_stability(args)
     try:

@@ -45,8 +45,9 @@ def render(checks: list[Any], settings: Any, env: Any) -> str:
                                                if settings.preprocess != "none" else ""),
         "",
         "| encoder | px | LLM | tokens (vis+text) | preprocess ms | encoder ms | projector ms | prefill ms | "
-        "factorised ms | end-to-end ms | factorised / e2e (median [p10-p90] of paired rounds) | within |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "factorised ms | end-to-end ms | factorised / e2e (median [p10-p90] of paired rounds) | within | "
+        "ratio's 95% CI | verdict |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in checks:
         ms = {k: t.median_ms for k, t in c.parts.items()}
@@ -56,8 +57,16 @@ def render(checks: list[Any], settings: Any, env: Any) -> str:
             f"{ms['encoder']:.1f} | {ms['projector']:.2f} | {ms['prefill']:.1f} | {c.factorised.median_ms:.1f} | "
             f"{c.end_to_end.median_ms:.1f} [{c.end_to_end.p10_ms:.1f}-{c.end_to_end.p90_ms:.1f}] | "
             f"**{c.ratio:.3f}** [{c.ratio_p10:.3f}-{c.ratio_p90:.3f}], {c.rounds} rounds | "
-            f"{'yes' if c.ok else 'NO'} (+-{c.tolerance:.0%}) |")
+            f"{'yes' if c.ok else 'NO'} (+-{c.tolerance:.0%}) | [{c.ratio_ci_low:.3f}-{c.ratio_ci_high:.3f}] | "
+            f"{_verdict_text(c)} |")
     return "\n".join(lines) + "\n"
+
+
+def _verdict_text(check: Any) -> str:
+    """What the ratio's CI supports: within / outside the tolerance or not settled, and whether the
+    factorised sum differs from the end-to-end time at all (``not significant`` when its CI holds 1)."""
+    differs = {"faster": "factorised lower", "slower": "factorised higher", "tied": "difference not significant"}
+    return f"{check.verdict} (+-{check.tolerance:.0%}); {differs[check.difference]}"
 
 
 def run_from_config(cfg: DictConfig) -> int:
@@ -108,7 +117,8 @@ def run_from_config(cfg: DictConfig) -> int:
         check = validate_point(cfg.encoder, knobs, int(r), spec, int(cfg.text_tokens), settings,
                                tolerance=float(tol), vlm=vlm)
         print(f"  {r} px: factorised {check.factorised.median_ms:.1f} ms, end-to-end {check.end_to_end.median_ms:.1f} ms, "
-              f"ratio {check.ratio:.3f}", flush=True)
+              f"ratio {check.ratio:.3f} [{check.ratio_ci_low:.3f}-{check.ratio_ci_high:.3f}]: {_verdict_text(check)}",
+              flush=True)
         checks.append(check)
     text = render(checks, settings, env)
     print(text, end="")

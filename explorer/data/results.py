@@ -15,12 +15,15 @@ import pandas as pd
 
 from explorer.checks import check_bool
 from explorer.data.confidence import TimingFlags, any_true, legend, marks, remeasure_command, timing_flags
+from explorer.data.drift import INTERVAL_COLUMNS as LATENCY_INTERVAL_COLUMNS, history_drift, row_intervals, ties
 from explorer.data.space import canonical_json
 from explorer.data.atomic import atomic_path
 from explorer.data.store import AccuracyRecord, MeasurementRecord, PointRecord, Store
+from explorer.intervals import DEFAULT_DRIFT, LEVEL, Drift
 
-__all__ = ["COLUMNS", "EXTRA_COLUMNS", "CONFIDENCE_COLUMNS", "load", "frame_from_store", "fastest_per_resolution",
-           "summary_table", "flag_counts", "flag_line", "export"]
+__all__ = ["COLUMNS", "EXTRA_COLUMNS", "CONFIDENCE_COLUMNS", "LATENCY_INTERVAL_COLUMNS", "pruning_text", "load",
+           "frame_from_store", "fastest_per_resolution", "summary_table", "tie_lines", "point_label", "flag_counts",
+           "flag_line", "export"]
 
 #: The documented columns, in order (docs/architecture.md "Results table columns").
 COLUMNS: tuple[str, ...] = (
@@ -44,9 +47,12 @@ CONFIDENCE_COLUMNS: tuple[str, ...] = (
 #: Appended after COLUMNS: the space the point came from, the environment key of its values, the
 #: runtime that ran encoder and projector, the one that ran the prefill (``transformers`` or
 #: ``llamacpp/<quant>``), the LM-head convention of the prefill, whether ``ttft_ms`` counts
-#: ``preprocess_ms``, then :data:`CONFIDENCE_COLUMNS`.
+#: ``preprocess_ms``, then :data:`CONFIDENCE_COLUMNS`, then :data:`LATENCY_INTERVAL_COLUMNS` (each
+#: latency's re-measurement interval at ``latency_level``: explorer.data.drift), then ``pruning``:
+#: the point's in-LLM pruning as canonical JSON (``{"after_layer":2,"ratio":0.5}``), None for a
+#: point without.
 EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key", "runtime", "llm_runtime", "lm_head", "ttft_includes_preprocess",
-                                  *CONFIDENCE_COLUMNS)
+                                  *CONFIDENCE_COLUMNS, *LATENCY_INTERVAL_COLUMNS, "pruning")
 _BOOL_COLUMNS = tuple(c for c in CONFIDENCE_COLUMNS if c.endswith(("_noisy", "_contended")) or c in ("noisy", "contended"))
 
 _FAIL_ORDER = ("oom", "killed", "timeout", "failed")
@@ -102,7 +108,7 @@ def _open(source: Union[str, Path, Store]) -> tuple[Store, bool]:
 def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: str = "latest",
          accuracy_metric: Optional[str] = "avg5", accuracy_csv: Optional[Union[str, Path]] = None,
          ttft_includes_preprocess: bool = True, predict_accuracy: bool = True,
-         accuracy_recipe: Optional[str] = "auto") -> pd.DataFrame:
+         accuracy_recipe: Optional[str] = "auto", latency_level: float = LEVEL) -> pd.DataFrame:
     """The results table of a results folder, a ``.db`` path, a SQLAlchemy URL or a Store.
 
     ``space`` keeps one space's points (default: all points, each once). ``env`` picks the
@@ -121,12 +127,17 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
     (``preprocess_ms``; the deployed definition, default) or leaves it out (``False``: the
     FastVLM paper's definition, encoder input tensor to first token). Rows whose preprocessing
     was not measured never count it; ``ttft_includes_preprocess`` says per row what was summed.
+
+    Latency intervals: every timed factor and TTFT carry the interval a re-measurement in another
+    run on the same machine would fall in, at ``latency_level`` (``*_low_ms`` / ``*_high_ms``;
+    docs/measurement.md, "Re-measurement intervals"), with the drift allowance calibrated from the
+    store's re-measurements when it holds enough (``latency_drift`` says which).
     """
     check_bool("ttft_includes_preprocess", ttft_includes_preprocess)
     store, owned = _open(source)
     try:
         df = frame_from_store(store, space=space, env=env, ttft_includes_preprocess=ttft_includes_preprocess,
-                              strict=True)
+                              strict=True, latency_level=latency_level)
     finally:
         if owned:
             store.close()
@@ -141,6 +152,11 @@ def load(source: Union[str, Path, Store], *, space: Optional[str] = None, env: s
     from explorer.accuracy import fill_accuracy  # the accuracy layer sits on data; imported on use
 
     return fill_accuracy(df, metric=accuracy_metric, recipe=accuracy_recipe)[list(df.columns)]
+
+
+def pruning_text(pruning: Any) -> Optional[str]:
+    """The ``pruning`` column: canonical JSON of a Pruning's ``{after_layer, ratio}``, None without."""
+    return None if pruning is None else canonical_json(pruning.to_dict())
 
 
 def _accuracy_for(point: PointRecord, by_key: dict[str, AccuracyRecord],
@@ -163,7 +179,8 @@ def _accuracy_for(point: PointRecord, by_key: dict[str, AccuracyRecord],
 
 
 def frame_from_store(store: Store, *, space: Optional[str] = None, env: str = "latest",
-                     ttft_includes_preprocess: bool = True, strict: bool = False) -> pd.DataFrame:
+                     ttft_includes_preprocess: bool = True, strict: bool = False,
+                     latency_level: float = LEVEL) -> pd.DataFrame:
     """:func:`load` on an open store (``strict``: an unknown ``space`` or ``env`` is an error, as in
     :func:`load`, instead of an empty or all-pending table)."""
     if strict and space is not None and space not in store.spaces():
@@ -209,6 +226,7 @@ def frame_from_store(store: Store, *, space: Optional[str] = None, env: str = "l
     acc_by_key = {a.point_key: a for a in accuracy if a.point_key is not None}  # latest wins
     acc_fields = [a for a in accuracy if a.point_key is None]
 
+    drifts = history_drift(store)
     rows = []
     for rec in records:
         acc = _accuracy_for(rec, acc_by_key, acc_fields)
@@ -217,14 +235,15 @@ def frame_from_store(store: Store, *, space: Optional[str] = None, env: str = "l
         if env != "all" or not row_envs:
             row_envs = row_envs or (envs[:1] if envs else [None])
         for e in row_envs:
-            rows.append(_row(rec, e, env_info.get(e) if e else None, meas, acc, ttft_includes_preprocess))
+            rows.append(_row(rec, e, env_info.get(e) if e else None, meas, acc, ttft_includes_preprocess,
+                             drifts.get(e, DEFAULT_DRIFT) if e else DEFAULT_DRIFT, latency_level))
     frame = pd.DataFrame(rows, columns=list(COLUMNS + EXTRA_COLUMNS))
     return _types(frame)
 
 
 def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping[str, Any]],
          meas: Mapping[tuple[str, str, str], MeasurementRecord], acc: Optional[AccuracyRecord],
-         include_preprocess: bool = True) -> dict[str, Any]:
+         include_preprocess: bool = True, drift: Drift = DEFAULT_DRIFT, level: float = LEVEL) -> dict[str, Any]:
     p = rec.point
     parts = {kind: meas.get((kind, key, env_key)) if env_key else None for kind, key in (
         ("encoder", rec.encoder_key), ("projector", rec.projector_key), ("prefill", rec.prefill_key))}
@@ -307,6 +326,8 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         "lm_head": (pre or {}).get("lm_head", "last") if pre is not None else None,
         "ttft_includes_preprocess": with_prep,
         **confidence,
+        **row_intervals(ok, with_prep, drift, level),
+        "pruning": pruning_text(p.pruning),
     }
 
 
@@ -320,7 +341,8 @@ def _types(frame: pd.DataFrame) -> pd.DataFrame:
     frame["measured_at"] = pd.to_datetime(frame["measured_at"])
     for c in _BOOL_COLUMNS:
         frame[c] = frame[c].astype("boolean")
-    for c in ("encoder_other_cores", "projector_other_cores", "prefill_other_cores"):
+    for c in ("encoder_other_cores", "projector_other_cores", "prefill_other_cores",
+              *(c for c in LATENCY_INTERVAL_COLUMNS if c != "latency_drift")):
         frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
     return frame
 
@@ -334,20 +356,59 @@ _MARKED_BY = {"preprocess_ms": "preprocess", "encoder_latency_ms": "encoder", "p
               "prefill_latency_ms": "prefill"}
 
 
+#: What :func:`fastest_per_resolution` adds: the TTFT interval of the fastest point, how many other
+#: points of its LLM and resolution it cannot be told apart from (their TTFT intervals overlap) and
+#: which (``point_label``, fastest first, ``"; "``-separated).
+_TIE_COLUMNS = ("ttft_low_ms", "ttft_high_ms", "n_tied", "tied_with")
+
+
+def point_label(row: Mapping[str, Any]) -> str:
+    """``fastvithd width_mult=0.75`` (the encoder and its knobs; the encoder alone without knobs)."""
+    import json
+
+    try:
+        knobs = json.loads(row.get("knobs") or "{}")
+    except (TypeError, ValueError):
+        knobs = {}
+    text = " ".join(f"{k}={v}" for k, v in sorted(knobs.items())) if isinstance(knobs, dict) else str(knobs)
+    return f"{row.get('encoder')} {text}".strip()
+
+
 def _fastest_rows(frame: pd.DataFrame) -> pd.DataFrame:
     ok = frame[(frame["status"] == "ok") & frame["ttft_ms"].notna()]
     if ok.empty:
         return ok
     idx = ok.groupby(["llm", "resolution"])["ttft_ms"].idxmin()
-    return ok.loc[idx].sort_values(["llm", "resolution"]).reset_index(drop=True)
+    best = ok.loc[idx].sort_values(["llm", "resolution"]).reset_index(drop=True)
+    if not all(c in ok.columns for c in ("ttft_low_ms", "ttft_high_ms")):  # a table from before the intervals
+        return best.assign(n_tied=0, tied_with="")
+    n_tied, tied_with = [], []
+    for row in best.to_dict("records"):
+        group = ok[(ok["llm"] == row["llm"]) & (ok["resolution"] == row["resolution"])].to_dict("records")
+        found = ties(group, row)
+        n_tied.append(len(found))
+        tied_with.append("; ".join(point_label(r) for r in found))
+    return best.assign(n_tied=n_tied, tied_with=tied_with)
+
+
+def _summary_columns(frame: pd.DataFrame) -> list[str]:
+    """The summary's columns, with ``pruning`` after ``knobs`` when some row of ``frame`` is pruned."""
+    cols = list(_SUMMARY_COLUMNS)
+    if "pruning" in frame.columns and frame["pruning"].notna().any():
+        cols.insert(cols.index("knobs") + 1, "pruning")
+    return cols
 
 
 def fastest_per_resolution(frame: pd.DataFrame) -> pd.DataFrame:
-    """Per LLM and resolution, the complete point with the lowest TTFT (the sweep's summary)."""
+    """Per LLM and resolution, the complete point with the lowest TTFT (the sweep's summary), its
+    TTFT interval, and the points it cannot be told apart from: ``n_tied`` of them, named in
+    ``tied_with``, whose TTFT intervals overlap its own (then it is not "the fastest", only one
+    of the tied fastest)."""
     best = _fastest_rows(frame)
     if best.empty:
-        return pd.DataFrame(columns=list(_SUMMARY_COLUMNS))
-    return best[list(_SUMMARY_COLUMNS)].round(_SUMMARY_DIGITS)
+        return pd.DataFrame(columns=list(_SUMMARY_COLUMNS + _TIE_COLUMNS))
+    shown = best.reindex(columns=_summary_columns(best) + list(_TIE_COLUMNS))
+    return shown.round({**_SUMMARY_DIGITS, "ttft_low_ms": 1, "ttft_high_ms": 1})
 
 
 def _part_flags(row: Mapping[str, Any], part: str) -> tuple[bool, bool]:
@@ -358,11 +419,17 @@ def summary_table(frame: pd.DataFrame, space: Optional[str] = None) -> tuple[str
     """:func:`fastest_per_resolution` as text, each latency followed by its marks (``~``: its CI
     missed the target, ``!``: taken under contention; TTFT takes the marks of the parts it sums),
     and the one-line legend for the marks present (``None`` when no value is marked; ``space``
-    names the space in its re-measure command). ``("", None)`` when no point is complete."""
+    names the space in its re-measure command). The ``fastest`` column says ``yes`` where the
+    point's TTFT interval lies below every other point's of its LLM and resolution, ``tied (k)``
+    where k points (itself included) cannot be told apart; :func:`tie_lines` names them with their
+    intervals, so no order is claimed that the intervals cannot support. ``("", None)`` when no
+    point is complete."""
     best = _fastest_rows(frame)
     if best.empty:
         return "", None
-    shown = best[list(_SUMMARY_COLUMNS)].copy().astype(object)
+    shown = best[_summary_columns(best)].copy().astype(object)
+    shown.insert(shown.columns.get_loc("knobs") + 1, "fastest",
+                 ["yes" if n == 0 else f"tied ({n + 1})" for n in best["n_tied"]])
     seen = [False, False]
     records = best.to_dict("records")
     for column in _SUMMARY_DIGITS:
@@ -384,6 +451,25 @@ def summary_table(frame: pd.DataFrame, space: Optional[str] = None) -> tuple[str
         width = max(len(m) for _, m in texts)  # marks padded so the numbers of a column stay aligned
         shown[column] = [number + m.ljust(width) for number, m in texts]
     return shown.to_string(index=False), legend(seen[0], seen[1], space)
+
+
+def tie_lines(frame: pd.DataFrame, best: Optional[pd.DataFrame] = None) -> Optional[str]:
+    """One line per LLM and resolution whose fastest point is tied: ``"tied at 512 px (qwen2-0.5b),
+    TTFT 90% intervals overlap: A 812.0 [700.1-950.2], B 845.3 [...]"``; ``None`` when none is."""
+    best = _fastest_rows(frame) if best is None else best
+    lines = []
+    for row in best.to_dict("records"):
+        if not row.get("n_tied"):
+            continue
+        group = frame[(frame["status"] == "ok") & frame["ttft_ms"].notna() & (frame["llm"] == row["llm"])
+                      & (frame["resolution"] == row["resolution"])].to_dict("records")
+        tied = [row] + ties(group, row)
+        level = row.get("latency_level")
+        at = f"{100 * float(level):g}% " if level is not None and level == level else ""
+        lines.append(f"tied at {row['resolution']} px ({row['llm']}): TTFT {at}intervals overlap, no order claimed: "
+                     + ", ".join(f"{point_label(r)} {float(r['ttft_ms']):.1f} [{float(r['ttft_low_ms']):.1f}-"
+                                 f"{float(r['ttft_high_ms']):.1f}]" for r in tied) + " ms")
+    return "\n".join(lines) or None
 
 
 def flag_counts(frame: pd.DataFrame) -> dict[str, int]:

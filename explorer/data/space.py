@@ -21,6 +21,9 @@ Schema (see ``search_spaces/*.yaml`` for worked examples)::
     constraints: {max_visual_tokens: 256, max_params_m: 200}
     exclude:                      # partial points; a point matching every given key is dropped
       - {encoder: fastvithd, width_mult: 0.5, resolution: 256}
+    pruning:                      # optional axis: visual tokens dropped inside the LLM (FastV-style);
+      - null                      #   null = no pruning (the default when the key is absent)
+      - {after_layer: 2, ratio: 0.5}
     measure: {max_time_s: 2.0}    # optional MeasureSettings defaults for this space
 
 ``encoders`` may also be a list of entries, each with ``family`` (or ``name``), ``knobs`` and
@@ -36,9 +39,12 @@ import math
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
 from explorer.checks import OptionError, Problems, is_int, is_number
+
+if TYPE_CHECKING:  # the measurement layer imports torch; a Pruning is built on first use
+    from explorer.measure.pruned_prefill import Pruning
 
 __all__ = [
     "Constraints",
@@ -47,6 +53,7 @@ __all__ = [
     "EncoderShape",
     "Space",
     "SpaceError",
+    "as_pruning",
     "canonical_json",
     "digest",
     "encoder_shape",
@@ -59,7 +66,7 @@ __all__ = [
 
 POINT_FIELDS = ("encoder", "resolution", "llm", "text_tokens")
 SPACE_KEYS = ("name", "description", "encoders", "resolutions", "llms", "text_tokens", "constraints",
-              "exclude", "measure")
+              "exclude", "measure", "pruning")
 ENTRY_KEYS = ("family", "name", "knobs", "resolutions")
 
 
@@ -124,10 +131,13 @@ def thaw(value: Any) -> Any:
 
 @dataclass(frozen=True)
 class DesignPoint:
-    """One VLM configuration: encoder family + knobs at a resolution, an LLM and a prompt length.
+    """One VLM configuration: encoder family + knobs at a resolution, an LLM and a prompt length,
+    and optionally visual tokens pruned inside the LLM (``pruning``, a
+    :class:`~explorer.measure.pruned_prefill.Pruning`; None: no pruning).
 
     Frozen and hashable; ``key`` is a digest of the canonical JSON, identical across runs and
-    machines (it depends on nothing but these five fields).
+    machines (it depends on nothing but these fields). ``pruning`` joins that JSON only when it is
+    set, so a point without pruning keeps the key it always had.
     """
 
     encoder: str
@@ -135,25 +145,38 @@ class DesignPoint:
     resolution: int
     llm: str
     text_tokens: int
+    pruning: Optional["Pruning"] = None
+
+    def __post_init__(self) -> None:
+        if self.pruning is not None:  # make() and from_dict() turn a mapping into a Pruning
+            from explorer.measure.pruned_prefill import Pruning
+
+            if not isinstance(self.pruning, Pruning):
+                raise OptionError("pruning", self.pruning, "None or a Pruning(after_layer, ratio) "
+                                  "(DesignPoint.make takes the {after_layer, ratio} mapping)")
 
     @classmethod
     def make(cls, encoder: str, knobs: Optional[Mapping[str, Any]], resolution: int, llm: str,
-             text_tokens: int) -> "DesignPoint":
-        """Build from a plain knob dict (sorted and frozen here)."""
+             text_tokens: int, pruning: Any = None) -> "DesignPoint":
+        """Build from a plain knob dict (sorted and frozen here); ``pruning``: None, a Pruning or
+        its ``{after_layer, ratio}`` mapping."""
         frozen = tuple(sorted((str(k), freeze(v)) for k, v in (knobs or {}).items()))
-        return cls(str(encoder), frozen, int(resolution), str(llm), int(text_tokens))
+        return cls(str(encoder), frozen, int(resolution), str(llm), int(text_tokens), as_pruning(pruning))
 
     def knob_dict(self) -> dict[str, Any]:
         return {k: thaw(v) for k, v in self.knobs}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"encoder": self.encoder, "knobs": self.knob_dict(), "resolution": self.resolution,
-                "llm": self.llm, "text_tokens": self.text_tokens}
+        out = {"encoder": self.encoder, "knobs": self.knob_dict(), "resolution": self.resolution,
+               "llm": self.llm, "text_tokens": self.text_tokens}
+        if self.pruning is not None:
+            out["pruning"] = self.pruning.to_dict()
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "DesignPoint":
         return cls.make(data["encoder"], data.get("knobs") or {}, data["resolution"], data["llm"],
-                        data["text_tokens"])
+                        data["text_tokens"], data.get("pruning"))
 
     @property
     def key(self) -> str:
@@ -161,7 +184,18 @@ class DesignPoint:
 
     def label(self) -> str:
         knobs = ",".join(f"{k}={thaw(v)}" for k, v in self.knobs)
-        return f"{self.encoder}[{knobs}]@{self.resolution}+{self.llm}/{self.text_tokens}t"
+        pruned = "" if self.pruning is None else f"/prune{self.pruning.after_layer}:{self.pruning.ratio:g}"
+        return f"{self.encoder}[{knobs}]@{self.resolution}+{self.llm}/{self.text_tokens}t{pruned}"
+
+
+def as_pruning(value: Any) -> Optional["Pruning"]:
+    """None, a :class:`~explorer.measure.pruned_prefill.Pruning`, or its ``{after_layer, ratio}``
+    mapping, as an Optional[Pruning] (a bad mapping raises the OptionError naming its field)."""
+    if value is None:
+        return None
+    from explorer.measure.pruned_prefill import Pruning
+
+    return value if isinstance(value, Pruning) else Pruning.from_dict(value)
 
 
 @dataclass(frozen=True)
@@ -203,6 +237,7 @@ class Space:
     measure: tuple[tuple[str, Any], ...] = ()  # MeasureSettings defaults for this space
     description: str = ""
     source: Optional[str] = None  # the file it came from, for messages
+    pruning: tuple[Optional["Pruning"], ...] = (None,)  # in-LLM pruning options (None: no pruning)
 
     def measure_defaults(self) -> dict[str, Any]:
         return {k: thaw(v) for k, v in self.measure}
@@ -212,7 +247,7 @@ class Space:
 
     def product_size(self) -> int:
         """Points of the full product, before exclusions and constraints (arithmetic, no enumeration)."""
-        per_llm = len(self.llms) * len(self.text_tokens)
+        per_llm = len(self.llms) * len(self.text_tokens) * len(self.pruning)
         return sum(math.prod(len(v) for _, v in e.knobs) * len(e.resolutions) * per_llm for e in self.encoders)
 
 
@@ -504,7 +539,7 @@ def _culprit(message: str, combo: Mapping[str, Any]) -> Optional[str]:
     return None
 
 
-def _check_llms(chk: Problems, llms: Sequence[str]) -> None:
+def _check_llms(chk: Problems, llms: Sequence[str], pruning: Sequence[Optional["Pruning"]] = (None,)) -> None:
     try:
         from explorer.models.llm import LLM_CATALOG, get_llm_spec
     except Exception as err:  # pragma: no cover - broken install
@@ -512,9 +547,36 @@ def _check_llms(chk: Problems, llms: Sequence[str]) -> None:
         return
     for i, name in enumerate(llms):
         try:
-            get_llm_spec(name)
+            spec = get_llm_spec(name)
         except (ValueError, OSError) as err:
             chk.add(f"llms[{i}]", name, f"{err}; catalog: {', '.join(LLM_CATALOG)} or a config.json path")
+            continue
+        for j, pr in enumerate(pruning):
+            if pr is not None and pr.after_layer >= spec.layers:
+                chk.add(f"pruning[{j}].after_layer", pr.after_layer,
+                          f"an integer 1..{spec.layers - 1}: llms[{i}] {name} has {spec.layers} decoder layers")
+
+
+def _pruning_axis(chk: Problems, raw: Any) -> tuple[Optional["Pruning"], ...]:
+    """The ``pruning:`` list: each entry null (no pruning) or ``{after_layer: K, ratio: r}``."""
+    if raw is None:
+        return (None,)
+    if isinstance(raw, Mapping):
+        raw = [raw]
+    if not isinstance(raw, (list, tuple)) or not raw:
+        chk.add("pruning", raw, "a non-empty list; each entry null (no pruning) or {after_layer: K, ratio: r}")
+        return (None,)
+    out: list[Optional["Pruning"]] = []
+    for i, v in enumerate(raw):
+        try:
+            pr = as_pruning(v)
+        except OptionError as err:
+            field_name = err.field if err.field.startswith("pruning") else f"pruning.{err.field}"
+            chk.add(field_name.replace("pruning", f"pruning[{i}]", 1), err.value, err.allowed)
+            continue
+        if pr not in out:
+            out.append(pr)
+    return tuple(out) or (None,)
 
 
 def load_space(
@@ -661,14 +723,15 @@ def load_space(
         measure = tuple(sorted((str(k), freeze(v)) for k, v in measure_raw.items()))
 
     description = raw.get("description") or ""
+    pruning = _pruning_axis(chk, raw.get("pruning"))
     _raise_if_any(chk)
     space = Space(name=str(space_name), encoders=entries, llms=tuple(llms), text_tokens=tuple(text_tokens),
                   constraints=constraints, exclude=tuple(exclude), measure=measure,
-                  description=str(description), source=src)
+                  description=str(description), source=src, pruning=pruning)
     if check_models or shape_fn is not None:
         _check_models(chk, space, shape_fn)
         if check_models:
-            _check_llms(chk, space.llms)
+            _check_llms(chk, space.llms, space.pruning)
         _raise_if_any(chk)
     if check_models or shape_fn is not None or not space.constraints.active():
         enumerate_points(space, shape_fn=shape_fn)  # an empty product is an error here already
@@ -711,7 +774,7 @@ def enumerate_points(space: Space, *, shape_fn: Optional[ShapeFn] = None,
                      check_empty: bool = True) -> list[DesignPoint]:
     """Every design point of ``space`` in a stable order, without duplicates.
 
-    Order: encoder entry, knob combination, resolution, LLM, text tokens. Exclusions drop points
+    Order: encoder entry, knob combination, resolution, LLM, text tokens, pruning. Exclusions drop points
     matching all of their keys (``encoder`` matches the family or the entry's label);
     constraints use :func:`encoder_shape` (meta-device build; ``shape_fn`` replaces it in tests).
     """
@@ -728,17 +791,19 @@ def enumerate_points(space: Space, *, shape_fn: Optional[ShapeFn] = None,
                     s = shape(entry.family, {k: thaw(v) for k, v in combo.items()}, res)
                     if (c.max_visual_tokens is not None and s.visual_tokens > c.max_visual_tokens) or (
                             c.max_params_m is not None and s.params_m > c.max_params_m):
-                        constrained += len(space.llms) * len(space.text_tokens)
+                        constrained += len(space.llms) * len(space.text_tokens) * len(space.pruning)
                         continue
                 for llm in space.llms:
                     for tt in space.text_tokens:
-                        p = DesignPoint.make(entry.family, {k: thaw(v) for k, v in combo.items()}, res, llm, tt)
-                        if any(_matches(p, ex, entry.label) for ex in space.exclude):
-                            excluded += 1
-                            continue
-                        if p not in seen:
-                            seen.add(p)
-                            points.append(p)
+                        for pr in space.pruning:
+                            p = DesignPoint.make(entry.family, {k: thaw(v) for k, v in combo.items()}, res, llm,
+                                                 tt, pr)
+                            if any(_matches(p, ex, entry.label) for ex in space.exclude):
+                                excluded += 1
+                                continue
+                            if p not in seen:
+                                seen.add(p)
+                                points.append(p)
     if check_empty and not points:
         src = space.source or space.name
         raise SpaceError(f"{src}: the space has no design points: {excluded} excluded by `exclude`, "
@@ -759,6 +824,8 @@ def admits(space: Space, point: DesignPoint, *, shape_fn: Optional[ShapeFn] = No
         if any(freeze(knobs[k]) not in vals for k, vals in entry.knobs):
             continue
         if point.llm not in space.llms or point.text_tokens not in space.text_tokens:
+            continue
+        if point.pruning not in space.pruning:
             continue
         if any(_matches(point, ex, entry.label) for ex in space.exclude):
             continue

@@ -54,10 +54,14 @@ def _measure_projector(*args: Any, **kwargs: Any) -> Any:
     return measure_projector(*args, **kwargs)
 
 
-def _measure_prefill(*args: Any, **kwargs: Any) -> Any:
+def _measure_prefill(llm: Any, tokens: Any, *args: Any, **kwargs: Any) -> Any:
+    """``measure_prefill``, or ``measure_pruned_prefill`` when ``tokens`` is a ``PrunedPrompt``."""
     from explorer.measure.prefill import measure_prefill
+    from explorer.measure.pruned_prefill import PrunedPrompt, measure_pruned_prefill
 
-    return measure_prefill(*args, **kwargs)
+    if isinstance(tokens, PrunedPrompt):
+        return measure_pruned_prefill(llm, tokens.visual, tokens.text, tokens.pruning, *args, **kwargs)
+    return measure_prefill(llm, tokens, *args, **kwargs)
 
 
 def _current_environment(settings: Any) -> Any:
@@ -82,7 +86,8 @@ class MeasureBackend:
 
     - ``measure_encoder(name, knobs, resolution, settings) -> EncoderCost``, likewise
       ``measure_projector(in_channels, hidden, tokens, settings)`` and
-      ``measure_prefill(llm, tokens, settings)`` (``explorer.measure``'s by default);
+      ``measure_prefill(llm, tokens, settings)`` (``explorer.measure``'s by default; for a point
+      with in-LLM pruning ``tokens`` is a ``explorer.measure.pruned_prefill.PrunedPrompt``);
     - ``encoder_shape(family, knobs, resolution) -> EncoderShape`` (a meta-device build);
     - ``llm_info(llm) -> (hidden, spec dict, params_m)`` (the LLM catalog or a config.json);
     - ``environment(settings) -> Environment`` (where the values are measured);

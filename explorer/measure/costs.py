@@ -51,6 +51,15 @@ class Timing(_Serialisable):
     # over the samples, and the median of sample / probe (latency in probe units). None: no probe.
     probe_ms: Optional[float] = None
     probe_units: Optional[float] = None
+    # How much the machine's speed moved over the samples: the probe's 10th and 90th percentiles.
+    probe_p10_ms: Optional[float] = None
+    probe_p90_ms: Optional[float] = None
+    # Where a re-measurement in another run on this machine would land, at remeasure_level, with the
+    # default drift allowance (explorer.intervals; docs/measurement.md "Re-measurement intervals").
+    # None: older payloads (the results compute it from the fields above).
+    remeasure_low_ms: Optional[float] = None
+    remeasure_high_ms: Optional[float] = None
+    remeasure_level: Optional[float] = None
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from typing import Any, Callable, Mapping, Optional, Union
 import torch
 from torch import nn
 
+from explorer.intervals import compare
 from ..checks import check_int, is_number, require
 from ..models.llm import LLMSpec, build_llm, get_llm_spec
 from ..models.projector import MLP2xGelu
@@ -27,7 +28,7 @@ from .costs import Timing
 from .preprocess import normalisation, preprocess_pil, preprocess_torch, source_image
 from .prefill import logits_to_keep, set_attention
 from .settings import MeasureSettings, thread_scope
-from .timing import converged, eval_mode, gc_paused, percentile, summarize, synchronize
+from .timing import converged, eval_mode, gc_paused, median_ci, percentile, summarize, synchronize
 
 __all__ = ["AssembledVLM", "assemble_vlm", "E2ECheck", "validate_point"]
 
@@ -100,14 +101,37 @@ class E2ECheck:
     ratio_p90: float
     rounds: int
     tolerance: float
+    # the order-statistic 95% CI of the median ratio over the paired rounds (NaN: not computed)
+    ratio_ci_low: float = float("nan")
+    ratio_ci_high: float = float("nan")
 
     @property
     def ok(self) -> bool:
         return abs(self.ratio - 1.0) <= self.tolerance
 
+    @property
+    def difference(self) -> str:
+        """``explorer.intervals.compare`` of the ratio's CI with 1: ``"faster"`` (the factorised sum is
+        surely below the end-to-end time), ``"slower"``, or ``"tied"`` (not significant)."""
+        return compare((self.ratio_ci_low, self.ratio_ci_high), (1.0, 1.0))
+
+    @property
+    def verdict(self) -> str:
+        """``"within"`` when the ratio's whole CI lies within ``1 +- tolerance``, ``"outside"`` when
+        none of it does, else ``"not settled"`` (the CI straddles a tolerance bound)."""
+        lo, hi = self.ratio_ci_low, self.ratio_ci_high
+        if not (lo == lo and hi == hi):
+            return "not settled"
+        if 1.0 - self.tolerance <= lo and hi <= 1.0 + self.tolerance:
+            return "within"
+        if hi < 1.0 - self.tolerance or lo > 1.0 + self.tolerance:
+            return "outside"
+        return "not settled"
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["ok"] = self.ok
+        d["difference"], d["verdict"] = self.difference, self.verdict
         return d
 
 
@@ -160,11 +184,13 @@ def validate_point(encoder: str, knobs: Optional[Mapping[str, Any]], resolution:
     e2e = samples.pop("end_to_end")
     sums = [sum(col) for col in zip(*samples.values())]
     ratios = sorted(f / e for f, e in zip(sums, e2e))
+    ci_low, ci_high, _ = median_ci(ratios)
     return E2ECheck(encoder=encoder, resolution=resolution, llm=spec.name, text_tokens=text_tokens,
                     visual_tokens=visual_tokens, parts={k: summarize(v, False) for k, v in samples.items()},
                     factorised=summarize(sums, False), end_to_end=summarize(e2e, False),
                     ratio=statistics.median(ratios), ratio_p10=percentile(ratios, 10),
-                    ratio_p90=percentile(ratios, 90), rounds=len(ratios), tolerance=float(tolerance))
+                    ratio_p90=percentile(ratios, 90), rounds=len(ratios), tolerance=float(tolerance),
+                    ratio_ci_low=ci_low, ratio_ci_high=ci_high)
 
 
 def _paired_rounds(fns: dict[str, Callable[[], Any]], settings: MeasureSettings,

@@ -215,6 +215,7 @@ def combine_scaled(base: Timing, part: Timing, scale: float) -> Timing:
 
     mean = lin(base.mean_ms, part.mean_ms)
     std = math.hypot(base.cv * base.mean_ms, scale * part.cv * part.mean_ms)
+    same = base.remeasure_level is not None and base.remeasure_level == part.remeasure_level
     return Timing(
         median_ms=lin(base.median_ms, part.median_ms),
         p10_ms=lin(base.p10_ms, part.p10_ms),
@@ -228,7 +229,15 @@ def combine_scaled(base: Timing, part: Timing, scale: float) -> Timing:
         other_cores=_worst(base.other_cores, part.other_cores),
         steal=_worst(base.steal, part.steal),
         contended=base.contended or part.contended,
+        # the re-measurement intervals add like the medians (the host's drift moves both parts alike)
+        remeasure_low_ms=_lin_optional(base.remeasure_low_ms, part.remeasure_low_ms, scale, same),
+        remeasure_high_ms=_lin_optional(base.remeasure_high_ms, part.remeasure_high_ms, scale, same),
+        remeasure_level=base.remeasure_level if same else None,
     )
+
+
+def _lin_optional(a: Optional[float], b: Optional[float], scale: float, ok: bool) -> Optional[float]:
+    return None if a is None or b is None or not ok else a + scale * b
 
 
 def _worst(a: Optional[float], b: Optional[float]) -> Optional[float]:

@@ -24,6 +24,7 @@ MPS synchronises before and after each call and uses ``perf_counter_ns``. Calls 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import math
 import statistics
@@ -35,6 +36,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch import nn
+
+from explorer.intervals import LEVEL, remeasure_interval
 
 from .contention import ContentionMeter, CpuCounters
 from .costs import Timing
@@ -111,7 +114,8 @@ def summarize(samples_ms: list[float], noisy: bool, meter: Optional[ContentionMe
     lo, hi, _ = median_ci(xs)
     other = meter.other_cores if meter is not None else None
     steal = meter.steal if meter is not None else None
-    return Timing(
+    probes = sorted(probes_ms) if probes_ms else None
+    timing = Timing(
         median_ms=statistics.median(xs),
         p10_ms=percentile(xs, 10),
         p90_ms=percentile(xs, 90),
@@ -126,7 +130,19 @@ def summarize(samples_ms: list[float], noisy: bool, meter: Optional[ContentionMe
         contended=bool(meter is not None and meter.contended),
         probe_ms=statistics.median(probes_ms) if probes_ms else None,
         probe_units=statistics.median(v / p for v, p in zip(samples_ms, probes_ms)) if probes_ms else None,
+        probe_p10_ms=percentile(probes, 10) if probes else None,
+        probe_p90_ms=percentile(probes, 90) if probes else None,
     )
+    return with_remeasure_interval(timing)
+
+
+def with_remeasure_interval(timing: Timing, level: float = LEVEL) -> Timing:
+    """``timing`` with the re-measurement interval at ``level`` (default drift) stored in it."""
+    interval = remeasure_interval(timing, level, stored=False)
+    if interval is None:
+        return timing
+    return dataclasses.replace(timing, remeasure_low_ms=interval.low, remeasure_high_ms=interval.high,
+                               remeasure_level=level)
 
 
 def converged(samples_ms: list[float], target_rel_ci: float) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -19,7 +20,7 @@ from .base import check_knob
 
 __all__ = ["KINDS", "VISION_ONLY", "CATALOG", "HFVisionSpec", "load_spec"]
 
-KINDS = ("llava_onevision", "qwen2_vl", "internvl", "smolvlm", "idefics3")
+KINDS = ("llava_onevision", "qwen2_vl", "internvl", "smolvlm", "idefics3", "fast_vlm")
 VISION_ONLY = {"siglip_vision_model": "siglip", "internvl_vision": "internvl", "smolvlm_vision": "smolvlm",
                "idefics3_vision": "idefics3", "qwen2_vl_vision": "qwen2_vl"}
 
@@ -88,6 +89,21 @@ CATALOG: dict[str, dict[str, Any]] = {
         "llm": "smollm2-135m",
         "connector": "bias-free linear 12288 -> 576 (measured as mlp2x_gelu 12288 -> 576 -> 576)",
     },
+    # FastVLM-0.5B as transformers ships it (FastVlmForConditionalGeneration): apple/FastVLM-0.5B's
+    # config.json (llava_qwen2): mm_vision_tower mobileclip_l_1024 (FastViTHD at 1024 px),
+    # mm_hidden_size 3072, mm_projector_type mlp2x_gelu, LLM Qwen2-0.5B (hidden 896, 24 layers);
+    # transformers' FastVlmConfig: vision_config timm_wrapper, architecture fastvit_mci3,
+    # model_args {inference_mode: true}, hidden_size 3072 (the tower's features, before pooling),
+    # image_seq_length 256 = (1024 / 64)^2: one 1024 px view at fastvit_mci3's 64x stride (the
+    # stride, "processor": {"stride": ...}, defaults to 64). The tower is timm's: building it needs timm.
+    "fastvlm-0.5b": {
+        "model_type": "fast_vlm",
+        "vision_config": {"model_type": "timm_wrapper", "architecture": "fastvit_mci3", "hidden_size": 3072,
+                          "do_pooling": False, "model_args": {"inference_mode": True}},
+        "image_seq_length": 256,
+        "llm": "qwen2-0.5b",
+        "connector": "mlp2x_gelu 3072 -> 896 -> 896 (FastVLM's own projector)",
+    },
 }
 
 
@@ -123,7 +139,12 @@ def _spec_from_dict(cfg: dict[str, Any], name: str, source: str) -> HFVisionSpec
         kind, vision_only, top = mt, False, cfg
     if kind == "llava_onevision":
         vision.setdefault("model_type", "siglip_vision_model")
-    if kind == "qwen2_vl":
+    if kind == "fast_vlm":
+        vision.setdefault("model_type", "timm_wrapper")
+    if kind == "fast_vlm":  # one square view whose side gives image_seq_length tokens at the tower's stride
+        patch, shuffle = int((cfg.get("processor") or {}).get("stride", 64)), 1
+        tile = patch * math.isqrt(int(top.get("image_seq_length", 256)))
+    elif kind == "qwen2_vl":
         patch = int(vision.get("patch_size", 14))
         tile = patch * int(vision.get("spatial_merge_size", 2))
         shuffle = int(vision.get("spatial_merge_size", 2))

@@ -1,8 +1,9 @@
 """transformers' own vision towers for an :class:`~explorer.models.hf_catalog.HFVisionSpec`, random weights.
 
 :func:`build_tower` builds ``SiglipVisionModel``'s transformer, ``Qwen2VisionTransformerPretrainedModel``
-(its merger's MLP left to the sweep's projector), ``InternVLVisionModel``, ``SmolVLMVisionTransformer``
-or ``Idefics3VisionTransformer`` from the config on the current default device (``meta``: nothing
+(its merger's MLP left to the sweep's projector), ``InternVLVisionModel``, ``SmolVLMVisionTransformer``,
+``Idefics3VisionTransformer`` or FastVLM's ``TimmWrapperModel`` (timm's ``fastvit_mci3``; needs timm)
+from the config on the current default device (``meta``: nothing
 allocated); :func:`pixel_shuffle` is InternVL's / Idefics3's token shuffle.
 """
 from __future__ import annotations
@@ -22,6 +23,8 @@ def build_tower(spec: HFVisionSpec) -> nn.Module:
 
     vision = dict(spec.vision)
     mt = vision.pop("model_type")
+    if mt == "timm_wrapper":
+        return _timm_tower(spec, vision)
     if spec.kind in ("smolvlm", "idefics3") and not spec.vision_only:
         mt = f"{spec.kind}_vision"
     verbosity = hf_logging.get_verbosity()
@@ -62,6 +65,20 @@ def build_tower(spec: HFVisionSpec) -> nn.Module:
     finally:
         hf_logging.set_verbosity(verbosity)
     return tower.eval()
+
+
+def _timm_tower(spec: HFVisionSpec, vision: dict) -> nn.Module:
+    """FastVLM's tower: transformers' ``TimmWrapperModel`` over timm's model (timm imports torchvision)."""
+    try:
+        import timm  # noqa: F401
+    except Exception as err:  # ImportError, or a torchvision that does not load beside this torch
+        raise ValueError(f"invalid model={spec.name!r}: its tower is timm's {vision.get('architecture')} "
+                         f"(transformers' TimmWrapperModel), and timm does not import here ({type(err).__name__}: "
+                         f"{err}); install timm with a torchvision that loads beside this torch") from None
+    from transformers import TimmWrapperConfig, TimmWrapperModel
+
+    config = TimmWrapperConfig(**{k: v for k, v in vision.items() if k != "num_labels"}, num_labels=0)
+    return TimmWrapperModel(config).eval()
 
 
 class _MergeGroup(nn.Module):

@@ -127,6 +127,8 @@ class HFVisionEncoder(VisionEncoder):
             return {"views": 1, "view_hw": (vh, vw), "grid": None, "tokens": sh * sw, "image_hw": (h, w)}
         t = self.spec.tile
         s, _ = self._reduced(t // self.spec.patch, t // self.spec.patch)
+        if kind == "fast_vlm":  # the processor makes one square view of the image (crop or pad)
+            return {"views": 1, "view_hw": (t, t), "grid": None, "tokens": s * s, "image_hw": (h, w)}
         if kind == "llava_onevision":
             lay = tr.anyres_layout((h, w), tile=t, side=s, max_tiles=self.max_tiles or proc.get("max_tiles", 9),
                                    pinpoints=proc.get("pinpoints") or tr.llava_onevision_pinpoints(t, proc.get("grid", 6)))
@@ -176,6 +178,8 @@ class HFVisionEncoder(VisionEncoder):
         p = self.spec.patch
         sh, sw = views.shape[-2] // p, views.shape[-1] // p
         mt = self.spec.vision["model_type"] if self.spec.vision_only else self.spec.kind
+        if mt == "fast_vlm":  # the timm tower's feature map [N, C, h, w], as FastVLM reads it
+            return self.tower(pixel_values=views).last_hidden_state.permute(0, 2, 3, 1)
         if mt in ("siglip_vision_model", "llava_onevision"):
             out = self.tower(pixel_values=views, interpolate_pos_encoding=True).last_hidden_state
         elif mt in ("internvl_vision", "internvl"):

@@ -21,6 +21,7 @@ import torch
 from explorer.checks import check_bool, check_choice, check_int
 from explorer.predict.model import Prediction, predict_trace
 from explorer.predict.profile import DeviceProfile
+from explorer.predict.pruned import trace_pruned_prefill
 from explorer.predict.trace import trace_encoder, trace_prefill, trace_projector
 
 __all__ = ["PREDICTED_COLUMNS", "PredictOptions", "predict_space", "side_by_side", "check_single_source",
@@ -54,7 +55,7 @@ def predict_space(space: Any, profile: DeviceProfile, *, llm_profile: Optional[D
     vision encoder and LLM run on different units (the paper's: CoreML encoder, MLX LLM).
     """
     from explorer.models.llm import get_llm_spec
-    from explorer.data.results import COLUMNS
+    from explorer.data.results import COLUMNS, pruning_text
     from explorer.data.space import Space, encoder_shape, enumerate_points, load_space
 
     profile.peak(options.dtype)  # refuse a dtype the profile has no number for, before any work
@@ -65,7 +66,7 @@ def predict_space(space: Any, profile: DeviceProfile, *, llm_profile: Optional[D
     points = enumerate_points(space)
     enc_cache: dict[tuple[Any, ...], tuple[Prediction, float]] = {}
     proj_cache: dict[tuple[int, int, int], tuple[Prediction, float]] = {}
-    pre_cache: dict[tuple[str, int], tuple[Prediction, float]] = {}
+    pre_cache: dict[tuple[Any, ...], tuple[Prediction, float]] = {}
     rows = []
     for p in points:
         knobs = dict(p.knobs)
@@ -82,9 +83,12 @@ def predict_space(space: Any, profile: DeviceProfile, *, llm_profile: Optional[D
             tr = trace_projector(*pkey, dtype=options.dtype)
             proj_cache[pkey] = (predict_trace(tr, llm_prof, options.dtype), tr.flops / 1e9)
         tokens = shape.visual_tokens + p.text_tokens
-        fkey = (spec.name if p.llm == spec.name else p.llm, tokens)
+        fkey: tuple[Any, ...] = (spec.name if p.llm == spec.name else p.llm, tokens)
+        if p.pruning is not None:  # two segments: K layers over V + T, the rest over T + kept(V)
+            fkey += (shape.visual_tokens, p.pruning)
         if fkey not in pre_cache:
-            tr = trace_prefill(spec, tokens, dtype=options.dtype)
+            tr = (trace_prefill(spec, tokens, dtype=options.dtype) if p.pruning is None else
+                  trace_pruned_prefill(spec, shape.visual_tokens, p.text_tokens, p.pruning, dtype=options.dtype))
             pre_cache[fkey] = (predict_trace(tr, llm_prof, options.dtype), tr.flops / 1e9)
         (enc, enc_gf), (proj, proj_gf), (pre, pre_gf) = enc_cache[ekey], proj_cache[pkey], pre_cache[fkey]
         ttft = enc.ms + proj.ms + pre.ms
@@ -98,7 +102,8 @@ def predict_space(space: Any, profile: DeviceProfile, *, llm_profile: Optional[D
             "projector_params_m": (shape.out_channels * spec.hidden + spec.hidden * spec.hidden + 2 * spec.hidden) / 1e6,
             "projector_gflops": proj_gf, "projector_latency_ms": proj.ms, "prefill_tokens": tokens,
             "prefill_gflops": pre_gf, "prefill_latency_ms": pre.ms, "prefill_latency_p10_ms": nan,
-            "prefill_latency_p90_ms": nan, "prefill_method": "predicted", "llm_params_m": spec.num_params() / 1e6,
+            "prefill_latency_p90_ms": nan, "prefill_method": "predicted" if p.pruning is None else "predicted: pruned",
+            "llm_params_m": spec.num_params() / 1e6,
             "ttft_ms": ttft, "ttft_gflops": enc_gf + proj_gf + pre_gf, "accuracy": nan, "accuracy_source": None,
             "device": profile.name if llm_prof is profile else f"{profile.name} + {llm_prof.name}",
             "dtype": options.dtype, "threads": profile.threads, "torch_version": torch.__version__,
@@ -112,6 +117,7 @@ def predict_space(space: Any, profile: DeviceProfile, *, llm_profile: Optional[D
         rows.append(row)
     df = pd.DataFrame(rows, columns=list(COLUMNS) + list(PREDICTED_COLUMNS))
     df["space"] = space.name
+    df["pruning"] = [pruning_text(p.pruning) for p in points]
     if accuracy_metric and len(df):
         from explorer.data.reference import attach_accuracy
 

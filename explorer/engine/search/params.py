@@ -11,7 +11,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
 from optuna.trial import Trial
 
 from explorer.checks import is_int, is_number
-from explorer.data.space import DesignPoint, EncoderEntry, Space, canonical_json, thaw
+from explorer.data.space import DesignPoint, EncoderEntry, Space, canonical_json, freeze, thaw
 from explorer.engine.search.objectives import SearchError
 
 __all__ = ["Dimension", "ParamSpace"]
@@ -123,6 +123,7 @@ class ParamSpace:
     entries: tuple[_EntryDims, ...]
     llm: Dimension
     text_tokens: Dimension
+    pruning: Optional[Dimension] = None  # None: the space has no pruning axis (nothing sampled, no parameter)
 
     @classmethod
     def from_space(cls, space: Space, ordinal: bool = True) -> "ParamSpace":
@@ -140,9 +141,13 @@ class ParamSpace:
             knobs = tuple((k, Dimension.build(f"{prefix}{k}", vals, ordinal)) for k, vals in e.knobs)
             res_name = "resolution" if shared_res else f"{label}.resolution"
             entries.append(_EntryDims(label, e, knobs, Dimension.build(res_name, e.resolutions, ordinal)))
+        pruning = None
+        if space.pruning != (None,):  # each option as its frozen {after_layer, ratio} (None: no pruning)
+            pruning = Dimension.build("pruning", [None if p is None else freeze(p.to_dict()) for p in space.pruning],
+                                      ordinal=False)
         return cls(encoder=Dimension.build("encoder", labels, ordinal=False), entries=tuple(entries),
                    llm=Dimension.build("llm", space.llms, ordinal=False),
-                   text_tokens=Dimension.build("text_tokens", space.text_tokens, ordinal))
+                   text_tokens=Dimension.build("text_tokens", space.text_tokens, ordinal), pruning=pruning)
 
     def dimensions(self) -> list[Dimension]:
         """Every parameter once (conditional ones included), in a stable order."""
@@ -152,6 +157,8 @@ class ParamSpace:
                 out.setdefault(d.name, d)
         out[self.llm.name] = self.llm
         out[self.text_tokens.name] = self.text_tokens
+        if self.pruning is not None:
+            out[self.pruning.name] = self.pruning
         return list(out.values())
 
     def distributions(self) -> dict[str, BaseDistribution]:
@@ -160,6 +167,7 @@ class ParamSpace:
     def grid_size(self) -> int:
         """Points of the full product (before the space's exclusions and constraints)."""
         per_llm = len(self.llm.values) * len(self.text_tokens.values)
+        per_llm *= len(self.pruning.values) if self.pruning is not None else 1
         return sum(math.prod(len(d.values) for _, d in ed.knobs) * len(ed.resolution.values) * per_llm
                    for ed in self.entries)
 
@@ -169,16 +177,21 @@ class ParamSpace:
         ed = next(e for e in self.entries if e.label == label)
         knobs = {k: thaw(d.suggest(trial)) for k, d in ed.knobs}
         resolution = ed.resolution.suggest(trial)
+        pruning = None if self.pruning is None else self.pruning.suggest(trial)  # a frozen {after_layer, ratio}
         return DesignPoint.make(ed.entry.family, knobs, resolution, self.llm.suggest(trial),
-                                self.text_tokens.suggest(trial))
+                                self.text_tokens.suggest(trial), None if pruning is None else dict(pruning))
 
     def describe(self) -> str:
         return "\n".join(d.describe() for d in self.dimensions())
 
     def fingerprint(self) -> dict[str, Any]:
-        """JSON-able definition (parameters and what each maps to) for the study digest."""
-        return {"params": {n: distribution_to_json(d) for n, d in self.distributions().items()},
-                "entries": [{"label": ed.label, "family": ed.entry.family,
-                             "knobs": {k: [thaw(v) for v in d.values] for k, d in ed.knobs},
-                             "resolutions": list(ed.resolution.values)} for ed in self.entries],
-                "llms": list(self.llm.values), "text_tokens": list(self.text_tokens.values)}
+        """JSON-able definition (parameters and what each maps to) for the study digest (``pruning``
+        only when the space has that axis, so other studies keep their digest)."""
+        out = {"params": {n: distribution_to_json(d) for n, d in self.distributions().items()},
+               "entries": [{"label": ed.label, "family": ed.entry.family,
+                            "knobs": {k: [thaw(v) for v in d.values] for k, d in ed.knobs},
+                            "resolutions": list(ed.resolution.values)} for ed in self.entries],
+               "llms": list(self.llm.values), "text_tokens": list(self.text_tokens.values)}
+        if self.pruning is not None:
+            out["pruning"] = [None if v is None else dict(v) for v in self.pruning.values]
+        return out

@@ -87,6 +87,8 @@ class SearchReport:
         else:
             if len(result.front):
                 cols = ["encoder", "knobs", "resolution", "llm", "text_tokens"]
+                if "pruning" in result.front.columns and result.front.pruning.notna().any():
+                    cols.append("pruning")  # a space with a pruning axis: which rows are pruned
                 cols += [o.column for o in result.objectives if o.column not in cols]
                 if "ttft_ms" not in cols:
                     cols.append("ttft_ms")

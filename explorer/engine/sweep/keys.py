@@ -3,7 +3,9 @@
 TTFT = encoder + projector + prefill, and each factor depends on only part of a design point:
 the encoder on (family, knobs, resolution), the projector on (encoder channels, LLM width,
 visual tokens), the prefill on (LLM architecture, visual + text tokens). Equal inputs give equal
-keys, so a factor shared by many points is measured once.
+keys, so a factor shared by many points is measured once. A point that prunes visual tokens inside
+the LLM (``DesignPoint.pruning``) has a prefill of its own, keyed by the visual / text split and
+the pruning as well (:func:`pruned_prefill_key`); unpruned prefills keep :func:`prefill_key`.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from typing import Any, Mapping
 
 from explorer.data.space import digest
 
-__all__ = ["KINDS", "Job", "encoder_key", "projector_key", "prefill_key"]
+__all__ = ["KINDS", "Job", "encoder_key", "projector_key", "prefill_key", "pruned_prefill_key"]
 
 #: The three factors, in the order a point needs them.
 KINDS: tuple[str, ...] = ("encoder", "projector", "prefill")
@@ -32,6 +34,12 @@ def prefill_key(llm_spec: Mapping[str, Any], tokens: int) -> str:
     return digest({"kind": "prefill", "llm": dict(llm_spec), "tokens": int(tokens)})
 
 
+def pruned_prefill_key(llm_spec: Mapping[str, Any], visual: int, text: int, pruning: Mapping[str, Any]) -> str:
+    """A prefill that drops visual tokens after a decoder layer: the split matters, not only the sum."""
+    return digest({"kind": "prefill", "llm": dict(llm_spec), "tokens": int(visual) + int(text), "visual": int(visual),
+                   "text": int(text), "pruning": dict(pruning)})
+
+
 @dataclass(frozen=True)
 class Job:
     """One unique measurement of the sweep."""
@@ -48,4 +56,8 @@ class Job:
             return (i["encoder"], dict(i["knobs"]), i["resolution"])
         if self.kind == "projector":
             return (i["in_channels"], i["hidden"], i["tokens"])
+        if i.get("pruning") is not None:  # the prompt as its two parts and the pruning
+            from explorer.measure.pruned_prefill import Pruning, PrunedPrompt
+
+            return (i["llm"], PrunedPrompt(i["visual"], i["text"], Pruning.from_dict(i["pruning"])))
         return (i["llm"], i["tokens"])

@@ -17,7 +17,7 @@ from explorer.engine.options import SweepOptions
 from explorer.engine.sweep.isolation import RETRIED_ON_RESUME
 from explorer.engine.sweep.footprint import LARGE_RESOLUTION, available_memory_bytes, largest_tensor_bytes
 from explorer.engine.sweep.estimate import estimate_seconds, format_duration
-from explorer.engine.sweep.keys import KINDS, Job, encoder_key, prefill_key, projector_key
+from explorer.engine.sweep.keys import KINDS, Job, encoder_key, prefill_key, projector_key, pruned_prefill_key
 
 __all__ = ["MAX_SWEEP_POINTS", "SweepPlan", "plan_sweep", "default_settings", "resolve_space", "knob_text"]
 
@@ -190,9 +190,12 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
             proj_params / 1e6)
 
         tokens = s.visual_tokens + p.text_tokens
-        fk = prefill_key(spec, tokens)
-        add(Job("prefill", fk, {"llm": p.llm, "tokens": tokens}, 2 * llm_params * 1e6 * tokens / 1e9,
-                f"{p.llm} x{tokens}"), llm_params)
+        if p.pruning is None:
+            fk = prefill_key(spec, tokens)
+            add(Job("prefill", fk, {"llm": p.llm, "tokens": tokens}, 2 * llm_params * 1e6 * tokens / 1e9,
+                    f"{p.llm} x{tokens}"), llm_params)
+        else:
+            fk = _pruned_prefill_job(add, space, p, spec, s.visual_tokens, llm_params)
         records.append(PointRecord(space=space.name, point=p, encoder_key=ek, projector_key=pk, prefill_key=fk,
                                    visual_tokens=s.visual_tokens))
 
@@ -228,6 +231,24 @@ def plan_sweep(space: Union[Space, str, Any], settings: Any = None, store: Optio
     return SweepPlan(space=space, points=points, point_records=records, jobs=ordered, todo=todo, env_key=env_key,
                      environment=env_dict, estimates_s=estimates, estimate_basis=basis, params_m=params_m,
                      remeasured=remeasured, remeasure=options.remeasure)
+
+
+def _pruned_prefill_job(add: Any, space: Space, p: DesignPoint, spec: Mapping[str, Any], visual: int,
+                        llm_params: float) -> str:
+    """Plan the two-segment prefill of a point that prunes visual tokens inside the LLM; its key."""
+    pr = p.pruning
+    layers = spec.get("layers")
+    if layers is not None and pr.after_layer >= int(layers):
+        raise SpaceError(f"{space.source or space.name}: pruning after_layer={pr.after_layer} with llm {p.llm}: "
+                         f"an integer 1..{int(layers) - 1} (it has {int(layers)} decoder layers)")
+    tokens, kept = visual + p.text_tokens, p.text_tokens + pr.kept(visual)
+    share = pr.after_layer / int(layers) if layers else 1.0  # layers over the whole prompt
+    fk = pruned_prefill_key(spec, visual, p.text_tokens, pr.to_dict())
+    add(Job("prefill", fk, {"llm": p.llm, "tokens": tokens, "visual": visual, "text": p.text_tokens,
+                            "pruning": pr.to_dict()},
+            2 * llm_params * 1e6 * (share * tokens + (1 - share) * kept) / 1e9,
+            f"{p.llm} x{tokens} pruned {pr.ratio:g} after {pr.after_layer}"), llm_params)
+    return fk
 
 
 def _remeasured(store: Optional[Store], env_key: str, mode: str) -> set[tuple[str, str]]:

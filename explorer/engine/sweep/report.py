@@ -56,14 +56,19 @@ class SweepReport:
         try:
             frame = self.frame(store)
             table, legend = results.summary_table(frame, self.space)
+            tied = results.tie_lines(frame)
             flagged = results.flag_line(frame, self.space, command=legend is None)
         except Exception as exc:  # a summary must never hide where the results are
-            table, legend, flagged = None, None, None
+            table, legend, flagged, tied = None, None, None, None
             lines.append(f"(no summary table: {exc})")
         if table:
             lines.append("fastest point at each resolution, per LLM (TTFT = preprocess + encoder + projector + prefill; "
-                         "results.load(..., ttft_includes_preprocess=False) gives the paper's definition):")
+                         "results.load(..., ttft_includes_preprocess=False) gives the paper's definition; fastest: "
+                         "yes when its TTFT interval lies below every other point's, tied (k) when k points' "
+                         "intervals overlap):")
             lines.append(table)
+            if tied:
+                lines.append(tied)
             if legend:
                 lines.append(legend)
         elif table is not None:
