@@ -43,6 +43,29 @@ def require(ok: bool, field: str, value: Any, allowed: str) -> None:
         raise OptionError(field, value, allowed)
 
 
+class Problems:
+    """Collects the problems of one source (a file, a config) instead of stopping at the first,
+    so a user fixes them all in one go: each line is ``SOURCE: FIELD=VALUE: ALLOWED`` (an
+    :class:`OptionError`'s parts with the source in front), each kept once. The caller raises
+    its own error over :attr:`lines` (``SpaceError`` for a space)."""
+
+    def __init__(self, source: str):
+        self.source = source
+        self.lines: list[str] = []
+
+    def add(self, field: str, value: Any, allowed: str) -> None:
+        self.note(f"{field}={value!r}: {allowed}")
+
+    def note(self, text: str) -> None:
+        """A problem that is not one field's value (the line gets the source in front)."""
+        line = f"{self.source}: {text}"
+        if line not in self.lines:
+            self.lines.append(line)
+
+    def __bool__(self) -> bool:
+        return bool(self.lines)
+
+
 def _bounds_text(low: Optional[float], high: Optional[float], low_open: bool) -> str:
     parts = []
     if low is not None:

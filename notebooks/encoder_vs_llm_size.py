@@ -66,19 +66,13 @@ from IPython.display import Markdown, display
 from explorer.analysis import plots
 from explorer.analysis.findings import environment_text, share_crossings, share_sentence, split_complete, ttft_budgets, \
     budget_answer
-from explorer.engine.notebook_run import env_flag, export_figure, quick_settings, read_or_measure, resolve_paths
+from explorer.engine.notebook_run import export_figure, notebook_setup, quick_settings, read_or_measure
 from explorer.analysis.pareto import best_under_budget
 from explorer.data.reference import attach_accuracy
 from explorer.data.space import enumerate_points, load_space
 from explorer.engine.sweep import default_settings
 
-QUICK = env_flag("EXPLORER_QUICK", QUICK)
-PATHS = resolve_paths(SPACE, RESULTS_DIR, RESULTS_DB)
-WRITE_FIGURES = env_flag("EXPLORER_WRITE_FIGURES", False) if WRITE_FIGURES is None else bool(WRITE_FIGURES)
-pd.set_option("display.width", 200)
-pd.set_option("display.max_columns", 40)
-print(f"QUICK={QUICK}; results database {PATHS.results_db} ({'present' if PATHS.results_db.is_file() else 'absent'}); "
-      f"figures {'written to ' + str(PATHS.figures_dir) if WRITE_FIGURES else 'not written'}")
+QUICK, PATHS, WRITE_FIGURES = notebook_setup(SPACE, QUICK, RESULTS_DIR, RESULTS_DB, WRITE_FIGURES)
 
 # %% [markdown]
 # ## The design points

@@ -5,7 +5,7 @@
 #       extension: .py
 #       format_name: percent
 #       format_version: '1.3'
-#       jupytext_version: 1.19.6
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -61,20 +61,14 @@ from IPython.display import Markdown, display
 from explorer.analysis import plots
 from explorer.analysis.findings import closest_runtime, compare_ratios, environment_text, point_name, \
     runtime_ratios, split_complete
-from explorer.engine.notebook_run import QUICK_TIMING, env_flag, export_figure, quick_settings, read_or_measure, \
-    resolve_paths, stored_runtimes
+from explorer.engine.notebook_run import QUICK_TIMING, export_figure, notebook_setup, quick_settings, read_or_measure, \
+    stored_runtimes
 from explorer.analysis.pareto import pareto_front
 from explorer.data.reference import attach_accuracy, load_references
 from explorer.data.space import encoder_shape, enumerate_points, load_space
 from explorer.engine.sweep import default_settings, plan_sweep
 
-QUICK = env_flag("EXPLORER_QUICK", QUICK)
-PATHS = resolve_paths(SPACE, RESULTS_DIR, RESULTS_DB)
-WRITE_FIGURES = env_flag("EXPLORER_WRITE_FIGURES", False) if WRITE_FIGURES is None else bool(WRITE_FIGURES)
-pd.set_option("display.width", 200)
-pd.set_option("display.max_columns", 40)
-print(f"QUICK={QUICK}; results database {PATHS.results_db} ({'present' if PATHS.results_db.is_file() else 'absent'}); "
-      f"figures {'written to ' + str(PATHS.figures_dir) if WRITE_FIGURES else 'not written'}")
+QUICK, PATHS, WRITE_FIGURES = notebook_setup(SPACE, QUICK, RESULTS_DIR, RESULTS_DB, WRITE_FIGURES)
 
 # %% [markdown]
 # ## The design points, and what QUICK mode leaves out

@@ -5,7 +5,8 @@ import pytest
 
 import queue_fakes as Q
 from explorer.cli import main
-from explorer.data.store import SCHEMA_VERSION, Store, _Meta
+from explorer.data.store import SCHEMA_VERSION, Store
+from explorer.data.tables import MetaRow
 from explorer.engine.options import SweepOptions
 from explorer.engine.sweep.worker import publish_sweep
 from explorer.measure.settings import MeasureSettings
@@ -24,8 +25,7 @@ def test_unreachable_database(capsys):
 
 def test_store_of_a_newer_schema(capsys, tmp_path):
     st = Store(tmp_path / "r")
-    with st._write() as s, s.begin():
-        s.get(_Meta, "schema_version").value = str(SCHEMA_VERSION + 1)
+    st.transaction(lambda s: setattr(s.get(MetaRow, "schema_version"), "value", str(SCHEMA_VERSION + 1)))
     code, err = _run(capsys, f"store=sqlite:///{tmp_path}/r/store.db")
     assert code == 2 and f"schema version {SCHEMA_VERSION + 1}" in err and "upgrade explorer" in err
 

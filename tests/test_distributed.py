@@ -19,7 +19,8 @@ import queue_fakes as Q
 import sweep_fakes as F
 from explorer.data.queue import WorkQueue
 from explorer.data.space import load_space
-from explorer.data.store import Store, _Lease
+from explorer.data.store import Store
+from explorer.data.tables import LeaseRow
 from explorer.engine.options import SweepOptions, WorkerOptions
 from explorer.engine.sweep.worker import publish_sweep, run_worker
 from explorer.measure.settings import MeasureSettings
@@ -100,8 +101,8 @@ def test_three_workers_one_killed_every_measurement_committed_once(pg_url, tmp_p
     assert finisher != victim.pid and finisher in {p.pid for p in procs}
     assert len({pid for pid, _, _ in calls}) >= 2  # the work was shared
 
-    with st._read() as s:
-        leases = {(r.kind, r.key): r for r in s.query(_Lease).filter(_Lease.sweep == "toy")}
+    with st.session() as s:
+        leases = {(r.kind, r.key): r for r in s.query(LeaseRow).filter(LeaseRow.sweep == "toy")}
     assert all(r.state == "done" for r in leases.values())
     assert leases[("encoder", stalled_key)].attempts == 2
     assert WorkQueue(st).counts("toy", "fake-env").open == 0

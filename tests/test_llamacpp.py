@@ -173,20 +173,19 @@ def test_llm_runtime_settings_are_checked_before_work(monkeypatch):
     assert set(QUANTS) == set(LLM_QUANTS)  # every format the settings accept can be written
     base = MeasureSettings(device="cpu", preprocess="none")
     with pytest.raises(ValueError, match=r"invalid measure.llm_quant='q8_0'.*unless measure.llm_runtime=llamacpp"):
-        base.replace(llm_quant="q8_0").validate()
+        base.replace(llm_quant="q8_0")  # value checks: refused when made
     with pytest.raises(ValueError, match=r"invalid measure.llm_runtime='vllm'"):
-        base.replace(llm_runtime="vllm").validate()
+        base.replace(llm_runtime="vllm")
     with pytest.raises(ValueError, match=r"invalid measure.llm_quant='q2_k'"):
-        base.replace(llm_runtime="llamacpp", llm_quant="q2_k").validate()
+        base.replace(llm_runtime="llamacpp", llm_quant="q2_k")
+    with pytest.raises(ValueError, match=r"invalid measure.llm_attention='eager'"):
+        base.replace(llm_runtime="llamacpp", llm_attention="eager")
+    with pytest.raises(ValueError, match=r"invalid measure.batch_size=2"):
+        base.replace(llm_runtime="llamacpp", batch_size=2)
     # the transformers default leaves old environment keys as they were
     assert settings_digest(base) == settings_digest(base.replace(llm_runtime="transformers", llm_quant="f16"))
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llama_cpp" else real(name, *a))
     with pytest.raises(ValueError, match=r"llama_cpp(, gguf)? is not; install it with `pip install 'explorer\[llamacpp\]'`"):
-        base.replace(llm_runtime="llamacpp").validate()
+        base.replace(llm_runtime="llamacpp").check_on_machine()  # what is installed: checked on the machine
     monkeypatch.setattr(importlib.util, "find_spec", real)
-    if HAS_LLAMA:
-        with pytest.raises(ValueError, match=r"invalid measure.llm_attention='eager'"):
-            base.replace(llm_runtime="llamacpp", llm_attention="eager").validate()
-        with pytest.raises(ValueError, match=r"invalid measure.batch_size=2"):
-            base.replace(llm_runtime="llamacpp", batch_size=2).validate()

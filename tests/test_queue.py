@@ -10,7 +10,8 @@ import queue_fakes as Q
 import sweep_fakes as F
 from explorer.data.queue import DeviceBusy, WorkQueue
 from explorer.data.space import load_space
-from explorer.data.store import SCHEMA_VERSION, MeasurementRecord, Store, StoreError, _Lease, _Meta
+from explorer.data.store import SCHEMA_VERSION, MeasurementRecord, Store, StoreError
+from explorer.data.tables import LeaseRow, MetaRow
 from explorer.engine.options import SweepOptions, WorkerOptions
 from explorer.engine.sweep import plan_sweep
 from explorer.engine.sweep.worker import publish_sweep, resolve_sweep, run_worker
@@ -141,8 +142,7 @@ def test_errors_before_any_work(tmp_path, url):
     assert resolve_sweep(st, None) == "toy"
     with pytest.raises(StoreError, match="other measurement settings"):
         publish_sweep(space(), MeasureSettings(device="cpu", warmup_iters=7), st, INLINE, Q.BACKEND)
-    with st._write() as s, s.begin():
-        s.get(_Meta, "schema_version").value = str(SCHEMA_VERSION + 1)
+    st.transaction(lambda s: setattr(s.get(MetaRow, "schema_version"), "value", str(SCHEMA_VERSION + 1)))
     with pytest.raises(StoreError, match=f"schema version {SCHEMA_VERSION + 1}"):
         Store(url)
 
@@ -166,13 +166,16 @@ def test_a_version_2_store_is_upgraded(tmp_path):
 
 def test_postgres_claims_skip_rows_locked_by_another_claimer(pg_url):
     st = _published(pg_url)
-    with st._write() as s, s.begin():  # another claimer in the middle of its transaction
-        first = s.scalars(select(_Lease).order_by(_Lease.id).limit(1).with_for_update()).one()
+
+    def another_claimer(s):  # in the middle of its transaction
+        first = s.scalars(select(LeaseRow).order_by(LeaseRow.id).limit(1).with_for_update()).one()
         s.execute(text("SET LOCAL lock_timeout = '5s'"))
         t0 = time.monotonic()
         job = WorkQueue(st, owner="b").claim("toy", "fake-env")
         waited = time.monotonic() - t0
         assert job is not None and job.lease_id != first.id and waited < 4  # skipped, not waited for
+
+    st.transaction(another_claimer)
 
 
 def test_postgres_connections_lost_between_transactions_are_replaced(pg_url):

@@ -132,7 +132,7 @@ def test_a_missing_runtime_names_the_extra(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxruntime" else real(name, *a))
     with pytest.raises(ValueError, match=r"runtime='onnxruntime'.*pip install 'explorer\[onnx\]'"):
-        MeasureSettings(device="cpu", runtime="onnxruntime").validate()
+        MeasureSettings(device="cpu", runtime="onnxruntime").check_on_machine()
 
 
 @pytest.mark.parametrize("changes,needle", [
@@ -146,7 +146,7 @@ def test_a_missing_runtime_names_the_extra(monkeypatch):
 ])
 def test_new_settings_are_checked(changes, needle):
     with pytest.raises(ValueError, match=needle.replace("*", r"\*")):
-        MeasureSettings(device="cpu", **changes).validate()
+        MeasureSettings(device="cpu", **changes)
 
 
 def test_digest_keeps_old_keys_and_separates_runtimes():

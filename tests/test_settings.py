@@ -7,7 +7,7 @@ import torch
 from explorer.measure.encoder import measure_encoder
 from explorer.measure.prefill import measure_prefill
 from explorer.measure.projector import measure_projector
-from explorer.measure.settings import Environment, MeasureSettings, current_environment, thread_scope
+from explorer.measure.settings import Environment, MeasureSettings, current_environment, thread_scope, usable_cores
 from explorer.measure.timing import time_callable
 from explorer.measure.ttft import measure_point
 
@@ -33,20 +33,32 @@ BAD = [
 @pytest.mark.parametrize("changes,needle", BAD, ids=[n for _, n in BAD])
 def test_bad_settings_name_field_value_and_allowed(changes, needle):
     with pytest.raises(ValueError) as err:
-        MeasureSettings(**changes).validate()
+        MeasureSettings(**changes)  # refused when made: an invalid MeasureSettings cannot exist
     text = str(err.value)
     assert needle in text
     assert ":" in text and len(text.split(":", 1)[1].strip()) > 5  # says what is allowed
 
 
+def test_what_depends_on_the_machine_is_checked_apart():
+    cores = usable_cores()
+    made = MeasureSettings(device="cpu", threads=cores + 1)  # a valid value: another machine has the cores
+    with pytest.raises(ValueError, match=f"threads={cores + 1}.*<= {cores}"):
+        made.check_on_machine()
+    assert MeasureSettings(device="cpu", threads=cores).check_on_machine().threads == cores
+    with pytest.raises(ValueError, match="threads=5000"):
+        MeasureSettings(threads=5000)  # over MAX_THREADS on any machine: refused when made
+    with pytest.raises(ValueError, match="threads=0"):
+        MeasureSettings(device="cpu").replace(threads=0)  # replace makes a new one: checked again
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
 def test_missing_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="device='cuda'.*not available"):
-        MeasureSettings(device="cuda").validate()
+        MeasureSettings(device="cuda").check_on_machine()
 
 
 def test_auto_device_and_defaults():
-    s = MeasureSettings().validate()
+    s = MeasureSettings().check_on_machine()
     expected = "cuda" if torch.cuda.is_available() else ("mps" if torch.backends.mps.is_available() else "cpu")
     assert s.resolve_device().type == expected
     assert s.reparameterize is True and s.target_rel_ci == 0.02 and s.threads is None
@@ -62,14 +74,15 @@ def test_bad_settings_fail_before_any_model_is_built(monkeypatch):
     monkeypatch.setattr(models, "build_encoder", forbidden)
     monkeypatch.setattr(prefill_mod, "build_llm", forbidden)
     monkeypatch.setattr(prefill_mod, "count_prefill_flops", forbidden)
-    bad = MeasureSettings(threads=0)
-    with pytest.raises(ValueError, match="threads=0"):
+    bad = MeasureSettings(threads=usable_cores() + 1)  # valid values, more threads than this machine has
+    too_many = f"threads={usable_cores() + 1}"
+    with pytest.raises(ValueError, match=too_many):
         measure_encoder("fastvithd", {}, 256, bad)
     with pytest.raises(ValueError, match="resolution=0"):
         measure_encoder("fastvithd", {}, 0, MeasureSettings(device="cpu"))
-    with pytest.raises(ValueError, match="threads=0"):
+    with pytest.raises(ValueError, match=too_many):
         measure_projector(3072, 896, 16, bad)
-    with pytest.raises(ValueError, match="threads=0"):
+    with pytest.raises(ValueError, match=too_many):
         measure_prefill("qwen2-0.5b", 64, bad)
     with pytest.raises(ValueError, match="llm='nope'"):
         measure_prefill("nope", 64, MeasureSettings(device="cpu"))

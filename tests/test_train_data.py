@@ -9,7 +9,7 @@ import torch
 
 from explorer.train import data as d
 
-CFG = d.ProxyTaskConfig(resolution=128, canvas=384, val_size=50, test_size=50, tasks=d.TASKS).validate()
+CFG = d.ProxyTaskConfig(resolution=128, canvas=384, val_size=50, test_size=50, tasks=d.TASKS)
 
 
 def _content_key(params: d.RenderParams) -> tuple:
@@ -161,7 +161,7 @@ def test_dataset_protocol() -> None:
 ])
 def test_bad_config_names_the_field(field: str, value: object, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        dataclasses.replace(CFG, **{field: value}).validate()
+        dataclasses.replace(CFG, **{field: value})
     with pytest.raises(ValueError, match="split"):
         d.make_params(CFG, "dev", 0)
 

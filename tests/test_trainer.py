@@ -21,6 +21,7 @@ from explorer.train.data import CharTokenizer, ProxyTaskConfig, make_sample
 from explorer.train.build import lr_factor
 from explorer.train.checkpoints import latest_checkpoint
 from explorer.train.config import TrainConfig
+from explorer.train.points import base_config
 from explorer.train.trainer import train
 from explorer.train.vlm import IGNORE_INDEX, VLM, CharCodec, DecoderConfig, TinyDecoder
 from tiny_lm import tiny_hf_lm
@@ -87,8 +88,10 @@ def test_missing_paths_for_llava_and_hf(tmp_path: Path) -> None:
         tiny(tmp_path, data="llava")
     with pytest.raises(ValueError, match="lm_path"):
         tiny(tmp_path, lm="hf")
-    with pytest.raises(ValueError, match=r"proxy\.code_length=9"):  # the nested config is validated too
-        tiny(tmp_path, proxy=ProxyTaskConfig(code_length=9))
+    with pytest.raises(ValueError, match=r"code_length=9"):  # the nested config: invalid cannot exist
+        ProxyTaskConfig(code_length=9)
+    with pytest.raises(ValueError, match=r"invalid proxy\.code_length=9"):  # named by its section
+        base_config({"output_dir": str(tmp_path / "run"), "proxy": {"code_length": 9}})
 
 
 def test_lr_schedule_warms_up_then_decays() -> None:

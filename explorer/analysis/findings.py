@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from explorer.analysis.pareto import best_under_budget
+from explorer.checks import check_number, is_int, require
 
 __all__ = ["ENCODER_NAMES", "GLOBAL_ATTENTION", "Crossing", "point_name", "environment_text", "split_complete",
            "share_crossings", "share_sentence", "nice_ceil", "ttft_budgets", "budget_answer", "ratio_text",
@@ -102,8 +103,7 @@ def share_sentence(llm: str, resolutions: Sequence[int], shares: Sequence[float]
 
 def nice_ceil(x: float) -> float:
     """Round ``x > 0`` up to two significant digits (1234 -> 1300, 0.0123 -> 0.013)."""
-    if not (isinstance(x, (int, float)) and math.isfinite(x) and x > 0):
-        raise ValueError(f"invalid x={x!r}: a finite number > 0")
+    check_number("x", x, low=0, low_open=True)
     step = 10.0 ** (math.floor(math.log10(x)) - 1)
     return math.ceil(round(x / step, 9)) * step
 
@@ -113,8 +113,7 @@ def ttft_budgets(ttft_ms: Sequence[float], n: int) -> list[float]:
 
     The largest budget is at least the slowest TTFT, so every row fits under it.
     """
-    if not (isinstance(n, int) and n >= 1):
-        raise ValueError(f"invalid n={n!r}: a positive integer number of budgets")
+    require(is_int(n) and n >= 1, "n", n, "a positive integer number of budgets")
     values = [float(v) for v in ttft_ms]
     if not values or not all(math.isfinite(v) and v > 0 for v in values):
         raise ValueError("ttft_budgets needs finite, positive TTFTs")

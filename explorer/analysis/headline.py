@@ -16,6 +16,8 @@ from typing import Any, Callable, Mapping, Optional
 
 import pandas as pd
 
+from explorer.data.space import canonical_json
+
 __all__ = ["Side", "Headline", "HEADLINES", "headline_table", "headline_sentence", "equal_token_resolution"]
 
 
@@ -30,9 +32,8 @@ class Side:
     knobs: Mapping[str, Any] = field(default_factory=dict)
 
     def select(self, df: pd.DataFrame) -> pd.DataFrame:
-        want = json.dumps(dict(self.knobs), sort_keys=True, separators=(",", ":"))
-        knobs = df["knobs"].map(lambda k: json.dumps(json.loads(k) if isinstance(k, str) and k else {},
-                                                     sort_keys=True, separators=(",", ":")))
+        want = canonical_json(dict(self.knobs))
+        knobs = df["knobs"].map(lambda k: canonical_json(json.loads(k) if isinstance(k, str) and k else {}))
         return df[(df["encoder"] == self.encoder) & (df["resolution"] == self.resolution) & (df["llm"] == self.llm)
                   & (knobs == want)]
 

@@ -163,7 +163,7 @@ def run_from_config(cfg: Any) -> int:
         if args.runtimes is not None:
             names = args.runtimes or ("eager", "compile", "onnxruntime")
             for rt in names:
-                MeasureSettings(device="cpu", threads=args.threads, runtime=rt).validate()
+                MeasureSettings(device="cpu", threads=args.threads, runtime=rt).check_on_machine()
             encoders = parse_encoders(",".join(args.encoders)) if args.encoders else None
             variants = None
             if args.llm_variants is not None:
@@ -173,7 +173,7 @@ def run_from_config(cfg: Any) -> int:
                     raise ValueError(f"invalid llm_variants={bad}: from {list(known)}")
                 variants = tuple((w, known[w]) for w in args.llm_variants)
         else:
-            make_plan(args.quick, args.threads, args.device).settings.validate()
+            make_plan(args.quick, args.threads, args.device).settings.check_on_machine()
     except ValueError as err:
         error(str(err))
         return 2

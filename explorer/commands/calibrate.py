@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, cast
 
 from omegaconf import DictConfig
 
@@ -33,13 +33,15 @@ class CalibrateAppConfig:
 
 
 def _store_url(text: str) -> tuple[str, Optional[Path]]:
+    from explorer.data.store import resolve_url, sqlite_file
+
     if "://" in text:
         return text, None
-    path = Path(text).expanduser()
-    db = path if path.suffix in (".db", ".sqlite", ".sqlite3") else path / "store.db"
+    url = resolve_url(text)  # a .db file, or a results folder's store.db
+    db = cast(Path, sqlite_file(url))  # resolve_url makes a sqlite:/// URL of every path
     if not db.is_file():
         raise ValueError(f"invalid store={text!r}: no results database at {db} (run `explorer sweep` first)")
-    return f"sqlite:///{db}", db.parent
+    return url, db.parent
 
 
 def run_from_config(cfg: DictConfig) -> int:
@@ -55,7 +57,7 @@ def run_from_config(cfg: DictConfig) -> int:
         error("no store given: store=RESULTS_DIR (a folder with store.db, a .db file or a SQLAlchemy URL)")
         return 2
     try:
-        options = FitOptions(noise_sigma=float(cfg.noise_sigma), prior_sigma=float(cfg.prior_sigma)).validate()
+        options = FitOptions(noise_sigma=float(cfg.noise_sigma), prior_sigma=float(cfg.prior_sigma))
         url, folder = _store_url(str(cfg.store))
         out = Path(cfg.out) if cfg.get("out") else (folder or Path(".")) / "device_profile.yaml"
         check_output_file("out", out)  # before the roofs are measured and the fit runs

@@ -68,7 +68,7 @@ def run_from_config(cfg: DictConfig) -> int:
         return 2
     try:
         options = PredictOptions(dtype=str(cfg.dtype), batch_size=int(cfg.batch_size),
-                                 reparameterize=bool(cfg.reparameterize)).validate()
+                                 reparameterize=bool(cfg.reparameterize))
         profile = load_profile(str(cfg.device))
         llm_profile = load_profile(str(cfg.llm_device)) if cfg.get("llm_device") else None
         space = load_space(node, name=None if node.get("name") else choice, source_name=source)

@@ -7,7 +7,6 @@ module turns a composed config into that call, prints the report and maps proble
 from __future__ import annotations
 
 import shlex
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -21,7 +20,7 @@ _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 def run_from_config(cfg: DictConfig) -> int:
     """One search for a composed config; returns the exit code."""
     from explorer.data.space import SpaceError
-    from explorer.data.store import Store
+    from explorer.data.store import Store, sqlite_file
     from explorer.engine.options import SearchOptions, SweepOptions
     from explorer.engine.search import SearchError, count_finished, prepare_search, run_search
     from explorer.engine.search.evaluate import check_search_sweep_options
@@ -48,7 +47,7 @@ def run_from_config(cfg: DictConfig) -> int:
         return 2
 
     if options.dry_run:
-        db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+        db = sqlite_file(url)
         exists = db is None or db.is_file()
         store = Store(url) if exists else None
         try:

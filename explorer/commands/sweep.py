@@ -23,7 +23,7 @@ _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 def run_from_config(cfg: DictConfig) -> int:
     """One sweep for a composed config; returns the exit code."""
     from explorer.data.space import SpaceError
-    from explorer.data.store import Store
+    from explorer.data.store import Store, sqlite_file
     from explorer.engine.options import SweepOptions
     from explorer.engine.sweep import plan_sweep, run_sweep
 
@@ -41,7 +41,7 @@ def run_from_config(cfg: DictConfig) -> int:
         out, url = results_location(cfg, space.name, create=False)
         accuracy_csv = _accuracy_table(cfg.get("accuracy"))
         if options.dry_run:
-            db = Path(url[len("sqlite:///"):]) if url.startswith("sqlite:///") else None
+            db = sqlite_file(url)
             store = Store(url, create=False) if db is None or db.is_file() else None
             _dry_run(space, settings, store, options)
             print(f"results would go to: {url}")

@@ -5,7 +5,6 @@ the composed config into those calls and maps problems to exit codes (2: bad inp
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,22 +17,17 @@ _STATE: dict[str, Any] = {"exit": 0}
 
 
 def _train_app() -> type:
-    from explorer.conf.schema import SpaceAppConfig, hydra_node
+    from explorer.conf.schema import space_app_config
     from explorer.engine.options import TrainOptions
 
-    @dataclass
-    class TrainAppConfig(SpaceAppConfig):
-        """The whole config of ``explorer train`` (``out``/``store``: the sweep's results)."""
-
-        train: Any = field(default_factory=hydra_node(TrainOptions))
-
-    return TrainAppConfig
+    return space_app_config("TrainAppConfig", "The whole config of ``explorer train`` (``out``/``store``: the "
+                            "sweep's results).", {"train": TrainOptions})
 
 
 def run_from_config(cfg: DictConfig) -> int:
     from explorer.data import results
     from explorer.data.space import SpaceError, load_space
-    from explorer.data.store import Store
+    from explorer.data.store import Store, sqlite_file
     from explorer.engine.options import TrainOptions
     from explorer.train.points import base_config, plan_targets, select_points, train_targets
 
@@ -48,7 +42,8 @@ def run_from_config(cfg: DictConfig) -> int:
         base = base_config({k: v for k, v in dict(opts.config).items() if v is not None})
         base.check_runnable()
         out, url = results_location(cfg, space.name, create=False)
-        if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        db = sqlite_file(url)
+        if db is not None and not db.is_file():
             _err(f"no results database at {url}: run `explorer sweep +space={space.name}` first")
             return 2
         store = Store(url, create=False)

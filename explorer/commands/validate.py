@@ -15,7 +15,7 @@ from typing import Any, Optional
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from explorer.checks import check_output_file
+from explorer.checks import check_output_file, is_int, is_number
 from explorer.commands.common import error
 from explorer.conf.schema import MeasureOverrides, enter_body, measure_overrides, run_hydra_command
 from explorer.data.atomic import atomic_path
@@ -33,7 +33,7 @@ class ValidateAppConfig:
     tolerance: float = 0.10
     out: Optional[str] = None  # also write the markdown table to this file
     device: Optional[str] = None
-    measure: Any = field(default_factory=MeasureOverrides)
+    measure: MeasureOverrides = field(default_factory=MeasureOverrides)  # type: ignore[valid-type]
 
 
 def render(checks: list[Any], settings: Any, env: Any) -> str:
@@ -76,7 +76,7 @@ def run_from_config(cfg: DictConfig) -> int:
 
     try:
         values = measure_overrides(cfg)
-        settings = MeasureSettings(**values).validate()
+        settings = MeasureSettings(**values).check_on_machine()
         if settings.effective_runtime != "eager":
             raise ValueError(f"invalid measure.runtime={settings.effective_runtime!r}: validate compares the eager "
                              "torch VLM end to end")
@@ -88,12 +88,12 @@ def run_from_config(cfg: DictConfig) -> int:
             else cfg.resolutions
         if isinstance(resolutions, int):
             resolutions = [resolutions]
-        if not resolutions or not all(isinstance(r, int) and not isinstance(r, bool) and r > 0 for r in resolutions):
+        if not resolutions or not all(is_int(r) and r > 0 for r in resolutions):
             raise ValueError(f"invalid resolutions={resolutions!r}: a list of positive integers, e.g. [256,512]")
         tol = cfg.tolerance
-        if not isinstance(tol, (int, float)) or not 0 < tol < 1:
+        if not is_number(tol) or not 0 < tol < 1:
             raise ValueError(f"invalid tolerance={tol!r}: a fraction in (0, 1), e.g. 0.1 for +-10%")
-        if not isinstance(cfg.text_tokens, int) or cfg.text_tokens < 0:
+        if not is_int(cfg.text_tokens) or cfg.text_tokens < 0:
             raise ValueError(f"invalid text_tokens={cfg.text_tokens!r}: an integer >= 0")
         from explorer.models import build_encoder
 

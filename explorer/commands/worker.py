@@ -7,13 +7,12 @@ sweep that does not exist, a device held by another timing worker) to ``error: .
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Any
 
 from omegaconf import DictConfig
 
 from explorer.commands.common import error, space_and_settings
-from explorer.conf.schema import SpaceAppConfig, hydra_node, measure_overrides, options_of, hydra_command
+from explorer.conf.schema import hydra_command, measure_overrides, options_of, space_app_config
 
 _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 
@@ -21,14 +20,8 @@ _STATE: dict[str, Any] = {"exit": 0, "argv": []}
 def _worker_app() -> type:
     from explorer.engine.options import SweepOptions, WorkerOptions
 
-    @dataclass
-    class WorkerAppConfig(SpaceAppConfig):
-        """The whole config of ``explorer worker`` (``sweep.*``: how each job is measured)."""
-
-        worker: Any = field(default_factory=hydra_node(WorkerOptions))
-        sweep: Any = field(default_factory=hydra_node(SweepOptions))
-
-    return WorkerAppConfig
+    return space_app_config("WorkerAppConfig", "The whole config of ``explorer worker`` (``sweep.*``: how each job "
+                            "is measured).", {"worker": WorkerOptions, "sweep": SweepOptions})
 
 
 WorkerAppConfig = _worker_app()

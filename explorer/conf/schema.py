@@ -18,7 +18,8 @@ from omegaconf import OmegaConf
 
 from explorer.data.space import list_spaces
 
-__all__ = ["hydra_node", "MeasureOverrides", "SpaceAppConfig", "SweepAppConfig", "SearchAppConfig", "register_schemas",
+__all__ = ["hydra_node", "MeasureOverrides", "SpaceAppConfig", "space_app_config", "SweepAppConfig", "SearchAppConfig",
+           "register_schemas",
            "register_spaces", "prepare_argv", "measure_overrides", "enter_body", "hydra_error_line", "unknown_override", "options_of", "run_hydra_command", "hydra_command", "SPACE_FILES",
            "BROKEN_SPACES"]
 
@@ -86,8 +87,8 @@ class AccuracyOptions:
 class SpaceAppConfig:
     """What every command over a space shares: the space, where results go, how to measure."""
 
-    space: Any = None  # filled by +space=NAME (validated by explorer.data.space.load_space)
-    measure: Any = field(default_factory=MeasureOverrides)
+    space: Any = None  # filled by +space=NAME (validated by explorer.data.space.load_space); any mapping
+    measure: MeasureOverrides = field(default_factory=MeasureOverrides)  # type: ignore[valid-type]
     out: Optional[str] = None  # results folder; default results/<space name>
     store: Optional[str] = None  # SQLAlchemy URL; default sqlite:///<out>/store.db
     device: Optional[str] = None  # shortcut for measure.device
@@ -95,35 +96,33 @@ class SpaceAppConfig:
     space_file: Optional[str] = None  # a space YAML file anywhere (instead of +space=NAME)
 
 
-def _sweep_app() -> type:
-    from explorer.engine.options import SweepOptions
+def space_app_config(name: str, doc: str, sections: dict[str, type],
+                     extra: Iterable[tuple[str, type, Any]] = ()) -> type:
+    """The whole config of a command over a space: :class:`SpaceAppConfig`, one section per frozen
+    options class (``{"sweep": SweepOptions}``: the section ``sweep``, typed with its Hydra node
+    :func:`hydra_node`), then ``extra`` fields as ``(name, type, dataclasses.field(...))``. The one
+    factory behind ``SweepAppConfig``, ``SearchAppConfig`` and the worker's and train's configs."""
+    specs: list[tuple[str, type, Any]] = [(section, hydra_node(cls), field(default_factory=hydra_node(cls)))
+                                          for section, cls in sections.items()]
+    cls = dataclasses.make_dataclass(name, [*specs, *extra], bases=(SpaceAppConfig,))
+    cls.__doc__ = doc
+    cls.__module__ = __name__
+    return cls
 
-    @dataclass
-    class SweepAppConfig(SpaceAppConfig):
-        """The whole config of ``explorer sweep``."""
 
-        sweep: Any = field(default_factory=hydra_node(SweepOptions))
-        accuracy: AccuracyOptions = field(default_factory=AccuracyOptions)
-        report: bool = True  # write <out>/pareto.html at the end
-
-    return SweepAppConfig
-
-
-def _search_app() -> type:
+def _app_configs() -> tuple[type, type]:
     from explorer.engine.options import SearchOptions, SweepOptions
 
-    @dataclass
-    class SearchAppConfig(SpaceAppConfig):
-        """The whole config of ``explorer search`` (``sweep.*``: how each proposed point is measured)."""
+    sweep = space_app_config("SweepAppConfig", "The whole config of ``explorer sweep`` (``report``: write "
+                             "<out>/pareto.html at the end).", {"sweep": SweepOptions},
+                             extra=[("accuracy", AccuracyOptions, field(default_factory=AccuracyOptions)),
+                                    ("report", bool, field(default=True))])
+    search = space_app_config("SearchAppConfig", "The whole config of ``explorer search`` (``sweep.*``: how each "
+                              "proposed point is measured).", {"search": SearchOptions, "sweep": SweepOptions})
+    return sweep, search
 
-        search: Any = field(default_factory=hydra_node(SearchOptions))
-        sweep: Any = field(default_factory=hydra_node(SweepOptions))
 
-    return SearchAppConfig
-
-
-SweepAppConfig = _sweep_app()
-SearchAppConfig = _search_app()
+SweepAppConfig, SearchAppConfig = _app_configs()
 
 
 def register_schemas() -> None:

@@ -37,10 +37,10 @@ from datetime import timedelta
 from typing import Any, Iterable, Mapping, Optional
 
 from sqlalchemy import and_, delete, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from explorer.data.store import (MeasurementRecord, Store, StoreError, _DeviceClaim, _Lease, _Sweep, _SweepJob,
-                                 _jsonable, utcnow)
+from explorer.data.store import MeasurementRecord, Store, StoreError, utcnow
+from explorer.data.tables import DeviceClaimRow, LeaseRow, SweepJobRow, SweepRow, jsonable
 
 __all__ = ["LEASE_STATES", "QueuedJob", "QueueCounts", "WorkQueue", "Heartbeat", "DeviceBusy", "worker_id", "owner_gone"]
 
@@ -124,36 +124,35 @@ class WorkQueue:
         idempotent: jobs already published are kept. Returns how many jobs were added."""
         jobs = list(jobs)
         estimates_s = estimates_s or {}
-        settings = _jsonable(dict(settings))
+        settings = jsonable(dict(settings))
 
-        def attempt() -> int:
-            with self.store._write() as s, s.begin():
-                row = s.get(_Sweep, sweep)
-                if row is None:
-                    s.add(_Sweep(name=sweep, settings=settings, n_jobs=0, created_at=utcnow()))
-                elif row.settings != settings:
-                    raise StoreError(f"sweep {sweep!r} is already published with other measurement settings "
-                                     f"({row.settings} here, {settings} now): one sweep measures one way; "
-                                     "give the space another name to publish these settings")
-                have = set(s.execute(select(_SweepJob.kind, _SweepJob.key).where(_SweepJob.sweep == sweep)).all())
-                added = 0
-                for j in jobs:
-                    if (j.kind, j.key) in have:
-                        continue
-                    have.add((j.kind, j.key))
-                    s.add(_SweepJob(sweep=sweep, kind=j.kind, key=j.key, inputs=_jsonable(j.inputs), label=j.label,
-                                    estimate_s=float(estimates_s.get(j.key, 0.0))))
-                    added += 1
-                s.flush()
-                s.get(_Sweep, sweep).n_jobs = len(have)
-                return added
+        def attempt(s: Session) -> int:
+            row = s.get(SweepRow, sweep)
+            if row is None:
+                s.add(SweepRow(name=sweep, settings=settings, n_jobs=0, created_at=utcnow()))
+            elif row.settings != settings:
+                raise StoreError(f"sweep {sweep!r} is already published with other measurement settings "
+                                 f"({row.settings} here, {settings} now): one sweep measures one way; "
+                                 "give the space another name to publish these settings")
+            have = set(s.execute(select(SweepJobRow.kind, SweepJobRow.key).where(SweepJobRow.sweep == sweep)).all())
+            added = 0
+            for j in jobs:
+                if (j.kind, j.key) in have:
+                    continue
+                have.add((j.kind, j.key))
+                s.add(SweepJobRow(sweep=sweep, kind=j.kind, key=j.key, inputs=jsonable(j.inputs), label=j.label,
+                                  estimate_s=float(estimates_s.get(j.key, 0.0))))
+                added += 1
+            s.flush()
+            s.get(SweepRow, sweep).n_jobs = len(have)
+            return added
 
-        return int(self._retry_conflicts(attempt))
+        return int(self.store.transaction(attempt, retry_conflicts=True))
 
     def sweeps(self) -> dict[str, dict[str, Any]]:
         """``name -> settings`` of every published sweep."""
-        with self.store._read() as s:
-            return {r.name: dict(r.settings or {}) for r in s.scalars(select(_Sweep).order_by(_Sweep.name))}
+        with self.store.session() as s:
+            return {r.name: dict(r.settings or {}) for r in s.scalars(select(SweepRow).order_by(SweepRow.name))}
 
     def settings(self, sweep: str) -> dict[str, Any]:
         """The measurement settings sweep ``sweep`` was published with (StoreError if unknown)."""
@@ -171,50 +170,48 @@ class WorkQueue:
         many rows became pending."""
         done = set(done)
 
-        def attempt() -> int:
-            with self.store._write() as s, s.begin():
-                jobs = list(s.scalars(select(_SweepJob).where(_SweepJob.sweep == sweep).order_by(_SweepJob.id)))
-                rows = {(r.kind, r.key): r for r in s.scalars(
-                    select(_Lease).where(_Lease.sweep == sweep, _Lease.env_key == env_key).with_for_update())}
-                now = utcnow()
-                changed = 0
-                for j in jobs:
-                    row = rows.get((j.kind, j.key))
-                    is_done = (j.kind, j.key) in done
-                    if row is None:
-                        s.add(_Lease(sweep=sweep, env_key=env_key, kind=j.kind, key=j.key, inputs=j.inputs,
-                                     label=j.label, state="done" if is_done else "pending", attempts=0,
-                                     updated_at=now))
-                        changed += not is_done
-                    elif row.state == "done" and not is_done:
-                        row.state, row.owner, row.lease_until, row.updated_at = "pending", None, None, now
-                        changed += 1
-                return changed
+        def attempt(s: Session) -> int:
+            jobs = list(s.scalars(select(SweepJobRow).where(SweepJobRow.sweep == sweep).order_by(SweepJobRow.id)))
+            rows = {(r.kind, r.key): r for r in s.scalars(
+                select(LeaseRow).where(LeaseRow.sweep == sweep, LeaseRow.env_key == env_key).with_for_update())}
+            now = utcnow()
+            changed = 0
+            for j in jobs:
+                row = rows.get((j.kind, j.key))
+                is_done = (j.kind, j.key) in done
+                if row is None:
+                    s.add(LeaseRow(sweep=sweep, env_key=env_key, kind=j.kind, key=j.key, inputs=j.inputs,
+                                   label=j.label, state="done" if is_done else "pending", attempts=0,
+                                   updated_at=now))
+                    changed += not is_done
+                elif row.state == "done" and not is_done:
+                    row.state, row.owner, row.lease_until, row.updated_at = "pending", None, None, now
+                    changed += 1
+            return changed
 
-        return int(self._retry_conflicts(attempt))
+        return int(self.store.transaction(attempt, retry_conflicts=True))
 
     # -- claiming ----------------------------------------------------------------------------
 
     def claim(self, sweep: str, env_key: str) -> Optional[QueuedJob]:
         """Lease the next pending (or expired) job of ``sweep`` in ``env_key``; None when none is free."""
-        def attempt() -> Optional[QueuedJob]:
-            with self.store._write() as s, s.begin():
-                now = utcnow()
-                row = s.scalars(
-                    select(_Lease).where(_Lease.sweep == sweep, _Lease.env_key == env_key,
-                                         or_(_Lease.state == "pending",
-                                             and_(_Lease.state == "leased", _Lease.lease_until < now)))
-                    .order_by(_Lease.id).limit(1).with_for_update(skip_locked=True)).first()
-                if row is None:
-                    return None
-                row.state, row.owner, row.lease_until = "leased", self.owner, self._until()
-                row.attempts = (row.attempts or 0) + 1
-                row.updated_at = now
-                return QueuedJob(lease_id=int(row.id), sweep=row.sweep, env_key=row.env_key, kind=row.kind,
-                                 key=row.key, inputs=dict(row.inputs or {}), label=row.label,
-                                 attempts=int(row.attempts))
+        def attempt(s: Session) -> Optional[QueuedJob]:
+            now = utcnow()
+            row = s.scalars(
+                select(LeaseRow).where(LeaseRow.sweep == sweep, LeaseRow.env_key == env_key,
+                                       or_(LeaseRow.state == "pending",
+                                         and_(LeaseRow.state == "leased", LeaseRow.lease_until < now)))
+                .order_by(LeaseRow.id).limit(1).with_for_update(skip_locked=True)).first()
+            if row is None:
+                return None
+            row.state, row.owner, row.lease_until = "leased", self.owner, self._until()
+            row.attempts = (row.attempts or 0) + 1
+            row.updated_at = now
+            return QueuedJob(lease_id=int(row.id), sweep=row.sweep, env_key=row.env_key, kind=row.kind,
+                             key=row.key, inputs=dict(row.inputs or {}), label=row.label,
+                             attempts=int(row.attempts))
 
-        return self.store._retry(attempt)
+        return self.store.transaction(attempt)
 
     def claim_jobs(self, sweep: str, env_key: str, wanted: Iterable[tuple[str, str]]) -> list[QueuedJob]:
         """Lease those of ``wanted`` (``(kind, key)`` pairs) that are free: pending, with an expired
@@ -225,39 +222,38 @@ class WorkQueue:
         if not wanted:
             return []
 
-        def attempt() -> list[QueuedJob]:
-            with self.store._write() as s, s.begin():
-                now = utcnow()
-                keys = {k for _, k in wanted}
-                rows = s.scalars(select(_Lease).where(_Lease.sweep == sweep, _Lease.env_key == env_key,
-                                                      _Lease.key.in_(keys), _Lease.state != "done")
-                                 .order_by(_Lease.id).with_for_update(skip_locked=True)).all()
-                got: list[QueuedJob] = []
-                pairs = set(wanted)
-                for row in rows:
-                    if (row.kind, row.key) not in pairs:
-                        continue
-                    free = row.state == "pending" or (row.lease_until is not None and row.lease_until < now) \
-                        or row.owner == self.owner or owner_gone(row.owner)
-                    if not free:
-                        continue
-                    row.state, row.owner, row.lease_until = "leased", self.owner, self._until()
-                    row.attempts = (row.attempts or 0) + 1
-                    row.updated_at = now
-                    got.append(QueuedJob(lease_id=int(row.id), sweep=row.sweep, env_key=row.env_key, kind=row.kind,
-                                         key=row.key, inputs=dict(row.inputs or {}), label=row.label,
-                                         attempts=int(row.attempts)))
-                return got
+        def attempt(s: Session) -> list[QueuedJob]:
+            now = utcnow()
+            keys = {k for _, k in wanted}
+            rows = s.scalars(select(LeaseRow).where(LeaseRow.sweep == sweep, LeaseRow.env_key == env_key,
+                                                    LeaseRow.key.in_(keys), LeaseRow.state != "done")
+                             .order_by(LeaseRow.id).with_for_update(skip_locked=True)).all()
+            got: list[QueuedJob] = []
+            pairs = set(wanted)
+            for row in rows:
+                if (row.kind, row.key) not in pairs:
+                    continue
+                free = row.state == "pending" or (row.lease_until is not None and row.lease_until < now) \
+                    or row.owner == self.owner or owner_gone(row.owner)
+                if not free:
+                    continue
+                row.state, row.owner, row.lease_until = "leased", self.owner, self._until()
+                row.attempts = (row.attempts or 0) + 1
+                row.updated_at = now
+                got.append(QueuedJob(lease_id=int(row.id), sweep=row.sweep, env_key=row.env_key, kind=row.kind,
+                                     key=row.key, inputs=dict(row.inputs or {}), label=row.label,
+                                     attempts=int(row.attempts)))
+            return got
 
-        return list(self.store._retry(attempt))
+        return list(self.store.transaction(attempt))
 
     def states(self, sweep: str, env_key: str) -> dict[tuple[str, str], str]:
         """``(kind, key) -> pending | leased | done`` of a sweep in one environment (an expired
         lease, or one held by a gone process of this host, reads as pending)."""
         now = utcnow()
-        with self.store._read() as s:
-            rows = s.execute(select(_Lease.kind, _Lease.key, _Lease.state, _Lease.lease_until, _Lease.owner)
-                             .where(_Lease.sweep == sweep, _Lease.env_key == env_key)).all()
+        with self.store.session() as s:
+            rows = s.execute(select(LeaseRow.kind, LeaseRow.key, LeaseRow.state, LeaseRow.lease_until, LeaseRow.owner)
+                             .where(LeaseRow.sweep == sweep, LeaseRow.env_key == env_key)).all()
         out: dict[tuple[str, str], str] = {}
         for kind, key, state, until, owner in rows:
             if state == "leased" and ((until is not None and until < now) or owner_gone(owner)):
@@ -268,53 +264,50 @@ class WorkQueue:
     def attempts(self, sweep: str, env_key: str) -> dict[tuple[str, str], int]:
         """``(kind, key) -> how many times a worker leased it`` (more than once: a lease ran out, or
         a worker died holding it, and another worker took the job over)."""
-        with self.store._read() as s:
-            rows = s.execute(select(_Lease.kind, _Lease.key, _Lease.attempts)
-                             .where(_Lease.sweep == sweep, _Lease.env_key == env_key)).all()
+        with self.store.session() as s:
+            rows = s.execute(select(LeaseRow.kind, LeaseRow.key, LeaseRow.attempts)
+                             .where(LeaseRow.sweep == sweep, LeaseRow.env_key == env_key)).all()
         return {(str(k), str(key)): int(n or 0) for k, key, n in rows}
 
     def renew(self) -> int:
         """Extend every lease this worker holds (what the heartbeat calls); returns how many."""
-        def attempt() -> int:
-            with self.store._write() as s, s.begin():
-                until = self._until()
-                n = s.execute(update(_Lease).where(_Lease.owner == self.owner, _Lease.state == "leased")
-                              .values(lease_until=until)).rowcount
-                s.execute(update(_DeviceClaim).where(_DeviceClaim.owner == self.owner).values(lease_until=until))
-                return int(n or 0)
+        def attempt(s: Session) -> int:
+            until = self._until()
+            n = s.execute(update(LeaseRow).where(LeaseRow.owner == self.owner, LeaseRow.state == "leased")
+                          .values(lease_until=until)).rowcount
+            s.execute(update(DeviceClaimRow).where(DeviceClaimRow.owner == self.owner).values(lease_until=until))
+            return int(n or 0)
 
-        return int(self.store._retry(attempt))
+        return int(self.store.transaction(attempt))
 
     def complete(self, job: QueuedJob, rec: MeasurementRecord) -> bool:
         """Write ``rec`` and mark ``job`` done, in one transaction, if its lease is still ours.
         False (nothing written): the lease expired and another worker holds the job now."""
-        def attempt() -> bool:
-            with self.store._write() as s, s.begin():
-                row = s.scalars(select(_Lease).where(_Lease.id == job.lease_id).with_for_update()).one_or_none()
-                if row is None or row.owner != self.owner or row.state != "leased":
-                    return False
-                self.store._upsert_measurement(s, rec)
-                row.state, row.lease_until, row.updated_at = "done", None, utcnow()
-                return True
+        def attempt(s: Session) -> bool:
+            row = s.scalars(select(LeaseRow).where(LeaseRow.id == job.lease_id).with_for_update()).one_or_none()
+            if row is None or row.owner != self.owner or row.state != "leased":
+                return False
+            self.store.upsert_measurement(s, rec)
+            row.state, row.lease_until, row.updated_at = "done", None, utcnow()
+            return True
 
-        return bool(self._retry_conflicts(attempt))
+        return bool(self.store.transaction(attempt, retry_conflicts=True))
 
     def release(self, job: QueuedJob) -> None:
         """Give a leased job back to the pool unmeasured (a worker stopping early)."""
-        def attempt() -> None:
-            with self.store._write() as s, s.begin():
-                s.execute(update(_Lease).where(_Lease.id == job.lease_id, _Lease.owner == self.owner,
-                                               _Lease.state == "leased")
-                          .values(state="pending", owner=None, lease_until=None, updated_at=utcnow()))
+        def attempt(s: Session) -> None:
+            s.execute(update(LeaseRow).where(LeaseRow.id == job.lease_id, LeaseRow.owner == self.owner,
+                                             LeaseRow.state == "leased")
+                      .values(state="pending", owner=None, lease_until=None, updated_at=utcnow()))
 
-        self.store._retry(attempt)
+        self.store.transaction(attempt)
 
     def counts(self, sweep: str, env_key: str) -> QueueCounts:
         now = utcnow()
-        with self.store._read() as s:
-            rows = s.execute(select(_Lease.state, _Lease.lease_until, func.count())
-                             .where(_Lease.sweep == sweep, _Lease.env_key == env_key)
-                             .group_by(_Lease.state, _Lease.lease_until)).all()
+        with self.store.session() as s:
+            rows = s.execute(select(LeaseRow.state, LeaseRow.lease_until, func.count())
+                             .where(LeaseRow.sweep == sweep, LeaseRow.env_key == env_key)
+                             .group_by(LeaseRow.state, LeaseRow.lease_until)).all()
         pending = leased = done = 0
         for state, until, n in rows:
             if state == "done":
@@ -329,39 +322,27 @@ class WorkQueue:
 
     def claim_device(self, host: str, device: str) -> None:
         """Take (host, device) for this worker, or raise :class:`DeviceBusy` naming the live holder."""
-        def attempt() -> None:
-            with self.store._write() as s, s.begin():
-                now = utcnow()
-                row = s.scalars(select(_DeviceClaim).where(_DeviceClaim.host == host, _DeviceClaim.device == device)
-                                .with_for_update()).one_or_none()
-                if row is None:
-                    s.add(_DeviceClaim(host=host, device=device, owner=self.owner, lease_until=self._until()))
-                elif row.owner == self.owner or row.lease_until < now:
-                    row.owner, row.lease_until = self.owner, self._until()
-                else:
-                    raise DeviceBusy(f"device {device!r} of host {host!r} is held by timing worker {row.owner} "
-                                     f"(lease until {row.lease_until:%H:%M:%S} UTC): one timing worker per device, "
-                                     "so that two do not spoil each other's numbers; give this worker another "
-                                     "device, or wait for that one to finish")
+        def attempt(s: Session) -> None:
+            now = utcnow()
+            row = s.scalars(select(DeviceClaimRow).where(DeviceClaimRow.host == host, DeviceClaimRow.device == device)
+                            .with_for_update()).one_or_none()
+            if row is None:
+                s.add(DeviceClaimRow(host=host, device=device, owner=self.owner, lease_until=self._until()))
+            elif row.owner == self.owner or row.lease_until < now:
+                row.owner, row.lease_until = self.owner, self._until()
+            else:
+                raise DeviceBusy(f"device {device!r} of host {host!r} is held by timing worker {row.owner} "
+                                 f"(lease until {row.lease_until:%H:%M:%S} UTC): one timing worker per device, "
+                                 "so that two do not spoil each other's numbers; give this worker another "
+                                 "device, or wait for that one to finish")
 
-        self._retry_conflicts(attempt)
+        self.store.transaction(attempt, retry_conflicts=True)
 
     def release_device(self) -> None:
-        def attempt() -> None:
-            with self.store._write() as s, s.begin():
-                s.execute(delete(_DeviceClaim).where(_DeviceClaim.owner == self.owner))
+        def attempt(s: Session) -> None:
+            s.execute(delete(DeviceClaimRow).where(DeviceClaimRow.owner == self.owner))
 
-        self.store._retry(attempt)
-
-    def _retry_conflicts(self, fn: Any, attempts: int = 5) -> Any:
-        """``fn`` again when a concurrent insert won a unique key (the loser re-reads and goes on)."""
-        for i in range(attempts):
-            try:
-                return self.store._retry(fn)
-            except IntegrityError:
-                if i == attempts - 1:
-                    raise
-        return None  # pragma: no cover
+        self.store.transaction(attempt)
 
 
 class Heartbeat:

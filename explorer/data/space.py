@@ -41,7 +41,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, Union
 
-from explorer.checks import OptionError, is_int, is_number
+from explorer.checks import OptionError, Problems, is_int, is_number
 
 if TYPE_CHECKING:  # the measurement layer imports torch; a Pruning is built on first use
     from explorer.measure.pruned_prefill import Pruning
@@ -347,64 +347,52 @@ def _to_plain(data: Any) -> Any:
     return data
 
 
-class _Checker:
-    """Collects errors, each prefixed with the source so the user knows which file to open."""
-
-    def __init__(self, source: str):
-        self.source = source
-        self.errors: list[str] = []
-
-    def error(self, key: str, value: Any, problem: str) -> None:
-        text = f"{self.source}: {key}={value!r}: {problem}"
-        if text not in self.errors:
-            self.errors.append(text)
-
-    def raise_if_any(self) -> None:
-        if self.errors:
-            raise SpaceError(self.errors)
+def _raise_if_any(chk: Problems) -> None:
+    if chk:
+        raise SpaceError(chk.lines)
 
 
-def _resolutions(chk: _Checker, key: str, raw: Any) -> tuple[int, ...]:
+def _resolutions(chk: Problems, key: str, raw: Any) -> tuple[int, ...]:
     allowed = "a positive integer, a list of them, or {start, stop, step} (stop inclusive)"
     if raw is None:
-        chk.error(key, raw, f"missing; give {allowed}")
+        chk.add(key, raw, f"missing; give {allowed}")
         return ()
     if is_int(raw):
         raw = [raw]
     if isinstance(raw, Mapping):
         unknown = sorted(set(raw) - {"start", "stop", "step"})
         if unknown:
-            chk.error(key, raw, f"unknown key(s) {unknown}; allowed: start, stop, step")
+            chk.add(key, raw, f"unknown key(s) {unknown}; allowed: start, stop, step")
             return ()
         start, stop, step = raw.get("start"), raw.get("stop"), raw.get("step", 1)
         for name, v in (("start", start), ("stop", stop), ("step", step)):
             if not (is_int(v) and v > 0):
-                chk.error(f"{key}.{name}", v, "a positive integer")
+                chk.add(f"{key}.{name}", v, "a positive integer")
                 return ()
         if stop < start:
-            chk.error(f"{key}.stop", stop, f"must be >= start={start}")
+            chk.add(f"{key}.stop", stop, f"must be >= start={start}")
             return ()
         return tuple(range(start, stop + 1, step))
     if not isinstance(raw, (list, tuple)):
-        chk.error(key, raw, allowed)
+        chk.add(key, raw, allowed)
         return ()
     if not raw:
-        chk.error(key, raw, "empty list; give at least one resolution")
+        chk.add(key, raw, "empty list; give at least one resolution")
     out: list[int] = []
     for i, v in enumerate(raw):
         if is_int(v) and v > 0:
             if v not in out:
                 out.append(v)
         else:
-            chk.error(f"{key}[{i}]", v, "a positive integer number of pixels")
+            chk.add(f"{key}[{i}]", v, "a positive integer number of pixels")
     return tuple(out)
 
 
-def _knob_grid(chk: _Checker, key: str, raw: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+def _knob_grid(chk: Problems, key: str, raw: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     if raw is None:
         return ()
     if not isinstance(raw, Mapping):
-        chk.error(key, raw, "a mapping knob -> list of values")
+        chk.add(key, raw, "a mapping knob -> list of values")
         return ()
     grid = []
     for name in sorted(raw):
@@ -412,7 +400,7 @@ def _knob_grid(chk: _Checker, key: str, raw: Any) -> tuple[tuple[str, tuple[Any,
         if not isinstance(values, (list, tuple)):
             values = [values]
         if not values:
-            chk.error(f"{key}.{name}", values, "empty list; give at least one value")
+            chk.add(f"{key}.{name}", values, "empty list; give at least one value")
             continue
         frozen: list[Any] = []
         for v in values:
@@ -423,9 +411,9 @@ def _knob_grid(chk: _Checker, key: str, raw: Any) -> tuple[tuple[str, tuple[Any,
     return tuple(grid)
 
 
-def _encoder_entries(chk: _Checker, raw: Any, default_res: Any) -> tuple[EncoderEntry, ...]:
+def _encoder_entries(chk: Problems, raw: Any, default_res: Any) -> tuple[EncoderEntry, ...]:
     if raw is None:
-        chk.error("encoders", raw, "missing; give a mapping label -> {family, knobs, resolutions}")
+        chk.add("encoders", raw, "missing; give a mapping label -> {family, knobs, resolutions}")
         return ()
     items: list[tuple[str, str, Any]] = []  # (key for messages, label, entry)
     if isinstance(raw, Mapping):
@@ -433,10 +421,10 @@ def _encoder_entries(chk: _Checker, raw: Any, default_res: Any) -> tuple[Encoder
     elif isinstance(raw, (list, tuple)):
         items = [(f"encoders[{i}]", "", entry) for i, entry in enumerate(raw)]
     else:
-        chk.error("encoders", raw, "a mapping label -> entry, or a list of entries")
+        chk.add("encoders", raw, "a mapping label -> entry, or a list of entries")
         return ()
     if not items:
-        chk.error("encoders", raw, "empty; give at least one encoder family")
+        chk.add("encoders", raw, "empty; give at least one encoder family")
     entries: list[EncoderEntry] = []
     for key, label, entry in items:
         if entry is None:
@@ -444,16 +432,16 @@ def _encoder_entries(chk: _Checker, raw: Any, default_res: Any) -> tuple[Encoder
         if isinstance(entry, str) and not label:
             entry = {"family": entry}
         if not isinstance(entry, Mapping):
-            chk.error(key, entry, f"a mapping with keys {', '.join(ENTRY_KEYS)}")
+            chk.add(key, entry, f"a mapping with keys {', '.join(ENTRY_KEYS)}")
             continue
         unknown = sorted(set(entry) - set(ENTRY_KEYS))
         if unknown:
-            chk.error(f"{key}.{unknown[0]}", entry[unknown[0]],
+            chk.add(f"{key}.{unknown[0]}", entry[unknown[0]],
                       f"unknown key; allowed: {', '.join(ENTRY_KEYS)} (knobs go under `knobs:`)")
             continue
         family = entry.get("family") or entry.get("name") or label
         if not family or not isinstance(family, str):
-            chk.error(f"{key}.family", family, "the encoder family name (see `python -m explorer encoders`)")
+            chk.add(f"{key}.family", family, "the encoder family name (see `python -m explorer encoders`)")
             continue
         res_raw = entry.get("resolutions", None)
         res_key = f"{key}.resolutions"
@@ -465,27 +453,27 @@ def _encoder_entries(chk: _Checker, raw: Any, default_res: Any) -> tuple[Encoder
     return tuple(entries)
 
 
-def _check_models(chk: _Checker, space: Space, shape_fn: Optional[ShapeFn]) -> None:
+def _check_models(chk: Problems, space: Space, shape_fn: Optional[ShapeFn]) -> None:
     """Build every knob combination on the meta device: bad families, knobs and resolutions."""
     try:
         from explorer.models import list_encoders
-        from explorer.models import registry as _registry
+        from explorer.models.registry import encoder_builder
     except Exception as err:  # pragma: no cover - broken install
-        chk.errors.append(f"{chk.source}: cannot import the encoder zoo ({err})")
+        chk.note(f"cannot import the encoder zoo ({err})")
         return
     known = list_encoders()
     shape = shape_fn or encoder_shape
     for i, entry in enumerate(space.encoders):
         key = f"encoders.{entry.label}"
         if shape_fn is None and entry.family not in known:
-            chk.error(f"{key}.family", entry.family, f"unknown encoder; known: {', '.join(known)}")
+            chk.add(f"{key}.family", entry.family, f"unknown encoder; known: {', '.join(known)}")
             continue
-        builder = getattr(_registry, "_BUILDERS", {}).get(entry.family)
+        builder = encoder_builder(entry.family)
         allowed = _builder_knobs(builder)
         if allowed is not None:
             bad = [k for k, _ in entry.knobs if k not in allowed]
             for k in bad:
-                chk.error(f"{key}.knobs.{k}", dict(entry.knobs)[k][0] if dict(entry.knobs)[k] else None,
+                chk.add(f"{key}.knobs.{k}", dict(entry.knobs)[k][0] if dict(entry.knobs)[k] else None,
                           f"unknown knob for {entry.family}; allowed: {', '.join(sorted(allowed))}")
             if bad:
                 continue
@@ -495,13 +483,14 @@ def _check_models(chk: _Checker, space: Space, shape_fn: Optional[ShapeFn]) -> N
                 shape(entry.family, combo, entry.resolutions[0] if entry.resolutions else 256)
                 ok_combo = combo
             except (ValueError, TypeError) as err:
-                culprit = _culprit(str(err), combo)
+                named = err.field if isinstance(err, OptionError) else None
+                culprit = named if named in combo else _culprit(str(err), combo)
                 if culprit is not None:
                     values = dict(entry.knobs)[culprit]
                     idx = values.index(freeze(combo[culprit])) if freeze(combo[culprit]) in values else 0
-                    chk.error(f"{key}.knobs.{culprit}[{idx}]", thaw(combo[culprit]), str(err))
+                    chk.add(f"{key}.knobs.{culprit}[{idx}]", thaw(combo[culprit]), str(err))
                 else:
-                    chk.error(f"{key}.knobs", combo, str(err))
+                    chk.add(f"{key}.knobs", combo, str(err))
                 break  # one message per entry: the first bad combination says it
         if ok_combo is None:
             continue
@@ -509,7 +498,7 @@ def _check_models(chk: _Checker, space: Space, shape_fn: Optional[ShapeFn]) -> N
             try:
                 shape(entry.family, ok_combo, res)
             except (ValueError, TypeError) as err:
-                chk.error(f"{key}.resolutions[{j}]", res, str(err))
+                chk.add(f"{key}.resolutions[{j}]", res, str(err))
 
 
 def _each_value_once(entry: EncoderEntry) -> Iterator[dict[str, Any]]:
@@ -541,39 +530,41 @@ def _builder_knobs(builder: Any) -> Optional[set[str]]:
 
 
 def _culprit(message: str, combo: Mapping[str, Any]) -> Optional[str]:
-    """The knob a builder's error names (``invalid NAME=...``), if it is one of the combo's."""
+    """The knob an error that is not an :class:`~explorer.checks.OptionError` names (``invalid
+    NAME=...`` or ``'NAME'``: a ``TypeError`` of a builder taking ``**kwargs``, transformers' own
+    checks), if it is one of the combo's. An OptionError says its field itself."""
     for name in sorted(combo, key=len, reverse=True):
         if f"invalid {name}=" in message or f"'{name}'" in message:
             return name
     return None
 
 
-def _check_llms(chk: _Checker, llms: Sequence[str], pruning: Sequence[Optional["Pruning"]] = (None,)) -> None:
+def _check_llms(chk: Problems, llms: Sequence[str], pruning: Sequence[Optional["Pruning"]] = (None,)) -> None:
     try:
         from explorer.models.llm import LLM_CATALOG, get_llm_spec
     except Exception as err:  # pragma: no cover - broken install
-        chk.errors.append(f"{chk.source}: cannot import the LLM catalog ({err})")
+        chk.note(f"cannot import the LLM catalog ({err})")
         return
     for i, name in enumerate(llms):
         try:
             spec = get_llm_spec(name)
         except (ValueError, OSError) as err:
-            chk.error(f"llms[{i}]", name, f"{err}; catalog: {', '.join(LLM_CATALOG)} or a config.json path")
+            chk.add(f"llms[{i}]", name, f"{err}; catalog: {', '.join(LLM_CATALOG)} or a config.json path")
             continue
         for j, pr in enumerate(pruning):
             if pr is not None and pr.after_layer >= spec.layers:
-                chk.error(f"pruning[{j}].after_layer", pr.after_layer,
+                chk.add(f"pruning[{j}].after_layer", pr.after_layer,
                           f"an integer 1..{spec.layers - 1}: llms[{i}] {name} has {spec.layers} decoder layers")
 
 
-def _pruning_axis(chk: _Checker, raw: Any) -> tuple[Optional["Pruning"], ...]:
+def _pruning_axis(chk: Problems, raw: Any) -> tuple[Optional["Pruning"], ...]:
     """The ``pruning:`` list: each entry null (no pruning) or ``{after_layer: K, ratio: r}``."""
     if raw is None:
         return (None,)
     if isinstance(raw, Mapping):
         raw = [raw]
     if not isinstance(raw, (list, tuple)) or not raw:
-        chk.error("pruning", raw, "a non-empty list; each entry null (no pruning) or {after_layer: K, ratio: r}")
+        chk.add("pruning", raw, "a non-empty list; each entry null (no pruning) or {after_layer: K, ratio: r}")
         return (None,)
     out: list[Optional["Pruning"]] = []
     for i, v in enumerate(raw):
@@ -581,7 +572,7 @@ def _pruning_axis(chk: _Checker, raw: Any) -> tuple[Optional["Pruning"], ...]:
             pr = as_pruning(v)
         except OptionError as err:
             field_name = err.field if err.field.startswith("pruning") else f"pruning.{err.field}"
-            chk.error(field_name.replace("pruning", f"pruning[{i}]", 1), err.value, err.allowed)
+            chk.add(field_name.replace("pruning", f"pruning[{i}]", 1), err.value, err.allowed)
             continue
         if pr not in out:
             out.append(pr)
@@ -628,17 +619,17 @@ def load_space(
         except Exception as err:
             raise SpaceError(f"{source_name or 'space'}: cannot resolve the config ({err})") from None
     src = source_name or (str(file_path) if file_path else "space")
-    chk = _Checker(src)
+    chk = Problems(src)
     if not isinstance(raw, Mapping):
-        chk.error("(top level)", raw, f"a mapping with keys {', '.join(SPACE_KEYS)}")
-        chk.raise_if_any()
+        chk.add("(top level)", raw, f"a mapping with keys {', '.join(SPACE_KEYS)}")
+        _raise_if_any(chk)
     unknown = sorted(set(raw) - set(SPACE_KEYS))
     for key in unknown:
-        chk.error(key, raw[key], f"unknown key; allowed: {', '.join(SPACE_KEYS)}")
+        chk.add(key, raw[key], f"unknown key; allowed: {', '.join(SPACE_KEYS)}")
 
     space_name = name or raw.get("name") or (file_path.stem if file_path else "space")
     if not isinstance(space_name, str) or not space_name.replace("-", "_").replace(".", "_").isidentifier():
-        chk.error("name", space_name, "letters, digits, '_', '-' or '.' (it names the results folder)")
+        chk.add("name", space_name, "letters, digits, '_', '-' or '.' (it names the results folder)")
 
     entries = _encoder_entries(chk, raw.get("encoders"), raw.get("resolutions"))
 
@@ -647,45 +638,45 @@ def load_space(
     if isinstance(llms_raw, str):
         llms_raw = [llms_raw]
     if not isinstance(llms_raw, (list, tuple)) or not llms_raw:
-        chk.error("llms", llms_raw, "a non-empty list of LLM catalog names or config.json paths")
+        chk.add("llms", llms_raw, "a non-empty list of LLM catalog names or config.json paths")
     else:
         for i, v in enumerate(llms_raw):
             if isinstance(v, str) and v.strip():
                 if v not in llms:
                     llms.append(v)
             else:
-                chk.error(f"llms[{i}]", v, "an LLM catalog name or a config.json path")
+                chk.add(f"llms[{i}]", v, "an LLM catalog name or a config.json path")
 
     tt_raw = raw.get("text_tokens", [0])
     if is_int(tt_raw):
         tt_raw = [tt_raw]
     text_tokens: list[int] = []
     if not isinstance(tt_raw, (list, tuple)) or not tt_raw:
-        chk.error("text_tokens", tt_raw, "a non-empty list of integers >= 0 (prompt tokens after the image)")
+        chk.add("text_tokens", tt_raw, "a non-empty list of integers >= 0 (prompt tokens after the image)")
     else:
         for i, v in enumerate(tt_raw):
             if is_int(v) and v >= 0:
                 if v not in text_tokens:
                     text_tokens.append(v)
             else:
-                chk.error(f"text_tokens[{i}]", v, "an integer >= 0")
+                chk.add(f"text_tokens[{i}]", v, "an integer >= 0")
 
     constraints = Constraints()
     c_raw = raw.get("constraints") or {}
     if not isinstance(c_raw, Mapping):
-        chk.error("constraints", c_raw, "a mapping; allowed keys: max_visual_tokens, max_params_m")
+        chk.add("constraints", c_raw, "a mapping; allowed keys: max_visual_tokens, max_params_m")
     else:
         allowed = [f.name for f in fields(Constraints)]
         kw: dict[str, Any] = {}
         for key, v in c_raw.items():
             if key not in allowed:
-                chk.error(f"constraints.{key}", v, f"unknown constraint; allowed: {', '.join(allowed)}")
+                chk.add(f"constraints.{key}", v, f"unknown constraint; allowed: {', '.join(allowed)}")
             elif v is None:
                 continue
             elif key == "max_visual_tokens" and not (is_int(v) and v > 0):
-                chk.error(f"constraints.{key}", v, "a positive integer")
+                chk.add(f"constraints.{key}", v, "a positive integer")
             elif key == "max_params_m" and not (is_number(v) and v > 0):
-                chk.error(f"constraints.{key}", v, "a positive number of millions of parameters")
+                chk.add(f"constraints.{key}", v, "a positive number of millions of parameters")
             else:
                 kw[key] = v
         constraints = Constraints(**kw)
@@ -694,16 +685,16 @@ def load_space(
     ex_raw = raw.get("exclude") or []
     exclude: list[tuple[tuple[str, Any], ...]] = []
     if not isinstance(ex_raw, (list, tuple)):
-        chk.error("exclude", ex_raw, "a list of partial points (mappings)")
+        chk.add("exclude", ex_raw, "a list of partial points (mappings)")
     else:
         ok_keys = sorted(set(POINT_FIELDS) | knob_names)
         for i, ex in enumerate(ex_raw):
             if not isinstance(ex, Mapping) or not ex:
-                chk.error(f"exclude[{i}]", ex, f"a non-empty mapping with keys from: {', '.join(ok_keys)}")
+                chk.add(f"exclude[{i}]", ex, f"a non-empty mapping with keys from: {', '.join(ok_keys)}")
                 continue
             bad = [k for k in ex if k not in ok_keys]
             for k in bad:
-                chk.error(f"exclude[{i}].{k}", ex[k], f"unknown key; allowed: {', '.join(ok_keys)}")
+                chk.add(f"exclude[{i}].{k}", ex[k], f"unknown key; allowed: {', '.join(ok_keys)}")
             if bad:
                 continue
             listed: dict[str, list[Any]] = {"encoder": [e.family for e in entries] + [e.label for e in entries],
@@ -714,7 +705,7 @@ def load_space(
                     listed.setdefault(k, []).extend(vals)
             for k, v in ex.items():
                 if not any(_canonical(thaw(freeze(v))) == _canonical(thaw(w)) for w in listed.get(k, [])):
-                    chk.error(f"exclude[{i}].{k}", v, "a value the space lists, or the entry matches no point; "
+                    chk.add(f"exclude[{i}].{k}", v, "a value the space lists, or the entry matches no point; "
                               f"listed: {', '.join(map(str, dict.fromkeys(map(str, listed.get(k, [])))))}")
                     break
             else:
@@ -723,17 +714,17 @@ def load_space(
     measure_raw = raw.get("measure") or {}
     measure: tuple[tuple[str, Any], ...] = ()
     if not isinstance(measure_raw, Mapping):
-        chk.error("measure", measure_raw, "a mapping of measurement settings (MeasureSettings fields)")
+        chk.add("measure", measure_raw, "a mapping of measurement settings (MeasureSettings fields)")
     else:
         allowed_m = _measure_fields()
         for key, v in measure_raw.items():
             if allowed_m is not None and key not in allowed_m:
-                chk.error(f"measure.{key}", v, f"unknown measurement setting; allowed: {', '.join(allowed_m)}")
+                chk.add(f"measure.{key}", v, f"unknown measurement setting; allowed: {', '.join(allowed_m)}")
         measure = tuple(sorted((str(k), freeze(v)) for k, v in measure_raw.items()))
 
     description = raw.get("description") or ""
     pruning = _pruning_axis(chk, raw.get("pruning"))
-    chk.raise_if_any()
+    _raise_if_any(chk)
     space = Space(name=str(space_name), encoders=entries, llms=tuple(llms), text_tokens=tuple(text_tokens),
                   constraints=constraints, exclude=tuple(exclude), measure=measure,
                   description=str(description), source=src, pruning=pruning)
@@ -741,7 +732,7 @@ def load_space(
         _check_models(chk, space, shape_fn)
         if check_models:
             _check_llms(chk, space.llms, space.pruning)
-        chk.raise_if_any()
+        _raise_if_any(chk)
     if check_models or shape_fn is not None or not space.constraints.active():
         enumerate_points(space, shape_fn=shape_fn)  # an empty product is an error here already
     return space

@@ -3,7 +3,9 @@
 SQLite in the results folder by default (``sqlite:///results/<space>/store.db``); any SQLAlchemy
 URL (PostgreSQL) when several machines share a sweep. Optuna may keep its study tables in the
 same database: this module only owns ``measurements``, ``measurement_history``, ``points`` and
-``accuracy`` (and the queue tables of :mod:`explorer.data.queue`).
+``accuracy`` (and the queue tables of :mod:`explorer.data.queue`), all declared in
+:mod:`explorer.data.tables`. :meth:`Store.transaction` is the one way to write: the queue's
+transactions go through it as the store's own do.
 
 Why it looks like this:
 
@@ -18,28 +20,32 @@ Why it looks like this:
   it was superseded: the results show the latest value and nothing is lost
   (:meth:`Store.history`).
 - SQLite runs in WAL mode with a busy timeout, and write transactions start with
-  ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing on a lock upgrade.
+  ``BEGIN IMMEDIATE`` so concurrent writers queue instead of failing on a lock upgrade; a
+  transaction that failed for a reason another try fixes (a lock, a serialization failure, a lost
+  connection) runs again whole.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional, Sequence, TypeVar, Union
 
-from sqlalchemy import (JSON, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint,
-                        create_engine, event, select)
+from sqlalchemy import create_engine, event, select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm import Session
 
 from explorer.data.space import DesignPoint, canonical_json
+from explorer.data.tables import (HISTORY_COPIED, AccuracyRow, Base, MeasurementHistoryRow, MeasurementRow, MetaRow,
+                                  PointRow, jsonable)
+
+T = TypeVar("T")
 
 __all__ = ["KINDS", "STATUSES", "SCHEMA_VERSION", "StoreError", "AccuracyRecord", "MeasurementRecord", "PointRecord",
-           "Store", "resolve_url", "utcnow"]
+           "Store", "as_store", "resolve_url", "sqlite_file", "utcnow"]
 
 KINDS = ("encoder", "projector", "prefill")
 STATUSES = ("ok", "failed", "timeout", "oom", "killed")
@@ -60,162 +66,14 @@ SCHEMA_HISTORY = {2: "explorer_meta", 3: "sweeps, sweep_jobs, leases, device_cla
 
 class StoreError(ValueError):
     """A results database that cannot be opened or is not one (names the URL and what is wrong)."""
+
+
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 
 
 def utcnow() -> datetime:
     """Naive UTC timestamp (what every timestamp column holds)."""
     return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
-class _Base(DeclarativeBase):
-    # Own metadata: optuna (or anyone else) may create tables in the same database.
-    metadata = MetaData()
-
-
-class _MeasurementColumns:
-    """The columns of one measurement, shared by the live table and its history."""
-
-    kind: Mapped[str] = mapped_column(String(16))
-    key: Mapped[str] = mapped_column(String(64))
-    env_key: Mapped[str] = mapped_column(String(64))
-    environment: Mapped[Any] = mapped_column(JSON)
-    inputs: Mapped[Any] = mapped_column(JSON)
-    payload: Mapped[Optional[Any]] = mapped_column(JSON, nullable=True)
-    status: Mapped[str] = mapped_column(String(16))
-    error: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
-    started_at: Mapped[datetime] = mapped_column(DateTime)
-    finished_at: Mapped[datetime] = mapped_column(DateTime)
-    duration_s: Mapped[float] = mapped_column(Float)
-
-
-class _Measurement(_MeasurementColumns, _Base):
-    __tablename__ = "measurements"
-    __table_args__ = (UniqueConstraint("kind", "key", "env_key", name="uq_measurement"),
-                      Index("ix_measurements_env", "env_key", "kind"))
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-
-
-class _MeasurementHistory(_MeasurementColumns, _Base):
-    """A measurement row as it was before a later measurement of the same (kind, key, env_key)
-    replaced it: the columns of ``measurements`` (``measurement_id`` is the id of the row it was
-    replaced in) plus ``superseded_at``. Rows are only ever added."""
-
-    __tablename__ = "measurement_history"
-    __table_args__ = (Index("ix_measurement_history_slot", "kind", "key", "env_key"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    measurement_id: Mapped[int] = mapped_column(Integer)
-    superseded_at: Mapped[datetime] = mapped_column(DateTime)
-
-
-#: The columns a history row copies from the measurement row it keeps.
-_COPIED = ("kind", "key", "env_key", "environment", "inputs", "payload", "status", "error", "started_at",
-           "finished_at", "duration_s")
-
-
-class _Point(_Base):
-    __tablename__ = "points"
-    __table_args__ = (UniqueConstraint("space", "point_key", name="uq_point"),
-                      Index("ix_points_key", "point_key"))
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    space: Mapped[str] = mapped_column(String(200))
-    point_key: Mapped[str] = mapped_column(String(64))
-    point: Mapped[Any] = mapped_column(JSON)
-    encoder: Mapped[str] = mapped_column(String(200))
-    knobs: Mapped[str] = mapped_column(Text)  # canonical JSON, for matching accuracy rows
-    resolution: Mapped[int] = mapped_column(Integer)
-    llm: Mapped[str] = mapped_column(String(500))
-    text_tokens: Mapped[int] = mapped_column(Integer)
-    visual_tokens: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
-    encoder_key: Mapped[str] = mapped_column(String(64))
-    projector_key: Mapped[str] = mapped_column(String(64))
-    prefill_key: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-
-
-class _Meta(_Base):
-    __tablename__ = "explorer_meta"
-
-    key: Mapped[str] = mapped_column(String(64), primary_key=True)
-    value: Mapped[str] = mapped_column(Text)
-
-
-class _Sweep(_Base):
-    """A published sweep: its measurement settings, so a worker started without the space can join."""
-
-    __tablename__ = "sweeps"
-
-    name: Mapped[str] = mapped_column(String(200), primary_key=True)
-    settings: Mapped[Any] = mapped_column(JSON)
-    n_jobs: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
-
-
-class _SweepJob(_Base):
-    """One unique measurement of a published sweep, independent of where it is measured."""
-
-    __tablename__ = "sweep_jobs"
-    __table_args__ = (UniqueConstraint("sweep", "kind", "key", name="uq_sweep_job"),)
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sweep: Mapped[str] = mapped_column(String(200))
-    kind: Mapped[str] = mapped_column(String(16))
-    key: Mapped[str] = mapped_column(String(64))
-    inputs: Mapped[Any] = mapped_column(JSON)
-    label: Mapped[str] = mapped_column(Text)
-    estimate_s: Mapped[float] = mapped_column(Float)
-
-
-class _Lease(_Base):
-    """The state of one sweep job in one environment: pending, leased (to ``owner`` until
-    ``lease_until``) or done. An expired lease counts as pending."""
-
-    __tablename__ = "leases"
-    __table_args__ = (UniqueConstraint("sweep", "env_key", "kind", "key", name="uq_lease"),
-                      Index("ix_leases_claim", "sweep", "env_key", "state"))
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    sweep: Mapped[str] = mapped_column(String(200))
-    env_key: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(16))
-    key: Mapped[str] = mapped_column(String(64))
-    inputs: Mapped[Any] = mapped_column(JSON)
-    label: Mapped[str] = mapped_column(Text)
-    state: Mapped[str] = mapped_column(String(16))
-    owner: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
-    lease_until: Mapped[Optional[datetime]] = mapped_column(DateTime, nullable=True)
-    attempts: Mapped[int] = mapped_column(Integer, default=0)
-    updated_at: Mapped[datetime] = mapped_column(DateTime)
-
-
-class _DeviceClaim(_Base):
-    """The one timing worker of a device of a host (a lease renewed by that worker's heartbeat)."""
-
-    __tablename__ = "device_claims"
-
-    host: Mapped[str] = mapped_column(String(200), primary_key=True)
-    device: Mapped[str] = mapped_column(String(200), primary_key=True)
-    owner: Mapped[str] = mapped_column(String(200))
-    lease_until: Mapped[datetime] = mapped_column(DateTime)
-
-
-class _Accuracy(_Base):
-    __tablename__ = "accuracy"
-
-    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    point_key: Mapped[Optional[str]] = mapped_column(String(64), nullable=True, index=True)
-    encoder: Mapped[Optional[str]] = mapped_column(String(200), nullable=True)
-    knobs: Mapped[Optional[str]] = mapped_column(Text, nullable=True)  # canonical JSON; NULL = default knobs
-    resolution: Mapped[Optional[int]] = mapped_column(Integer, nullable=True)
-    llm: Mapped[Optional[str]] = mapped_column(String(500), nullable=True)
-    metric: Mapped[str] = mapped_column(String(100))
-    value: Mapped[float] = mapped_column(Float)
-    source: Mapped[str] = mapped_column(String(500))
-    details: Mapped[Optional[Any]] = mapped_column(JSON, nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime)
 
 
 # --------------------------------------------------------------------------------------------
@@ -292,23 +150,16 @@ def resolve_url(target: Union[str, Path]) -> str:
     return f"sqlite:///{path}"
 
 
-def _json_default(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.asdict(value)
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "item"):  # numpy / torch scalars
-        return value.item()
-    return str(value)
+def sqlite_file(url: str) -> Optional[Path]:
+    """The database file a ``sqlite:///PATH`` URL names (None for a server's URL)."""
+    prefix = "sqlite:///"
+    return Path(url[len(prefix):]) if url.startswith(prefix) else None
 
 
-def _jsonable(value: Any) -> Any:
-    """A JSON round-trip: what the database will give back, with odd types made plain."""
-    if value is None:
-        return None
-    return json.loads(json.dumps(value, default=_json_default, allow_nan=True))
+def as_store(source: Union["Store", str, Path], *, create: bool) -> "Store":
+    """``source`` itself when it is a :class:`Store`, else the store it names (opened with
+    ``create``: False for readers, which refuse what is not a results database)."""
+    return source if isinstance(source, Store) else Store(source, create=create)
 
 
 #: SQLSTATEs of failures a retry of the whole transaction fixes (serialization failure, deadlock).
@@ -316,7 +167,7 @@ RETRIED_SQLSTATES = frozenset({"40001", "40P01"})
 
 
 def _transient(err: Exception) -> bool:
-    """Whether running the failed transaction again can succeed (see :meth:`Store._retry`)."""
+    """Whether running the failed transaction again can succeed (see :meth:`Store.transaction`)."""
     if isinstance(err, IntegrityError):
         return False
     if getattr(err, "connection_invalidated", False):
@@ -378,11 +229,11 @@ class Store:
             if self.is_sqlite:
                 self._quick_check()
             tables = set(inspect(self.engine).get_table_names())
-            ours = {t.name for t in _Base.metadata.sorted_tables}
+            ours = {t.name for t in Base.metadata.sorted_tables}
             version = None
             if "explorer_meta" in tables:
-                with self._read() as s:
-                    row = s.get(_Meta, "schema_version")
+                with self.session() as s:
+                    row = s.get(MetaRow, "schema_version")
                     version = int(row.value) if row is not None else None
             if version is not None and version > SCHEMA_VERSION:
                 raise StoreError(f"invalid store={self.url!r}: written by a newer explorer (schema version {version}; "
@@ -396,7 +247,7 @@ class Store:
                                  f"({', '.join(sorted(foreign)[:5])}{', ...' if len(foreign) > 5 else ''}), not "
                                  "explorer's; give a new file or a results folder (out=...)")
             if create:
-                self._retry(self._create_tables)
+                self.transaction(lambda s: self._create_tables(s.connection()))
         except StoreError:
             self.engine.dispose()
             raise
@@ -414,25 +265,25 @@ class Store:
                              f"{rows[0][:120] if rows else 'no answer'}{f'; {len(rows)} problems' if len(rows) > 1 else ''}); "
                              "restore it from a copy, or recover it with `sqlite3 FILE .recover`")
 
-    def _create_tables(self) -> None:
+    @staticmethod
+    def _create_tables(conn: Any) -> None:
         """Create the missing tables and record the schema version, in one transaction. On PostgreSQL
         the transaction first takes an advisory lock, so workers started at the same instant on a fresh
         database create the schema one after another (each later one finds the tables made)."""
-        with self._write_engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
-            _Base.metadata.create_all(conn)
-            meta = _Meta.__table__
-            row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
-            if row is None:
-                conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
-            elif int(row[0]) < SCHEMA_VERSION:  # an older database: its missing tables were made above
-                conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
+        if conn.dialect.name == "postgresql":
+            conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({SCHEMA_LOCK_KEY})")
+        Base.metadata.create_all(conn)
+        meta = MetaRow.__table__
+        row = conn.execute(select(meta.c.value).where(meta.c.key == "schema_version")).first()
+        if row is None:
+            conn.execute(meta.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+        elif int(row[0]) < SCHEMA_VERSION:  # an older database: its missing tables were made above
+            conn.execute(meta.update().where(meta.c.key == "schema_version").values(value=str(SCHEMA_VERSION)))
 
     def schema_version(self) -> Optional[int]:
         """The version in ``explorer_meta`` (None: a version-1 database without the table)."""
-        with self._read() as s:
-            row = s.get(_Meta, "schema_version")
+        with self.session() as s:
+            row = s.get(MetaRow, "schema_version")
             return None if row is None else int(row.value)
 
     # -- plumbing -----------------------------------------------------------------------------
@@ -457,23 +308,34 @@ class Store:
             mode = conn.get_execution_options().get("explorer_begin", "")
             conn.exec_driver_sql(f"BEGIN {mode}".strip())
 
-    def _retry(self, fn: Any, attempts: int = 5) -> Any:
-        """Run ``fn`` (one whole transaction); run it again a few times when it failed for a
-        reason another try can fix: SQLite's 'database is locked' (another writer), a PostgreSQL
-        serialization failure or deadlock (SQLSTATE 40001 / 40P01), a connection lost mid-way."""
+    def transaction(self, fn: Callable[[Session], T], *, retry_conflicts: bool = False, attempts: int = 5) -> T:
+        """Run ``fn(session)`` as one write transaction and return what it returns: committed when
+        ``fn`` returns, rolled back when it raises. On SQLite the transaction starts with
+        ``BEGIN IMMEDIATE`` (writers queue, none fails on a lock upgrade).
+
+        The whole transaction runs again (up to ``attempts`` times) when it failed for a reason
+        another try can fix: SQLite's 'database is locked' (another writer), a PostgreSQL
+        serialization failure or deadlock (SQLSTATE 40001 / 40P01), a connection lost mid-way. With
+        ``retry_conflicts`` also when a concurrent insert won a unique key (``IntegrityError``): ``fn``
+        reads again and finds the other's row. So ``fn`` must do all its reading inside the session."""
+        def once() -> T:
+            with Session(self._write_engine, expire_on_commit=False) as s, s.begin():
+                return fn(s)
+
         for i in range(attempts):
             try:
-                return fn()
+                return once()
+            except IntegrityError:
+                if not retry_conflicts or i == attempts - 1:
+                    raise
             except (OperationalError, DBAPIError) as err:
                 if not _transient(err) or i == attempts - 1:
                     raise
                 time.sleep(0.2 * (i + 1))
-        return None  # pragma: no cover
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _write(self) -> Session:
-        return Session(self._write_engine, expire_on_commit=False)
-
-    def _read(self) -> Session:
+    def session(self) -> Session:
+        """A session for reading (use it in a ``with``); writes go through :meth:`transaction`."""
         return Session(self.engine, expire_on_commit=False)
 
     def close(self) -> None:
@@ -494,44 +356,39 @@ class Store:
         """Insert or replace the row for ``(kind, key, env_key)`` in one transaction; returns its id.
 
         A replaced row is first copied to ``measurement_history`` (see :meth:`history`)."""
-        def attempt() -> int:
-            with self._write() as s, s.begin():
-                return self._upsert_measurement(s, rec)
-
-        try:
-            return int(self._retry(attempt))
-        except IntegrityError:  # another worker inserted the same row meanwhile: update it
-            return int(self._retry(attempt))
+        # another worker inserting the same row meanwhile is a conflict: read again, update it
+        return int(self.transaction(lambda s: self.upsert_measurement(s, rec), retry_conflicts=True))
 
     @staticmethod
-    def _upsert_measurement(s: Session, rec: MeasurementRecord) -> int:
-        """Insert or replace ``rec``'s row inside the open transaction of ``s`` (a replaced row is
-        copied to ``measurement_history`` in the same transaction); returns its id."""
+    def upsert_measurement(s: Session, rec: MeasurementRecord) -> int:
+        """Insert or replace ``rec``'s row inside the open transaction of ``s`` (a
+        :meth:`transaction`'s session; a replaced row is copied to ``measurement_history`` in the
+        same transaction); returns its id."""
         if rec.kind not in KINDS:
             raise ValueError(f"invalid kind={rec.kind!r}: one of {', '.join(KINDS)}")
         if rec.status not in STATUSES:
             raise ValueError(f"invalid status={rec.status!r}: one of {', '.join(STATUSES)}")
         now = utcnow()
-        values = dict(environment=_jsonable(rec.environment), inputs=_jsonable(rec.inputs),
-                      payload=_jsonable(rec.payload), status=rec.status, error=rec.error,
+        values = dict(environment=jsonable(rec.environment), inputs=jsonable(rec.inputs),
+                      payload=jsonable(rec.payload), status=rec.status, error=rec.error,
                       started_at=rec.started_at or now, finished_at=rec.finished_at or now,
                       duration_s=float(rec.duration_s))
-        row = s.scalars(select(_Measurement).where(
-            _Measurement.kind == rec.kind, _Measurement.key == rec.key,
-            _Measurement.env_key == rec.env_key)).one_or_none()
+        row = s.scalars(select(MeasurementRow).where(
+            MeasurementRow.kind == rec.kind, MeasurementRow.key == rec.key,
+            MeasurementRow.env_key == rec.env_key)).one_or_none()
         if row is None:
-            row = _Measurement(kind=rec.kind, key=rec.key, env_key=rec.env_key, **values)
+            row = MeasurementRow(kind=rec.kind, key=rec.key, env_key=rec.env_key, **values)
             s.add(row)
         else:
-            s.add(_MeasurementHistory(measurement_id=row.id, superseded_at=now,
-                                      **{name: getattr(row, name) for name in _COPIED}))
+            s.add(MeasurementHistoryRow(measurement_id=row.id, superseded_at=now,
+                                        **{name: getattr(row, name) for name in HISTORY_COPIED}))
             for name, v in values.items():
                 setattr(row, name, v)
         s.flush()
         return int(row.id)
 
     @staticmethod
-    def _to_record(row: _Measurement) -> MeasurementRecord:
+    def _to_record(row: MeasurementRow) -> MeasurementRecord:
         return MeasurementRecord(kind=row.kind, key=row.key, env_key=row.env_key, environment=row.environment or {},
                                  inputs=row.inputs or {}, status=row.status, payload=row.payload, error=row.error,
                                  started_at=row.started_at, finished_at=row.finished_at,
@@ -542,15 +399,15 @@ class Store:
         """The earlier values later measurements replaced, oldest first, optionally filtered
         (each with ``superseded_at``; the current value is :meth:`get_measurement`'s). Empty for a
         database opened read-only (``create=False``) before it had the table (schema < 4)."""
-        stmt = select(_MeasurementHistory).order_by(_MeasurementHistory.id)
+        stmt = select(MeasurementHistoryRow).order_by(MeasurementHistoryRow.id)
         for column, value in (("kind", kind), ("key", key), ("env_key", env_key)):
             if value is not None:
-                stmt = stmt.where(getattr(_MeasurementHistory, column) == value)
+                stmt = stmt.where(getattr(MeasurementHistoryRow, column) == value)
         from sqlalchemy import inspect
 
-        if _MeasurementHistory.__tablename__ not in inspect(self.engine).get_table_names():
+        if MeasurementHistoryRow.__tablename__ not in inspect(self.engine).get_table_names():
             return []
-        with self._read() as s:
+        with self.session() as s:
             return [MeasurementRecord(kind=r.kind, key=r.key, env_key=r.env_key, environment=r.environment or {},
                                       inputs=r.inputs or {}, status=r.status, payload=r.payload, error=r.error,
                                       started_at=r.started_at, finished_at=r.finished_at,
@@ -558,28 +415,29 @@ class Store:
                                       superseded_at=r.superseded_at) for r in s.scalars(stmt)]
 
     def get_measurement(self, kind: str, key: str, env_key: str) -> Optional[MeasurementRecord]:
-        with self._read() as s:
-            row = s.scalars(select(_Measurement).where(
-                _Measurement.kind == kind, _Measurement.key == key, _Measurement.env_key == env_key)).one_or_none()
+        with self.session() as s:
+            row = s.scalars(select(MeasurementRow).where(
+                MeasurementRow.kind == kind, MeasurementRow.key == key,
+                MeasurementRow.env_key == env_key)).one_or_none()
             return None if row is None else self._to_record(row)
 
     def measurement_status(self, env_key: str) -> dict[tuple[str, str], str]:
         """``(kind, key) -> status`` of everything measured in one environment (for resuming)."""
-        with self._read() as s:
-            rows = s.execute(select(_Measurement.kind, _Measurement.key, _Measurement.status)
-                             .where(_Measurement.env_key == env_key)).all()
+        with self.session() as s:
+            rows = s.execute(select(MeasurementRow.kind, MeasurementRow.key, MeasurementRow.status)
+                             .where(MeasurementRow.env_key == env_key)).all()
         return {(k, key): st for k, key, st in rows}
 
     def measurements(self, *, env_key: Optional[str] = None, kind: Optional[str] = None,
                      keys: Optional[Iterable[str]] = None) -> list[MeasurementRecord]:
         """Stored measurements, oldest first, optionally filtered."""
-        stmt = select(_Measurement).order_by(_Measurement.id)
+        stmt = select(MeasurementRow).order_by(MeasurementRow.id)
         if env_key is not None:
-            stmt = stmt.where(_Measurement.env_key == env_key)
+            stmt = stmt.where(MeasurementRow.env_key == env_key)
         if kind is not None:
-            stmt = stmt.where(_Measurement.kind == kind)
+            stmt = stmt.where(MeasurementRow.kind == kind)
         wanted = set(keys) if keys is not None else None
-        with self._read() as s:
+        with self.session() as s:
             out = [self._to_record(r) for r in s.scalars(stmt)]
         return out if wanted is None else [r for r in out if r.key in wanted]
 
@@ -595,9 +453,9 @@ class Store:
     def environments(self) -> dict[str, dict[str, Any]]:
         """``env_key -> environment`` with the time of its latest measurement under ``_last``."""
         out: dict[str, dict[str, Any]] = {}
-        with self._read() as s:
-            rows = s.execute(select(_Measurement.env_key, _Measurement.environment, _Measurement.finished_at)
-                             .order_by(_Measurement.id)).all()
+        with self.session() as s:
+            rows = s.execute(select(MeasurementRow.env_key, MeasurementRow.environment, MeasurementRow.finished_at)
+                             .order_by(MeasurementRow.id)).all()
         for env_key, env, finished in rows:
             out[env_key] = {**(env or {}), "_last": finished}
         return out
@@ -610,44 +468,38 @@ class Store:
             return 0
         spaces = {r.space for r in records}
 
-        def attempt() -> int:
-            with self._write() as s, s.begin():
-                have = set(s.execute(select(_Point.space, _Point.point_key).where(_Point.space.in_(spaces))).all())
-                added = 0
-                now = utcnow()
-                for r in records:
-                    if (r.space, r.key) in have:
-                        continue
-                    have.add((r.space, r.key))
-                    p = r.point
-                    s.add(_Point(space=r.space, point_key=r.key, point=p.to_dict(), encoder=p.encoder,
-                                 knobs=canonical_json(p.knob_dict()), resolution=p.resolution, llm=p.llm,
-                                 text_tokens=p.text_tokens, visual_tokens=r.visual_tokens,
-                                 encoder_key=r.encoder_key, projector_key=r.projector_key,
-                                 prefill_key=r.prefill_key, created_at=now))
-                    added += 1
-                return added
+        def attempt(s: Session) -> int:
+            have = set(s.execute(select(PointRow.space, PointRow.point_key).where(PointRow.space.in_(spaces))).all())
+            added = 0
+            now = utcnow()
+            for r in records:
+                if (r.space, r.key) in have:
+                    continue
+                have.add((r.space, r.key))
+                p = r.point
+                s.add(PointRow(space=r.space, point_key=r.key, point=p.to_dict(), encoder=p.encoder,
+                               knobs=canonical_json(p.knob_dict()), resolution=p.resolution, llm=p.llm,
+                               text_tokens=p.text_tokens, visual_tokens=r.visual_tokens,
+                               encoder_key=r.encoder_key, projector_key=r.projector_key,
+                               prefill_key=r.prefill_key, created_at=now))
+                added += 1
+            return added
 
-        for i in range(5):  # another process added the same points first: read again, add the rest
-            try:
-                return int(self._retry(attempt))
-            except IntegrityError:
-                if i == 4:
-                    raise
-        return 0  # pragma: no cover
+        # another process adding the same points first is a conflict: read again, add the rest
+        return int(self.transaction(attempt, retry_conflicts=True))
 
     def points(self, space: Optional[str] = None) -> list[PointRecord]:
-        stmt = select(_Point).order_by(_Point.id)
+        stmt = select(PointRow).order_by(PointRow.id)
         if space is not None:
-            stmt = stmt.where(_Point.space == space)
-        with self._read() as s:
+            stmt = stmt.where(PointRow.space == space)
+        with self.session() as s:
             return [PointRecord(space=r.space, point=DesignPoint.from_dict(r.point), encoder_key=r.encoder_key,
                                 projector_key=r.projector_key, prefill_key=r.prefill_key,
                                 visual_tokens=r.visual_tokens, created_at=r.created_at) for r in s.scalars(stmt)]
 
     def spaces(self) -> list[str]:
-        with self._read() as s:
-            return sorted(s.scalars(select(_Point.space).distinct()))
+        with self.session() as s:
+            return sorted(s.scalars(select(PointRow.space).distinct()))
 
     # -- accuracy -----------------------------------------------------------------------------
 
@@ -662,22 +514,21 @@ class Store:
             point_key = point.key
         if point_key is None and encoder is None:
             raise ValueError("add_accuracy needs a point, a point_key or at least an encoder to match")
-        row = _Accuracy(point_key=point_key, encoder=encoder,
-                        knobs=None if knobs is None else canonical_json(dict(knobs)), resolution=resolution,
-                        llm=llm, metric=metric, value=float(value), source=source,
-                        details=_jsonable(dict(details) if details else None), created_at=utcnow())
+        row = AccuracyRow(point_key=point_key, encoder=encoder,
+                          knobs=None if knobs is None else canonical_json(dict(knobs)), resolution=resolution,
+                          llm=llm, metric=metric, value=float(value), source=source,
+                          details=jsonable(dict(details) if details else None), created_at=utcnow())
 
-        def attempt() -> int:
-            with self._write() as s, s.begin():
-                s.add(row)
-                s.flush()
-                return int(row.id)
+        def attempt(s: Session) -> int:
+            s.add(row)
+            s.flush()
+            return int(row.id)
 
-        return int(self._retry(attempt))
+        return int(self.transaction(attempt))
 
     def accuracy(self) -> list[AccuracyRecord]:
-        with self._read() as s:
-            rows = list(s.scalars(select(_Accuracy).order_by(_Accuracy.id)))
+        with self.session() as s:
+            rows = list(s.scalars(select(AccuracyRow).order_by(AccuracyRow.id)))
             return [AccuracyRecord(value=r.value, source=r.source, metric=r.metric, point_key=r.point_key,
                                    encoder=r.encoder, knobs=None if r.knobs is None else json.loads(r.knobs),
                                    resolution=r.resolution, llm=r.llm, details=r.details,
@@ -685,4 +536,4 @@ class Store:
 
     def iter_tables(self) -> Iterator[str]:
         """Names of the tables this store owns."""
-        yield from _Base.metadata.tables
+        yield from Base.metadata.tables

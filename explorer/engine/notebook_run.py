@@ -26,8 +26,8 @@ from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
 from explorer.engine.sweep import default_settings, plan_sweep, run_sweep
 
-__all__ = ["QUICK_TIMING", "NotebookPaths", "env_flag", "resolve_paths", "quick_settings", "read_or_measure",
-           "runtime_environment", "stored_runtimes", "export_figure"]
+__all__ = ["QUICK_TIMING", "NotebookPaths", "env_flag", "resolve_paths", "notebook_setup", "quick_settings",
+           "read_or_measure", "runtime_environment", "stored_runtimes", "export_figure"]
 
 # QUICK: no warm-up beyond the timer's one untimed calibration call, and a single timed call per
 # measurement (a median of one sample: flagged noisy in the store, and said so in every figure).
@@ -79,6 +79,23 @@ def resolve_paths(space: str, results_dir: Union[str, Path, None] = None, result
     db = Path(results_db) if results_db else folder / space / "store.db"
     return NotebookPaths(root=root, results_dir=folder, results_db=db, quick_db=folder / "quick" / "store.db",
                          figures_dir=root / "docs" / "figures")
+
+
+def notebook_setup(space: str, quick: bool, results_dir: Union[str, Path, None] = None,
+                   results_db: Union[str, Path, None] = None,
+                   write_figures: Optional[bool] = None) -> tuple[bool, NotebookPaths, bool]:
+    """The measuring notebooks' preamble: ``(QUICK, PATHS, WRITE_FIGURES)`` with the environment's
+    overrides (``EXPLORER_QUICK``; ``EXPLORER_WRITE_FIGURES`` when ``write_figures`` is None), the
+    paths of :func:`resolve_paths`, pandas' display width, and one line saying what was chosen."""
+    quick = env_flag("EXPLORER_QUICK", quick)
+    paths = resolve_paths(space, results_dir, results_db)
+    write = env_flag("EXPLORER_WRITE_FIGURES", False) if write_figures is None else bool(write_figures)
+    pd.set_option("display.width", 200)
+    pd.set_option("display.max_columns", 40)
+    present = "present" if paths.results_db.is_file() else "absent"
+    print(f"QUICK={quick}; results database {paths.results_db} ({present}); "
+          f"figures {'written to ' + str(paths.figures_dir) if write else 'not written'}")
+    return quick, paths, write
 
 
 def quick_settings(space: Space, **overrides: Any) -> Any:

@@ -150,7 +150,7 @@ def bench_prefill(plan: BenchPlan, report: BenchReport) -> None:
 def run_bench(quick: bool = False, threads: Optional[int] = None, device: str = "auto") -> BenchReport:
     """Run every section; returns the numbers (renders nothing, writes nothing)."""
     plan = make_plan(quick, threads, device)
-    plan.settings.validate()
+    plan.settings.check_on_machine()
     report = BenchReport(environment=current_environment(plan.settings), plan=plan)
     from explorer.models import build_encoder
 

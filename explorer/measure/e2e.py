@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from explorer.intervals import compare
-
+from ..checks import check_int, is_number, require
 from ..models.llm import LLMSpec, build_llm, get_llm_spec
 from ..models.projector import MLP2xGelu
 from .costs import Timing
@@ -148,15 +148,14 @@ def validate_point(encoder: str, knobs: Optional[Mapping[str, Any]], resolution:
     ``settings.target_rel_ci`` or ``max_iters`` / ``max_time_s`` is reached. Only the eager
     runtime is compared (the assembled VLM is a torch module). ``vlm`` reuses an assembled model.
     """
-    settings.validate()
+    settings.check_on_machine()
     if settings.effective_runtime != "eager":
         raise ValueError(f"invalid runtime={settings.effective_runtime!r}: validate assembles a torch VLM, "
                          "so only 'eager' is compared end to end")
-    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not 0 < tolerance < 1:
-        raise ValueError(f"invalid tolerance={tolerance!r}: a fraction in (0, 1), e.g. 0.1 for +-10%")
+    require(is_number(tolerance) and 0 < tolerance < 1, "tolerance", tolerance,
+            "a fraction in (0, 1), e.g. 0.1 for +-10%")
     spec = get_llm_spec(llm)
-    if not isinstance(text_tokens, int) or isinstance(text_tokens, bool) or text_tokens < 0:
-        raise ValueError(f"invalid text_tokens={text_tokens!r}: an integer >= 0")
+    check_int("text_tokens", text_tokens, low=0)
     model = vlm if vlm is not None else assemble_vlm(encoder, knobs, spec, settings)
     device = settings.resolve_device()
     b = settings.batch_size

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Optional
 import torch
 from torch import nn
 
+from ..checks import is_int, require
 from .costs import EncoderCost, Timing
 from .flops import count_flops, count_flops_torch
 from .memory import measure_peak_memory
@@ -19,8 +20,7 @@ from .timing import time_callable
 
 
 def _check_resolution(resolution: Any) -> int:
-    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0:
-        raise ValueError(f"invalid resolution={resolution!r}: a positive integer number of pixels")
+    require(is_int(resolution) and resolution > 0, "resolution", resolution, "a positive integer number of pixels")
     return resolution
 
 
@@ -82,7 +82,7 @@ def measure_encoder(name: str, knobs: Optional[Mapping[str, Any]], resolution: i
     ``torch`` (FlopCounterMode on a meta copy: no forward pass, much faster for big inputs).
     Bad settings, resolution or knobs raise ValueError before any model is built or run.
     """
-    settings.validate()
+    settings.check_on_machine()
     _check_resolution(resolution)
     if counter not in ("fvcore", "torch"):
         raise ValueError(f"invalid counter={counter!r}: 'fvcore' or 'torch'")

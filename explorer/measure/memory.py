@@ -120,7 +120,7 @@ def measure_peak_memory(fn: Callable[[], Any], settings: MeasureSettings, reside
     ``resident``: the tensors/modules already in memory that the call uses (model, inputs);
     counted on CPU, where the profiler only sees allocations made during the call.
     """
-    settings.validate()
+    settings.check_on_machine()
     device = settings.resolve_device()
     with thread_scope(settings), torch.inference_mode(), gc_paused():
         if device.type == "cuda":

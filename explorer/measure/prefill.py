@@ -33,6 +33,7 @@ from typing import Any, Callable, Optional, Union
 import torch
 from torch import nn
 
+from ..checks import is_int, is_number, require
 from ..models.llm import LLMSpec, build_llm, get_llm_spec
 from .costs import PrefillCost, Timing
 from .flops import FlopCount, count_flops_torch
@@ -44,8 +45,7 @@ _BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 
 
 def _check_tokens(tokens: Any, spec: LLMSpec) -> int:
-    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
-        raise ValueError(f"invalid tokens={tokens!r}: a positive integer prompt length")
+    require(is_int(tokens) and tokens > 0, "tokens", tokens, "a positive integer prompt length")
     if tokens > spec.max_position:
         raise ValueError(f"invalid tokens={tokens!r}: at most {spec.name}'s max_position={spec.max_position}")
     return tokens
@@ -359,14 +359,13 @@ def measure_prefill(spec_or_name: SpecLike, tokens: int, settings: MeasureSettin
     warns if it disagrees with the analytic count by more than 0.5%; the counter's zero-cost
     operators are returned as ``skipped_ops``.
     """
-    settings.validate()
+    settings.check_on_machine()
     spec = get_llm_spec(spec_or_name)
     _check_tokens(tokens, spec)
     if method not in ("auto", "whole", "sampled"):
         raise ValueError(f"invalid method={method!r}: one of 'auto', 'whole', 'sampled'")
-    if not isinstance(sample_layers, int) or isinstance(sample_layers, bool) or sample_layers < 1:
-        raise ValueError(f"invalid sample_layers={sample_layers!r}: a positive integer")
-    if memory_budget_gb is not None and (not isinstance(memory_budget_gb, (int, float)) or memory_budget_gb <= 0):
+    require(is_int(sample_layers) and sample_layers > 0, "sample_layers", sample_layers, "a positive integer")
+    if memory_budget_gb is not None and not (is_number(memory_budget_gb) and memory_budget_gb > 0):
         raise ValueError(f"invalid memory_budget_gb={memory_budget_gb!r}: a positive number of GiB or None")
 
     gflops = prefill_flops(spec, tokens, settings.lm_head)

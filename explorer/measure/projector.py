@@ -5,6 +5,7 @@ from typing import Any
 
 import torch
 
+from ..checks import is_int, require
 from ..models.projector import MLP2xGelu
 from .costs import ProjectorCost
 from .encoder import prepare_exported
@@ -13,8 +14,7 @@ from .timing import time_callable
 
 
 def _positive(field: str, value: Any) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"invalid {field}={value!r}: a positive integer")
+    require(is_int(value) and value > 0, field, value, "a positive integer")
     return value
 
 
@@ -30,7 +30,7 @@ def measure_projector(in_channels: int, hidden: int, tokens: int, settings: Meas
     Latency is one forward of ``[batch_size, tokens, in_channels]`` with the settings' dtype
     and runtime (checked against eager first).
     """
-    settings.validate()
+    settings.check_on_machine()
     _positive("in_channels", in_channels)
     _positive("hidden", hidden)
     _positive("tokens", tokens)

@@ -117,7 +117,7 @@ def measure_pruned_prefill(spec_or_name: SpecLike, visual: int, text: int, pruni
                            memory_budget_gb: Optional[float] = None) -> PrefillCost:
     """FLOPs and latency of the two-segment prefill; ``tokens`` is the prompt (V + T) and
     ``method`` names both segments."""
-    settings.validate()
+    settings.check_on_machine()
     require(settings.llm_runtime == "transformers", "measure.llm_runtime", settings.llm_runtime,
             "'transformers' for a pruned prefill (its segments are timed on transformers' layers)")
     spec = get_llm_spec(spec_or_name)

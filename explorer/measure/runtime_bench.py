@@ -104,7 +104,7 @@ def run_runtime_bench(quick: bool = False, threads: Optional[int] = None,
     plan = encoders if encoders is not None else plan
     variants = LLM_VARIANTS if llm_variants is None else llm_variants
     for rt in runtimes:
-        settings.replace(runtime=rt).validate()
+        settings.replace(runtime=rt).check_on_machine()
     report = RuntimeReport(environment=current_environment(settings), settings=settings, loadavg=load_average_text(),
                            started=_dt.datetime.now().isoformat(timespec="seconds"))
     models = {name: build_encoder(name, **knobs).eval().reparameterize() for name, _, knobs in plan}

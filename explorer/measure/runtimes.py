@@ -179,7 +179,7 @@ def export_onnxruntime(module: nn.Module, example: torch.Tensor, settings: Measu
     """
     try:
         import onnxruntime as ort
-    except ImportError as err:  # validate() normally catches this first
+    except ImportError as err:  # MeasureSettings.check_on_machine() normally catches this first
         raise ExportError("runtime='onnxruntime' needs onnxruntime: pip install 'explorer[onnx]'") from err
     weight_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
     opts = ort.SessionOptions()

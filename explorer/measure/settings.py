@@ -1,7 +1,8 @@
 """How to measure (device, dtype, threads, protocol caps) and where a value was measured.
 
-:class:`MeasureSettings` is validated before any model is built, so a typo fails in
-milliseconds instead of after minutes of work. :class:`Environment` is stamped on every stored
+:class:`MeasureSettings` checks its values when it is made (an invalid one cannot exist) and
+what depends on this machine in :meth:`MeasureSettings.check_on_machine`, before any model is
+built, so a typo fails in milliseconds instead of after minutes of work. :class:`Environment` is stamped on every stored
 value; its ``key`` keeps values from different machines or settings from being mixed silently.
 """
 from __future__ import annotations
@@ -52,8 +53,11 @@ PREPROCESS_FIT = ("crop", "pad")
 #: How long interleaved timings sample: each to its own stopping rule, or together (explorer.measure.interleave).
 WINDOWS = ("own", "group")
 _IMAGE_RE = re.compile(r"([1-9][0-9]{0,4})x([1-9][0-9]{0,4})")
-
-
+#: The most threads a setting may name anywhere (this machine's own limit: :meth:`MeasureSettings.check_on_machine`).
+MAX_THREADS = 4096
+ONNX_CPU_ONLY = ("'cpu' with runtime='onnxruntime' (only the CPU execution provider is wired up; see "
+                 "docs/measurement.md)")
+LLAMACPP_CPU_ONLY = "'cpu' with llm_runtime='llamacpp' (the CPU build of llama.cpp is what the llamacpp extra installs)"
 
 
 def usable_cores() -> int:
@@ -140,14 +144,16 @@ class MeasureSettings:
     probe: bool = True
     window: str = "own"
 
-    def validate(self) -> "MeasureSettings":
-        """Raise ValueError naming the field, the value and what is allowed; returns self."""
-        require(isinstance(self.device, str) and bool(DEVICE_PATTERN.fullmatch(self.device)), "measure.device", self.device,
-                "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
+    def __post_init__(self) -> None:
+        """The value checks, so an invalid MeasureSettings cannot exist: each raises
+        :class:`~explorer.checks.OptionError` naming the field, the value and what is allowed.
+        What depends on this machine (cores, installed runtimes, CUDA / MPS, a C++ compiler, what
+        ``auto`` resolves to) is :meth:`check_on_machine`'s, called where the measuring starts."""
+        require(isinstance(self.device, str) and bool(DEVICE_PATTERN.fullmatch(self.device)), "measure.device",
+                self.device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
         check_choice("measure.dtype", self.dtype, DTYPES)
-        cores = usable_cores()
-        check_int("measure.threads", self.threads, low=1, high=cores, optional=True,
-                  none_means=f"torch's default; this machine has {cores} logical cores")
+        check_int("measure.threads", self.threads, low=1, high=MAX_THREADS, optional=True,
+                  none_means="torch's default")
         check_int("measure.batch_size", self.batch_size, low=1, high=4096)
         for name in ("channels_last", "compile", "reparameterize", "probe"):
             check_bool(f"measure.{name}", getattr(self, name))
@@ -159,39 +165,30 @@ class MeasureSettings:
         check_number("measure.max_time_s", self.max_time_s, low=0, low_open=True, high=86_400)
         require(is_number(self.target_rel_ci) and 0 < self.target_rel_ci < 1, "measure.target_rel_ci", self.target_rel_ci,
                 "a fraction in (0, 1), e.g. 0.02 for +-2%")
-        self._check_runtime()
-        self._check_llm_runtime()
         for name, allowed in (("lm_head", LM_HEADS), ("llm_attention", LLM_ATTENTION),
                               ("preprocess", PREPROCESS), ("preprocess_fit", PREPROCESS_FIT)):
             check_choice(f"measure.{name}", getattr(self, name), allowed)
         require(isinstance(self.source_image, str) and bool(_IMAGE_RE.fullmatch(self.source_image)),
                 "measure.source_image", self.source_image, "WIDTHxHEIGHT in pixels, e.g. '1920x1080'")
-        device = self.resolve_device()
-        self._check_device(device)
-        return self
+        self._check_runtime_values()
+        self._check_llm_runtime_values()
 
-    def _check_runtime(self) -> None:
-        if self.runtime not in RUNTIMES:
-            raise OptionError("measure.runtime", self.runtime, f"one of {', '.join(map(repr, RUNTIMES))}")
-        module, extra = RUNTIMES[self.runtime]
+    def _check_runtime_values(self) -> None:
+        check_choice("measure.runtime", self.runtime, RUNTIMES)
         if self.compile and self.runtime not in ("eager", "compile"):
             raise OptionError("measure.compile", self.compile, f"False with runtime={self.runtime!r} (compile=True is "
-                       "runtime='compile')")
-        if module is not None and importlib.util.find_spec(module) is None:
-            raise OptionError("measure.runtime", self.runtime, f"a runtime that is installed: {module} is not; install it "
-                       f"with `pip install 'explorer[{extra}]'` (or `pip install {module} onnx`)")
+                              "runtime='compile')")
         if self.runtime == "onnxruntime":
             if self.dtype != "float32":
-                raise OptionError("measure.dtype", self.dtype, "'float32' with runtime='onnxruntime' (the export is checked "
-                           "against eager in fp32)")
+                raise OptionError("measure.dtype", self.dtype, "'float32' with runtime='onnxruntime' (the export is "
+                                  "checked against eager in fp32)")
             if self.channels_last:
-                raise OptionError("measure.channels_last", self.channels_last, "False with runtime='onnxruntime' (a torch "
-                           "memory layout; ONNX Runtime chooses its own)")
-            if self.resolve_device().type != "cpu":
-                raise OptionError("measure.device", self.device, "'cpu' with runtime='onnxruntime' (only the CPU execution "
-                           "provider is wired up; see docs/measurement.md)")
+                raise OptionError("measure.channels_last", self.channels_last, "False with runtime='onnxruntime' (a "
+                                  "torch memory layout; ONNX Runtime chooses its own)")
+            if self.device not in ("auto", "cpu"):
+                raise OptionError("measure.device", self.device, ONNX_CPU_ONLY)
 
-    def _check_llm_runtime(self) -> None:
+    def _check_llm_runtime_values(self) -> None:
         check_choice("measure.llm_runtime", self.llm_runtime, LLM_RUNTIMES)
         check_choice("measure.llm_quant", self.llm_quant, LLM_QUANTS)
         if self.llm_runtime == "transformers":
@@ -199,21 +196,41 @@ class MeasureSettings:
                 raise OptionError("measure.llm_quant", self.llm_quant, "'f16' (the default) unless "
                                   "measure.llm_runtime=llamacpp: transformers runs the prefill in measure.dtype")
             return
-        modules, extra = LLM_RUNTIMES[self.llm_runtime]
-        missing = [m for m in modules if importlib.util.find_spec(m) is None]
-        if missing:
-            raise OptionError("measure.llm_runtime", self.llm_runtime, f"a runtime that is installed: "
-                              f"{', '.join(missing)} is not; install it with `pip install 'explorer[{extra}]'` "
-                              "(llama-cpp-python builds llama.cpp from source: a few minutes)")
         if self.llm_attention != "sdpa":
             raise OptionError("measure.llm_attention", self.llm_attention, "'sdpa' (the default) with "
                               "llm_runtime='llamacpp': llama.cpp has its own attention kernels")
-        if self.resolve_device().type != "cpu":
-            raise OptionError("measure.device", self.device, "'cpu' with llm_runtime='llamacpp' (the CPU build of "
-                              "llama.cpp is what the llamacpp extra installs)")
+        if self.device not in ("auto", "cpu"):
+            raise OptionError("measure.device", self.device, LLAMACPP_CPU_ONLY)
         if self.batch_size != 1:
             raise OptionError("measure.batch_size", self.batch_size, "1 with llm_runtime='llamacpp' (one sequence "
                               "per prefill)")
+
+    def check_on_machine(self) -> "MeasureSettings":
+        """Check what depends on this machine, where the measuring starts (the values were checked
+        when the settings were made): threads at most the usable cores, the runtimes installed,
+        the device present (``auto`` resolved), bfloat16 on the GPU, a C++ compiler for
+        torch.compile on CPU. Raises :class:`~explorer.checks.OptionError`; returns self."""
+        cores = usable_cores()
+        check_int("measure.threads", self.threads, low=1, high=cores, optional=True,
+                  none_means=f"torch's default; this machine has {cores} logical cores")
+        module, extra = RUNTIMES[self.runtime]
+        if module is not None and importlib.util.find_spec(module) is None:
+            raise OptionError("measure.runtime", self.runtime, f"a runtime that is installed: {module} is not; install "
+                              f"it with `pip install 'explorer[{extra}]'` (or `pip install {module} onnx`)")
+        device = self.resolve_device()
+        if self.runtime == "onnxruntime" and device.type != "cpu":
+            raise OptionError("measure.device", self.device, ONNX_CPU_ONLY)
+        if self.llm_runtime != "transformers":
+            modules, extra = LLM_RUNTIMES[self.llm_runtime]
+            missing = [m for m in modules if importlib.util.find_spec(m) is None]
+            if missing:
+                raise OptionError("measure.llm_runtime", self.llm_runtime, f"a runtime that is installed: "
+                                  f"{', '.join(missing)} is not; install it with `pip install 'explorer[{extra}]'` "
+                                  "(llama-cpp-python builds llama.cpp from source: a few minutes)")
+            if device.type != "cpu":
+                raise OptionError("measure.device", self.device, LLAMACPP_CPU_ONLY)
+        self._check_device(device)
+        return self
 
     @property
     def effective_llm_runtime(self) -> str:
@@ -228,10 +245,8 @@ class MeasureSettings:
     @property
     def source_size(self) -> tuple[int, int]:
         """``(width, height)`` of the source image."""
-        m = _IMAGE_RE.fullmatch(self.source_image)
-        if m is None:
-            raise OptionError("measure.source_image", self.source_image, "WIDTHxHEIGHT in pixels, e.g. '1920x1080'")
-        return int(m.group(1)), int(m.group(2))
+        width, height = self.source_image.split("x")
+        return int(width), int(height)
 
     def _check_device(self, device: torch.device) -> None:
         if self.effective_runtime == "compile" and device.type == "cpu" and not any(
@@ -256,14 +271,10 @@ class MeasureSettings:
 
     def resolve_device(self) -> torch.device:
         """The concrete torch device: ``auto`` picks cuda, then mps, then cpu (:func:`resolve_device`)."""
-        if not isinstance(self.device, str) or not DEVICE_PATTERN.fullmatch(self.device):
-            raise OptionError("measure.device", self.device, "one of 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'")
         return resolve_device(self.device)
 
     @property
     def torch_dtype(self) -> torch.dtype:
-        if self.dtype not in DTYPES:
-            raise OptionError("measure.dtype", self.dtype, f"one of {', '.join(map(repr, DTYPES))}")
         return DTYPES[self.dtype]
 
     def effective_threads(self) -> int:
@@ -374,8 +385,9 @@ def settings_digest(settings: MeasureSettings) -> str:
 
 
 def current_environment(settings: MeasureSettings) -> Environment:
-    """The Environment a measurement with ``settings`` runs in on this machine (validates first)."""
-    settings.validate()
+    """The Environment a measurement with ``settings`` runs in on this machine (checks it on the
+    machine first)."""
+    settings.check_on_machine()
     device = settings.resolve_device()
     threads = settings.effective_threads() if device.type == "cpu" else torch.get_num_threads()
     return Environment(

@@ -255,7 +255,7 @@ def time_callable(fn: Callable[[], Any], settings: MeasureSettings,
     inject a fake clock that the fake call advances); ``probe`` replaces the reference probe
     (:mod:`.probe`) timed beside the samples when ``settings.probe`` is on.
     """
-    settings.validate()
+    settings.check_on_machine()
     device = settings.resolve_device()
     if module is None and isinstance(fn, nn.Module):
         module = fn

@@ -13,6 +13,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
+from ..checks import check_int
 from ..models.llm import LLMSpec, get_llm_spec
 from .costs import EncoderCost, PrefillCost, ProjectorCost
 from .encoder import measure_encoder
@@ -92,10 +93,9 @@ def measure_point(encoder: str, knobs: Optional[Mapping[str, Any]], resolution: 
        ``ttft_ms`` unless ``include_preprocess=False`` (the paper's definition).
        Settings, the LLM name and ``text_tokens`` are validated before the encoder is built.
     """
-    settings.validate()
+    settings.check_on_machine()
     spec = get_llm_spec(llm)
-    if not isinstance(text_tokens, int) or isinstance(text_tokens, bool) or text_tokens < 0:
-        raise ValueError(f"invalid text_tokens={text_tokens!r}: an integer >= 0")
+    check_int("text_tokens", text_tokens, low=0)
     enc = measure_encoder(encoder, knobs, resolution, settings, time=time)
     proj = measure_projector(enc.out_channels, spec.hidden, enc.visual_tokens, settings, time=time)
     pre = measure_prefill(spec, enc.visual_tokens + text_tokens, settings, time=time,

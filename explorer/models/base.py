@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from explorer.checks import require
+from explorer.checks import is_int, require
 
 
 def check_knob(name: str, value: Any, ok: bool, allowed: str) -> None:
@@ -32,7 +32,7 @@ class VisionEncoder(nn.Module):
 
     def num_tokens(self, resolution: int) -> int:
         """Visual tokens for a square ``resolution`` input."""
-        check_knob("resolution", resolution, isinstance(resolution, int) and resolution > 0,
+        check_knob("resolution", resolution, is_int(resolution) and resolution > 0,
                    "a positive integer number of pixels")
         side = math.ceil(resolution / self.downsample)
         return side * side

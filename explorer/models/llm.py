@@ -46,9 +46,6 @@ class LLMSpec:
     hidden_act: str = "silu"
 
     def __post_init__(self) -> None:
-        self.validate()
-
-    def validate(self) -> None:
         """Raise ValueError naming the first field that cannot describe a real model."""
         require(self.arch in ARCHS, "arch", self.arch, f"one of {', '.join(ARCHS)}")
         for f in ("hidden", "layers", "heads", "kv_heads", "intermediate", "vocab", "max_position"):
@@ -69,7 +66,7 @@ class LLMSpec:
 
     def with_layers(self, layers: int) -> "LLMSpec":
         """The same architecture truncated (or extended) to ``layers`` decoder layers."""
-        require(isinstance(layers, int) and layers >= 1, "layers", layers, "a positive integer")
+        require(is_int(layers) and layers >= 1, "layers", layers, "a positive integer")
         return dataclasses.replace(self, layers=layers)
 
     def layer_params(self) -> int:
@@ -229,7 +226,7 @@ def build_llm(spec: Union[LLMSpec, str], device: Union[str, torch.device] = "cpu
     torch_dtype = _resolve_dtype(dtype)
     dev = _check_build_device(device)
     if num_layers is not None:
-        require(isinstance(num_layers, int) and 0 <= num_layers, "num_layers", num_layers, "a non-negative integer")
+        require(is_int(num_layers) and 0 <= num_layers, "num_layers", num_layers, "a non-negative integer")
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
 

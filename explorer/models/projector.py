@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..checks import is_int
 from .base import check_knob
 
 
@@ -16,9 +17,9 @@ class MLP2xGelu(nn.Module):
 
     def __init__(self, in_channels: int, hidden: int) -> None:
         super().__init__()
-        check_knob("in_channels", in_channels, isinstance(in_channels, int) and in_channels > 0,
+        check_knob("in_channels", in_channels, is_int(in_channels) and in_channels > 0,
                    "a positive integer (the encoder's output channels)")
-        check_knob("hidden", hidden, isinstance(hidden, int) and hidden > 0,
+        check_knob("hidden", hidden, is_int(hidden) and hidden > 0,
                    "a positive integer (the LLM's hidden size)")
         self.in_channels = in_channels
         self.hidden = hidden

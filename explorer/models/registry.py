@@ -1,7 +1,7 @@
 """Name -> builder registry for vision encoders."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 from .base import VisionEncoder
 
@@ -20,6 +20,12 @@ def register_encoder(name: str) -> Callable[[Callable[..., VisionEncoder]], Call
 
 def list_encoders() -> list[str]:
     return sorted(_BUILDERS)
+
+
+def encoder_builder(name: str) -> Optional[Callable[..., VisionEncoder]]:
+    """The builder registered as ``name`` (its signature names the knobs it takes); None when no
+    encoder is registered under that name."""
+    return _BUILDERS.get(name)
 
 
 def build_encoder(name: str, **knobs: Any) -> VisionEncoder:

@@ -22,12 +22,13 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from explorer.predict.model import TraceArrays, _efficiencies, roofline_seconds
+from explorer.checks import check_int, check_number
+from explorer.predict.model import TraceArrays, efficiencies, roofline_seconds
 from explorer.predict.observations import Observation
 from explorer.predict.opclass import COMPUTE_CLASSES, OP_CLASSES
 from explorer.predict.profile import DeviceProfile, Sourced
 
-__all__ = ["FitOptions", "fit_profile", "loo_log_residuals", "calibrated_profile"]
+__all__ = ["FitOptions", "fit_profile", "loo_log_residuals", "calibrated_profile", "with_fit"]
 
 _MEMORY_CAP = 20.0
 
@@ -39,14 +40,10 @@ class FitOptions:
     overhead_prior_sigma: float = 1.5
     iterations: int = 60
 
-    def validate(self) -> "FitOptions":
+    def __post_init__(self) -> None:
         for name in ("noise_sigma", "prior_sigma", "overhead_prior_sigma"):
-            v = getattr(self, name)
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-                raise ValueError(f"invalid {name}={v!r}: a positive number")
-        if not isinstance(self.iterations, int) or self.iterations < 1:
-            raise ValueError(f"invalid iterations={self.iterations!r}: a positive integer")
-        return self
+            check_number(name, getattr(self, name), low=0, low_open=True)
+        check_int("iterations", self.iterations, low=1)
 
 
 def _logit(p: float) -> float:
@@ -57,7 +54,6 @@ def _logit(p: float) -> float:
 def fit_profile(observations: Sequence[Observation], base: DeviceProfile, dtype: str,
                 options: FitOptions = FitOptions()) -> tuple[dict[str, float], dict[str, float], float]:
     """Fitted (compute efficiencies, memory efficiencies, overhead seconds)."""
-    options.validate()
     if not observations:
         raise ValueError("calibration needs at least one measurement")
     parts = [TraceArrays.of(o.trace) for o in observations]
@@ -66,7 +62,7 @@ def fit_profile(observations: Sequence[Observation], base: DeviceProfile, dtype:
                          bytes=torch.cat([a.bytes for a in parts]), count=torch.cat([a.count for a in parts]))
     segment = torch.cat([torch.full((len(a.cls),), i, dtype=torch.long) for i, a in enumerate(parts)])
     measured = torch.tensor([math.log(o.seconds) for o in observations], dtype=torch.float64)
-    prior_c, prior_m = _efficiencies(base)
+    prior_c, prior_m = efficiencies(base)
     # unconstrained parameters: compute eff = sigmoid(u), memory eff = cap * sigmoid(v), overhead = exp(w)
     u0 = torch.tensor([_logit(float(x)) for x in prior_c], dtype=torch.float64)
     v0 = torch.tensor([_logit(float(x) / _MEMORY_CAP) for x in prior_m], dtype=torch.float64)
@@ -103,8 +99,10 @@ def fit_profile(observations: Sequence[Observation], base: DeviceProfile, dtype:
         return compute, memory, float(torch.exp(w))
 
 
-def _with_fit(base: DeviceProfile, compute: Mapping[str, float], memory: Mapping[str, float],
-              overhead: float, source: str) -> DeviceProfile:
+def with_fit(base: DeviceProfile, compute: Mapping[str, float], memory: Mapping[str, float],
+             overhead: float, source: str) -> DeviceProfile:
+    """``base`` with fitted efficiencies and overhead, rounded as a profile file keeps them, and
+    ``source`` saying where they came from (the fit and the split validation write the same way)."""
     return base.replace(compute_efficiency={k: round(v, 5) for k, v in compute.items()},
                         memory_efficiency={k: round(v, 5) for k, v in memory.items()},
                         overhead_s=Sourced(float(f"{overhead:.4g}"), source), efficiency_source=source)
@@ -121,7 +119,7 @@ def loo_log_residuals(observations: Sequence[Observation], base: DeviceProfile, 
         if not rest:
             break
         compute, memory, overhead = fit_profile(rest, base, dtype, options)
-        prof = _with_fit(base, compute, memory, overhead, "loo")
+        prof = with_fit(base, compute, memory, overhead, "loo")
         out.append(math.log(obs.seconds / predict_trace(obs.trace, prof, dtype).seconds))
     return out
 
@@ -136,7 +134,7 @@ def calibrated_profile(observations: Sequence[Observation], base: DeviceProfile,
     source = (f"calibrated by `explorer calibrate` on {len(observations)} measurements ({dtype}, "
               f"{environment.get('threads')} threads, {environment.get('device')}) from {store_url}, "
               f"environment {env_key}, {when}")
-    prof = _with_fit(base, compute, memory, overhead, source)
+    prof = with_fit(base, compute, memory, overhead, source)
     low, high, isrc = base.interval_low, base.interval_high, base.interval_source
     loo: list[float] = []
     if leave_one_out and len(observations) >= 4:

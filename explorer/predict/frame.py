@@ -18,6 +18,7 @@ from typing import Any, Iterable, Optional
 import pandas as pd
 import torch
 
+from explorer.checks import check_bool, check_choice, check_int
 from explorer.predict.model import Prediction, predict_trace
 from explorer.predict.profile import DeviceProfile
 from explorer.predict.pruned import trace_pruned_prefill
@@ -36,14 +37,10 @@ class PredictOptions:
     batch_size: int = 1
     reparameterize: bool = True
 
-    def validate(self) -> "PredictOptions":
-        if self.dtype not in ("float32", "float16", "bfloat16"):
-            raise ValueError(f"invalid dtype={self.dtype!r}: one of 'float32', 'float16', 'bfloat16'")
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise ValueError(f"invalid batch_size={self.batch_size!r}: a positive integer")
-        if not isinstance(self.reparameterize, bool):
-            raise ValueError(f"invalid reparameterize={self.reparameterize!r}: true or false")
-        return self
+    def __post_init__(self) -> None:
+        check_choice("dtype", self.dtype, ("float32", "float16", "bfloat16"))
+        check_int("batch_size", self.batch_size, low=1)
+        check_bool("reparameterize", self.reparameterize)
 
 
 def _source(profile: DeviceProfile) -> str:
@@ -61,7 +58,6 @@ def predict_space(space: Any, profile: DeviceProfile, *, llm_profile: Optional[D
     from explorer.data.results import COLUMNS, pruning_text
     from explorer.data.space import Space, encoder_shape, enumerate_points, load_space
 
-    options.validate()
     profile.peak(options.dtype)  # refuse a dtype the profile has no number for, before any work
     llm_prof = llm_profile or profile
     llm_prof.peak(options.dtype)

@@ -21,7 +21,7 @@ from explorer.predict.opclass import OP_CLASSES
 from explorer.predict.profile import DeviceProfile
 from explorer.predict.trace import OpTrace
 
-__all__ = ["TraceArrays", "Prediction", "roofline_seconds", "predict_trace", "op_seconds"]
+__all__ = ["TraceArrays", "Prediction", "roofline_seconds", "predict_trace", "op_seconds", "efficiencies"]
 
 _CLASS_INDEX = {c: i for i, c in enumerate(OP_CLASSES)}
 Number = Union[float, torch.Tensor]
@@ -67,7 +67,9 @@ def roofline_seconds(arrays: TraceArrays, *, peak: Number, bandwidth: Number, co
     return per_call * arrays.count, compute > memory, arrays.count * overhead
 
 
-def _efficiencies(profile: DeviceProfile) -> tuple[torch.Tensor, torch.Tensor]:
+def efficiencies(profile: DeviceProfile) -> tuple[torch.Tensor, torch.Tensor]:
+    """A profile's compute and memory efficiencies, one entry per operator class (the prior the
+    calibration fits from)."""
     # classes without FLOPs have no compute term whatever their compute efficiency: fill with 1
     compute = _per_class(profile.compute_efficiency, 1.0)
     memory = _per_class(profile.memory_efficiency, 1.0)
@@ -98,7 +100,7 @@ class Prediction:
 def predict_trace(trace: OpTrace, profile: DeviceProfile, dtype: str = "float32") -> Prediction:
     """Predicted latency of ``trace`` on ``profile`` (the roofline of the module docstring)."""
     arrays = TraceArrays.of(trace)
-    compute_eff, memory_eff = _efficiencies(profile)
+    compute_eff, memory_eff = efficiencies(profile)
     with torch.no_grad():
         secs, compute_bound, overhead = roofline_seconds(
             arrays, peak=profile.peak(dtype), bandwidth=profile.memory_bandwidth.value, compute_eff=compute_eff,

@@ -20,7 +20,7 @@ from typing import Any, Mapping, Optional, Union
 
 from explorer.measure.settings import MeasureSettings, settings_digest
 from explorer.predict.trace import OpTrace, trace_encoder, trace_prefill, trace_projector
-from explorer.data.store import MeasurementRecord, Store
+from explorer.data.store import MeasurementRecord, Store, as_store
 
 __all__ = ["Observation", "choose_environment", "observations_from_store", "trace_of"]
 
@@ -37,13 +37,9 @@ class Observation:
     p90_s: float
 
 
-def _open(store: Union[Store, str]) -> Store:
-    return store if isinstance(store, Store) else Store(str(store), create=False)
-
-
 def choose_environment(store: Union[Store, str], env_key: Optional[str] = None) -> tuple[str, dict[str, Any]]:
     """``env_key`` (checked) or the environment with the most ok measurements."""
-    st = _open(store)
+    st = as_store(store, create=False)
     envs = st.environments()
     if not envs:
         raise ValueError(f"store {st.url} holds no measurements: run `explorer sweep` first")
@@ -115,7 +111,7 @@ def observations_from_store(store: Union[Store, str], env_key: Optional[str] = N
     """
     if speed not in SPEEDS:
         raise ValueError(f"invalid speed={speed!r}: one of {', '.join(map(repr, SPEEDS))}")
-    st = _open(store)
+    st = as_store(store, create=False)
     key, environment = choose_environment(st, env_key)
     batch, reparam = _digest_settings(environment)
     dtype = str(environment.get("dtype", "float32"))

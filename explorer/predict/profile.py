@@ -26,13 +26,13 @@ the field, the value and what is allowed; an unknown name lists the known ones.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
 import yaml
 
+from explorer.checks import is_int, is_number
 from explorer.predict.opclass import COMPUTE_CLASSES, OP_CLASSES
 from explorer.data.atomic import atomic_path
 
@@ -111,7 +111,7 @@ def _sourced(data: Mapping[str, Any], key: str, origin: str, *, integer: bool = 
             value = float(value)
         except ValueError:
             pass
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if not is_number(value) or value <= 0:
         raise ProfileError(f"{_where(origin, key + '.value')}={value!r}: a positive number")
     if integer and int(value) != value:
         raise ProfileError(f"{_where(origin, key + '.value')}={value!r}: a positive integer")
@@ -135,7 +135,7 @@ def _fraction_map(data: Any, key: str, classes: tuple[str, ...], origin: str, up
             raise ProfileError(f"{_where(origin, key + '.' + cls)} is missing: every class needs a value "
                                f"({', '.join(classes)})")
         v = data[cls]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= upper:
+        if not is_number(v) or not 0 < v <= upper:
             raise ProfileError(f"{_where(origin, key + '.' + cls)}={v!r}: a number in (0, {upper:g}]")
         out[cls] = float(v)
     return out
@@ -165,7 +165,7 @@ def profile_from_dict(data: Any, origin: str = "<profile>") -> DeviceProfile:
         raise ProfileError(f"{_where(origin, 'peak_flops.' + str(bad[0]))}: unknown dtype; allowed: {', '.join(DTYPES)}")
     peaks = {dt: _sourced(peaks_raw, dt, f"{origin}: peak_flops") for dt in peaks_raw}
     threads = data.get("threads")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads <= 0):
+    if threads is not None and not (is_int(threads) and threads > 0):
         raise ProfileError(f"{_where(origin, 'threads')}={threads!r}: null or a positive integer")
     eff = data.get("efficiency")
     if not isinstance(eff, Mapping):
@@ -182,7 +182,7 @@ def profile_from_dict(data: Any, origin: str = "<profile>") -> DeviceProfile:
         raise ProfileError(f"{_where(origin, 'interval')}={interval!r}: a mapping {{low, high, source}}")
     low, high, isrc = interval.get("low"), interval.get("high"), interval.get("source")
     for key, v in (("low", low), ("high", high)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+        if not is_number(v) or v <= 0:
             raise ProfileError(f"{_where(origin, 'interval.' + key)}={v!r}: a positive factor")
     if not low <= 1.0 <= high:
         raise ProfileError(f"{_where(origin, 'interval')}: low={low!r}, high={high!r}: need low <= 1 <= high")

@@ -30,7 +30,7 @@ class Roof:
 
 def measure_roof(settings: MeasureSettings, gemm_n: int = 2048, copy_mb: float = 256.0) -> Roof:
     """GEMM and copy roofs at ``settings``' device, dtype and threads."""
-    settings.validate()
+    settings.check_on_machine()
     device = settings.resolve_device()
     dtype = settings.torch_dtype
     gen = torch.Generator().manual_seed(0)

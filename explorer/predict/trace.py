@@ -37,7 +37,9 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from explorer.checks import is_int, require
 from explorer.data.atomic import atomic_path
+from explorer.data.space import canonical_json
 from explorer.measure.flops import matmul_macs, mha_macs, sdpa_macs
 from explorer.predict.opclass import OP_CLASSES, classify, is_attention, op_name
 
@@ -405,10 +407,9 @@ def _encoder_trace(family: str, knobs_json: str, resolution: int, dtype: str, ba
 def trace_encoder(family: str, knobs: Optional[Mapping[str, Any]], resolution: int, *, dtype: str = "float32",
                   batch: int = 1, reparameterize: bool = True) -> OpTrace:
     """Operators of one encoder forward at ``resolution`` (cached per configuration)."""
-    if not isinstance(resolution, int) or isinstance(resolution, bool) or resolution <= 0:
-        raise ValueError(f"invalid resolution={resolution!r}: a positive integer (pixels)")
-    return _encoder_trace(family, json.dumps(dict(knobs or {}), sort_keys=True), int(resolution), dtype,
-                          int(batch), bool(reparameterize))
+    require(is_int(resolution) and resolution > 0, "resolution", resolution, "a positive integer (pixels)")
+    return _encoder_trace(family, canonical_json(dict(knobs or {})), int(resolution), dtype, int(batch),
+                          bool(reparameterize))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -463,8 +464,7 @@ def trace_prefill(spec: Any, tokens: int, *, dtype: str = "float32", batch: int 
     from explorer.models.llm import get_llm_spec
 
     spec = get_llm_spec(spec)
-    if not isinstance(tokens, int) or isinstance(tokens, bool) or tokens <= 0:
-        raise ValueError(f"invalid tokens={tokens!r}: a positive integer")
+    require(is_int(tokens) and tokens > 0, "tokens", tokens, "a positive integer")
     spec_json = json.dumps(dataclasses.asdict(spec), sort_keys=True)
     return _prefill_trace(spec_json, int(spec.layers), int(tokens), dtype, int(batch))
 

@@ -14,7 +14,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pandas as pd
 
-from explorer.predict.calibrate import FitOptions, _with_fit, fit_profile
+from explorer.predict.calibrate import FitOptions, with_fit, fit_profile
 from explorer.predict.model import predict_trace
 from explorer.predict.observations import Observation
 from explorer.predict.profile import DeviceProfile
@@ -139,7 +139,7 @@ def split_validate(observations: Sequence[Observation], points: pd.DataFrame, po
     by_key = {o.key: o for o in observations}
     cal = [by_key[k] for k in sorted(cal_keys) if k in by_key]
     compute, memory, overhead = fit_profile(cal, base, dtype, options)
-    prof = _with_fit(base, compute, memory, overhead, f"validation fit on {len(cal)} measurements")
+    prof = with_fit(base, compute, memory, overhead, f"validation fit on {len(cal)} measurements")
     predicted = {o.key: predict_trace(o.trace, prof, dtype).seconds * 1e3 for o in observations}
     rows = []
     for o in observations:

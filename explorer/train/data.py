@@ -39,7 +39,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch.utils.data import Dataset
 
-from explorer.checks import is_int, require
+from explorer.checks import is_int, is_number, require
 
 TASKS: tuple[str, ...] = ("box_code", "larger_number", "word_on_line", "table", "read_code")
 #: The default mix; ``read_code`` (one code among grey clutter) is the easiest, for short CPU runs.
@@ -94,8 +94,8 @@ class ProxyTaskConfig:
     val_size: int = 500
     test_size: int = 500
 
-    def validate(self) -> "ProxyTaskConfig":
-        """Raise ValueError naming the bad field before any rendering starts."""
+    def __post_init__(self) -> None:
+        """Raise ValueError naming the bad field: an invalid config cannot exist."""
         require(is_int(self.resolution) and 16 <= self.resolution <= 4096, "resolution", self.resolution, "an integer in [16, 4096]")
         require(is_int(self.canvas) and 128 <= self.canvas <= 4096, "canvas", self.canvas, "an integer in [128, 4096]")
         require(len(self.tasks) > 0 and all(t in TASKS for t in self.tasks)
@@ -103,7 +103,7 @@ class ProxyTaskConfig:
         if self.task_weights is not None:
             require(len(self.task_weights) == len(self.tasks) and all(w >= 0 for w in self.task_weights)
                    and sum(self.task_weights) > 0, "task_weights", self.task_weights, "one non-negative weight per task, not all zero")
-        ok = len(self.text_size) == 2 and all(isinstance(v, (int, float)) for v in self.text_size)
+        ok = len(self.text_size) == 2 and all(is_number(v) for v in self.text_size)
         require(ok and 0.005 <= self.text_size[0] <= self.text_size[1] <= 0.5, "text_size", self.text_size, "(min, max) glyph size as fractions of the canvas with 0.005 <= min <= max <= 0.5")
         require(is_int(self.code_length) and 1 <= self.code_length <= 6, "code_length", self.code_length, "an integer in [1, 6]")
         require(isinstance(self.code_chars, str) and len(self.code_chars) >= 2
@@ -118,7 +118,6 @@ class ProxyTaskConfig:
             value = getattr(self, name)
             require(is_int(value) and value > 0, name, value, "a positive integer")
         require(is_int(self.seed) and self.seed >= 0, "seed", self.seed, "a non-negative integer")
-        return self
 
     def split_size(self, split: str) -> int:
         require(split in SPLITS, "split", split, f"one of {list(SPLITS)}")
@@ -573,7 +572,7 @@ class ProxyTextDataset(Dataset):
     """The proxy task as a map-style dataset over one split (samples rendered on access)."""
 
     def __init__(self, cfg: ProxyTaskConfig, split: str = "train", size: Optional[int] = None) -> None:
-        self.cfg = cfg.validate()
+        self.cfg = cfg
         require(split in SPLITS, "split", split, f"one of {list(SPLITS)}")
         self.split = split
         self.size = cfg.split_size(split) if size is None else size

@@ -40,6 +40,7 @@ from typing import Any, Union
 
 import torch
 
+from ..checks import is_int
 from ..models.fastvithd import FastViT
 from .llava_data import IMAGE_MODES
 from .pretrained import fold_like_fastvlm
@@ -170,7 +171,7 @@ def save_fastvlm(model: Any, out_dir: Union[str, Path], image_size: int, image_m
     stride = encoder.config.downsample
     if image_mode not in IMAGE_MODES:
         raise HFExportError(f"invalid image_mode={image_mode!r}: one of {list(IMAGE_MODES)}")
-    if not isinstance(image_size, int) or image_size <= 0 or image_size % stride:
+    if not is_int(image_size) or image_size <= 0 or image_size % stride:
         raise HFExportError(f"invalid image_size={image_size!r}: a positive multiple of the encoder's stride {stride}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

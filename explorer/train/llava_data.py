@@ -31,7 +31,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from explorer.checks import require
+from explorer.checks import is_int, require
 
 IMAGE_TOKEN = "<image>"
 IMAGE_MODES = ("crop", "pad")
@@ -178,8 +178,7 @@ class LlavaDataset(Dataset):
 
     def __init__(self, data_path: Union[str, Path], image_folder: Union[str, Path], resolution: int,
                  image_mode: str = "crop", check_images: bool = True, limit: Optional[int] = None) -> None:
-        require(isinstance(resolution, int) and not isinstance(resolution, bool)
-               and resolution > 0, "resolution", resolution, "a positive integer")
+        require(is_int(resolution) and resolution > 0, "resolution", resolution, "a positive integer")
         require(image_mode in IMAGE_MODES, "image_mode", image_mode, f"one of {list(IMAGE_MODES)}")
         folder = Path(image_folder)
         if not folder.is_dir():

@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import pandas as pd
 
+from explorer.data.space import canonical_json
 from explorer.data.store import Store
 from .config import TrainConfig
 from .trainer import TrainResult, train
@@ -79,7 +80,7 @@ def plan_targets(rows: pd.DataFrame, per_llm: bool = False) -> list[TrainTarget]
     for r in rows.itertuples():
         knobs = json.loads(r.knobs) if isinstance(r.knobs, str) and r.knobs else dict(r.knobs or {})
         llm = r.llm if per_llm else None
-        key = (r.encoder, json.dumps(knobs, sort_keys=True), int(r.resolution), llm)
+        key = (r.encoder, canonical_json(knobs), int(r.resolution), llm)
         groups.setdefault(key, []).append(r.point_key)
         info[key] = (r.encoder, knobs, int(r.resolution), llm)
     return [TrainTarget(*info[k], point_keys=tuple(v)) for k, v in groups.items()]
@@ -163,5 +164,8 @@ def base_config(overrides: Mapping[str, Any]) -> TrainConfig:
         if bad:
             raise ValueError(f"unknown train.config.proxy key(s) {bad}; allowed: {sorted(fields)}")
         proxy = {k: tuple(v) if isinstance(v, list) else v for k, v in proxy.items()}
-        config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, **proxy))
+        try:
+            config = dataclasses.replace(config, proxy=dataclasses.replace(config.proxy, **proxy))
+        except ValueError as err:  # the proxy task's own check, named as the section it came from
+            raise ValueError(f"invalid proxy.{str(err).removeprefix('invalid ')}") from None
     return config

@@ -30,7 +30,7 @@ from ..models.base import VisionEncoder
 from ..models.projector import MLP2xGelu
 from .data import CharTokenizer
 
-from explorer.checks import require
+from explorer.checks import check_int, check_number, is_number, require
 
 IGNORE_INDEX = -100
 
@@ -166,14 +166,12 @@ class DecoderConfig:
     max_len: int = 512  # visual + text tokens
     dropout: float = 0.0
 
-    def validate(self) -> "DecoderConfig":
+    def __post_init__(self) -> None:
         for name in ("vocab_size", "hidden", "layers", "heads", "max_len"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and not isinstance(value, bool) and value > 0, f"lm_{name}" if name != "vocab_size" else name, value, "a positive integer")
+            check_int(f"lm_{name}" if name != "vocab_size" else name, getattr(self, name), low=1)
         require(self.hidden % self.heads == 0, "lm_heads", self.heads, f"a divisor of lm_hidden={self.hidden}")
-        require(self.mlp_ratio > 0, "lm_mlp_ratio", self.mlp_ratio, "a positive number")
-        require(0.0 <= self.dropout < 1.0, "lm_dropout", self.dropout, "a number in [0, 1)")
-        return self
+        check_number("lm_mlp_ratio", self.mlp_ratio, low=0, low_open=True)
+        require(is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "lm_dropout", self.dropout, "a number in [0, 1)")
 
 
 class _Block(nn.Module):
@@ -204,7 +202,7 @@ class TinyDecoder(nn.Module):
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
-        self.cfg = cfg.validate()
+        self.cfg = cfg
         self.hidden = cfg.hidden
         self.tok = nn.Embedding(cfg.vocab_size, cfg.hidden)
         self.pos = nn.Embedding(cfg.max_len, cfg.hidden)

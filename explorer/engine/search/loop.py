@@ -41,7 +41,7 @@ def prepare_search(space: Union[Space, str, Any], settings: Any = None, store: O
     if settings is None:
         settings = default_settings(space)
     elif hasattr(settings, "validate"):
-        settings.validate()
+        settings.check_on_machine()
     backend = backend.with_fixed_environment(settings).without_estimates()
     env_key = str(backend.environment(settings).key)
     params = ParamSpace.from_space(space, ordinal=options.ordinal)
@@ -114,7 +114,7 @@ def run_search(space: Union[Space, str, Any], settings: Any = None, store: Union
     if settings is None:
         settings = default_settings(space)
     elif hasattr(settings, "validate"):
-        settings.validate()
+        settings.check_on_machine()
     # the look at the machine, once for the whole search (threads from the free cores, warning)
     settings = machine_policy(settings, sweep, backend).settings
     # validate before creating a database file for a search that cannot run

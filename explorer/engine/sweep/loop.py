@@ -144,7 +144,7 @@ def run_sweep(space: Union[Space, str, Any], settings: Any = None, store: Union[
     if settings is None:
         settings = default_settings(space)
     elif hasattr(settings, "validate"):
-        settings.validate()
+        settings.check_on_machine()
     st = store if isinstance(store, Store) else Store(store or f"results/{space.name}")
     policy = MachinePolicy(settings)
     planned_here = plan is None

@@ -107,7 +107,7 @@ def default_settings(space: Optional[Space] = None, **overrides: Any) -> Any:
     for key in sorted(set(values) - allowed):
         raise OptionError(f"measure.{key}", values[key], "unknown measurement setting; allowed: "
                           + ", ".join(sorted(allowed)))
-    return MeasureSettings(**values).validate()
+    return MeasureSettings(**values).check_on_machine()
 
 
 def _check_size(space: Space) -> None:

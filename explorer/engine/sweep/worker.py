@@ -22,7 +22,7 @@ from typing import Any, Optional, Union
 
 from explorer.data.queue import Heartbeat, WorkQueue
 from explorer.data.space import Space
-from explorer.data.store import MeasurementRecord, Store, StoreError, utcnow
+from explorer.data.store import MeasurementRecord, Store, StoreError, as_store, utcnow
 from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions, WorkerOptions
 from explorer.engine.sweep.isolation import RETRIED_ON_RESUME, make_runner
@@ -78,10 +78,6 @@ def _env_dict(env: Any) -> dict[str, Any]:
     return dataclasses.asdict(env) if dataclasses.is_dataclass(env) else dict(env)
 
 
-def _open(store: Union[Store, str]) -> Store:
-    return store if isinstance(store, Store) else Store(store)
-
-
 def publish_sweep(space: Union[Space, str, Any], settings: Any, store: Union[Store, str],
                   options: SweepOptions = SweepOptions(), backend: MeasureBackend = MeasureBackend()) -> str:
     """Plan ``space`` and publish its points and jobs to ``store`` (idempotent); returns the sweep name.
@@ -89,7 +85,7 @@ def publish_sweep(space: Union[Space, str, Any], settings: Any, store: Union[Sto
     Planning needs no device claim: it may run on any machine, also one that never measures."""
     space = resolve_space(space, backend)
     settings = default_settings(space) if settings is None else settings
-    st = _open(store)
+    st = as_store(store, create=True)
     plan = plan_sweep(space, settings, None, options, backend)
     published = published_settings(settings)
     WorkQueue(st).publish(space.name, published, plan.jobs, plan.estimates_s)
@@ -100,7 +96,7 @@ def publish_sweep(space: Union[Space, str, Any], settings: Any, store: Union[Sto
 def resolve_sweep(store: Union[Store, str], name: Optional[str]) -> str:
     """The published sweep a worker without a space joins: ``name``, or the only one in ``store``
     (StoreError naming the published ones otherwise)."""
-    return _resolve_sweep(WorkQueue(_open(store)), name)
+    return _resolve_sweep(WorkQueue(as_store(store, create=True)), name)
 
 
 def _resolve_sweep(queue: WorkQueue, name: Optional[str]) -> str:
@@ -127,7 +123,7 @@ def run_worker(store: Union[Store, str], space: Union[Space, str, Any, None] = N
     unreachable database, a foreign schema or an unknown sweep; OptionError for a bad setting.
     """
     t0 = time.monotonic()
-    st = _open(store)
+    st = as_store(store, create=True)
     queue = WorkQueue(st, lease_s=options.lease_s)
     if space is not None:
         name = publish_sweep(space, settings, st, sweep_options, backend)
@@ -136,7 +132,7 @@ def run_worker(store: Union[Store, str], space: Union[Space, str, Any, None] = N
         if settings is None:
             settings = default_settings(resolve_space(space, backend))
         if measure_overrides:
-            settings = dataclasses.replace(settings, **measure_overrides).validate()
+            settings = dataclasses.replace(settings, **measure_overrides).check_on_machine()
     else:
         name = _resolve_sweep(queue, options.sweep)
         settings = default_settings(None, **{**queue.settings(name), **dict(measure_overrides or {})})
@@ -216,7 +212,7 @@ def launch_workers(store: Union[Store, str], space: Union[Space, str, Any, None]
         import ray
     except ImportError:
         raise StoreError("worker.launcher=ray needs Ray: pip install 'explorer[ray]' (or pip install ray)") from None
-    st = _open(store)
+    st = as_store(store, create=True)
     name = options.sweep
     if space is not None:
         name = publish_sweep(space, settings, st, sweep_options, backend)
