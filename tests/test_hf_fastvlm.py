@@ -231,8 +231,11 @@ def test_the_default_fastvithd_is_timms_fastvit_mci3_unchanged(randomize) -> Non
     model.load_state_dict(timm_state_dict(encoder), strict=True)  # timm's own architecture, no overrides
     x = torch.rand(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(x).flatten(2).transpose(1, 2), encoder(x),
-                                   rtol=1e-4, atol=1e-4)
+        theirs, ours = model.forward_features(x).flatten(2).transpose(1, 2), encoder(x)
+    # the random-statistics features reach a few hundred: fp32 rounding of two kernel orders then
+    # differs by ~1e-6 of that scale (AVX2 kernels: up to 9e-4 absolute near zero), while a wrong
+    # key mapping differs by the features' own spread (std ~10)
+    torch.testing.assert_close(theirs, ours, rtol=1e-4, atol=1e-5 * float(ours.abs().max()))
 
 
 # ------------------------------------------------------------------------------ from a training run
