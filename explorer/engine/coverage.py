@@ -11,7 +11,6 @@ stability benchmark, only the encoders are timed by default.
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import statistics
 import tempfile
 import time
@@ -24,6 +23,7 @@ from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
 from explorer.engine.stability import ENCODERS_ONLY, busy_neighbours, setting_label
 from explorer.intervals import LEVELS, Interval, remeasure_interval
+from explorer.measure.contention import load_average_text
 
 __all__ = ["CoverageOptions", "CoverageRun", "CoverageCell", "CoverageReport", "run_coverage", "sweep_run"]
 
@@ -163,13 +163,6 @@ class CoverageReport:
         return "\n".join(lines).lstrip("\n") + "\n"
 
 
-def _loadavg() -> str:
-    try:
-        return " ".join(f"{v:.2f}" for v in os.getloadavg())
-    except OSError:
-        return "unknown"
-
-
 def sweep_run(space: Any, settings: Any, folder: Path,
               backend: MeasureBackend = ENCODERS_ONLY) -> Callable[..., CoverageRun]:
     """The default way to take one run: a real sweep (``run_sweep``: machine check, thread policy,
@@ -181,16 +174,16 @@ def sweep_run(space: Any, settings: Any, folder: Path,
     def run(condition: str, index: int, neighbours: int) -> CoverageRun:
         store = Store(folder / f"{condition}-{index}")
         started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
-        before = _loadavg()
+        before = load_average_text()
         t0 = time.monotonic()
         opts = SweepOptions(progress=False, resume=False)
         if neighbours:
             with busy_neighbours(neighbours):
                 report = run_sweep(space, settings, store, opts, backend)
-                after = _loadavg()
+                after = load_average_text()
         else:
             report = run_sweep(space, settings, store, opts, backend)
-            after = _loadavg()
+            after = load_average_text()
         elapsed = time.monotonic() - t0
         timings: dict[tuple[str, str], Mapping[str, Any]] = {}
         labels: dict[tuple[str, str], str] = {}
