@@ -121,6 +121,37 @@ def test_a_space_names_pruning_as_an_axis():
     assert _load(_space(PRUNE)).pruning == (Pruning(2, 0.5),)  # one mapping is a list of one
 
 
+def test_exclude_names_pruning():
+    """`exclude` takes `pruning` as a key: a {after_layer, ratio} entry of the axis, or null for the
+    unpruned points; together with other keys it drops only the points matching all of them."""
+    raw = _space([None, PRUNE, {"after_layer": 1, "ratio": 0.75}])
+    full = enumerate_points(_load(raw), shape_fn=sf.shape)
+    assert len(full) == 6
+    space = _load({**raw, "exclude": [{"pruning": PRUNE, "resolution": 64}, {"pruning": None, "resolution": 128}]})
+    points = enumerate_points(space, shape_fn=sf.shape)
+    dropped = {(p.resolution, p.pruning) for p in full} - {(p.resolution, p.pruning) for p in points}
+    assert dropped == {(64, Pruning(2, 0.5)), (128, None)}
+    assert len(points) == 4
+    assert not admits(space, DesignPoint.make("toy", {"width": 1}, 64, "llm-a", 8, PRUNE), shape_fn=sf.shape)
+    assert admits(space, DesignPoint.make("toy", {"width": 1}, 128, "llm-a", 8, PRUNE), shape_fn=sf.shape)
+    assert admits(space, DesignPoint.make("toy", {"width": 1}, 64, "llm-a", 8), shape_fn=sf.shape)
+    # the search's fingerprint reads the exclusions back as plain JSON
+    assert space.exclusions() == [{"pruning": PRUNE, "resolution": 64}, {"pruning": None, "resolution": 128}]
+    json.dumps(space.exclusions())
+
+
+@pytest.mark.parametrize("entry,message", [
+    ({"pruning": {"after_layer": 3, "ratio": 0.5}}, r"exclude\[0\]\.pruning=\{'after_layer': 3, 'ratio': 0\.5\}: "
+                                                    r"a value the space's pruning axis lists.*listed: null, "
+                                                    r'\{"after_layer":2,"ratio":0\.5\}'),
+    ({"pruning": {"after_layer": 2, "keep": 0.5}}, r"exclude\[0\]\.pruning\.keep=0\.5: unknown key; allowed: after_layer, ratio"),
+    ({"pruning": {"after_layer": 2, "ratio": 2}}, r"exclude\[0\]\.pruning\.ratio=2: a fraction in \[0, 1\)"),
+])
+def test_a_bad_pruning_exclusion_names_the_field(entry, message):
+    with pytest.raises(SpaceError, match=message):
+        _load({**_space([None, PRUNE]), "exclude": [entry]})
+
+
 @pytest.mark.parametrize("value,message", [
     ([{"after_layer": 0, "ratio": 0.5}], r"pruning\[0\]\.after_layer=0: an integer >= 1"),
     ([None, {"after_layer": 2, "ratio": 1.5}], r"pruning\[1\]\.ratio=1\.5: a fraction in \[0, 1\)"),
@@ -200,6 +231,25 @@ def test_pruned_prefills_are_jobs_of_their_own_and_unpruned_ones_stay_shared(tmp
     unpruned = df[df.pruning.isna()].set_index("point_key")
     assert len(first_rows) == 2 and sorted(first_rows.index) == sorted(unpruned.index)
     assert (first_rows.ttft_ms == unpruned.ttft_ms[first_rows.index]).all()
+    store.close()
+
+
+def test_an_accuracy_stored_by_fields_is_not_a_pruned_points(tmp_path):
+    """A trained or user accuracy stored for (encoder, knobs, resolution, llm) is the unpruned
+    model's: its pruned twin gets only a value stored for its own key."""
+    store = Store(tmp_path / "store.db")
+    _run(_space([None, PRUNE]), store)
+    store.add_accuracy(61.0, "trained:proxy", encoder="toy", knobs={"width": 1}, resolution=64, llm="llm-a")
+    pruned_128 = DesignPoint.make("toy", {"width": 1}, 128, "llm-a", 8, PRUNE)
+    store.add_accuracy(47.0, "trained:proxy-pruned", point=pruned_128)
+    frame = results.load(store, predict_accuracy=False)
+    got = {(int(r.resolution), r.pruning if isinstance(r.pruning, str) else None): r.accuracy
+           for r in frame.itertuples()}
+    assert len(got) == 4
+    assert got[(64, None)] == 61.0
+    assert math.isnan(got[(64, '{"after_layer":2,"ratio":0.5}')])
+    assert math.isnan(got[(128, None)])
+    assert got[(128, '{"after_layer":2,"ratio":0.5}')] == 47.0
     store.close()
 
 

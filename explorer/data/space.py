@@ -21,6 +21,7 @@ Schema (see ``search_spaces/*.yaml`` for worked examples)::
     constraints: {max_visual_tokens: 256, max_params_m: 200}
     exclude:                      # partial points; a point matching every given key is dropped
       - {encoder: fastvithd, width_mult: 0.5, resolution: 256}
+      - {llm: qwen2-7b, pruning: {after_layer: 2, ratio: 0.5}}   # `pruning: null`: the unpruned points
     pruning:                      # optional axis: visual tokens dropped inside the LLM (FastV-style);
       - null                      #   null = no pruning (the default when the key is absent)
       - {after_layer: 2, ratio: 0.5}
@@ -243,7 +244,7 @@ class Space:
         return {k: thaw(v) for k, v in self.measure}
 
     def exclusions(self) -> list[dict[str, Any]]:
-        return [{k: thaw(v) for k, v in ex} for ex in self.exclude]
+        return [{k: (dict(v) if k == "pruning" and v is not None else thaw(v)) for k, v in ex} for ex in self.exclude]
 
     def product_size(self) -> int:
         """Points of the full product, before exclusions and constraints (arithmetic, no enumeration)."""
@@ -682,12 +683,13 @@ def load_space(
         constraints = Constraints(**kw)
 
     knob_names = {k for e in entries for k, _ in e.knobs}
+    pruning = _pruning_axis(chk, raw.get("pruning"))
     ex_raw = raw.get("exclude") or []
     exclude: list[tuple[tuple[str, Any], ...]] = []
     if not isinstance(ex_raw, (list, tuple)):
         chk.add("exclude", ex_raw, "a list of partial points (mappings)")
     else:
-        ok_keys = sorted(set(POINT_FIELDS) | knob_names)
+        ok_keys = sorted(set(POINT_FIELDS) | knob_names | {"pruning"})
         for i, ex in enumerate(ex_raw):
             if not isinstance(ex, Mapping) or not ex:
                 chk.add(f"exclude[{i}]", ex, f"a non-empty mapping with keys from: {', '.join(ok_keys)}")
@@ -703,7 +705,21 @@ def load_space(
             for e in entries:
                 for k, vals in e.knobs:
                     listed.setdefault(k, []).extend(vals)
+            if "pruning" in ex:
+                try:
+                    wanted = as_pruning(ex["pruning"])
+                except OptionError as err:
+                    name = err.field if err.field.startswith("pruning") else f"pruning.{err.field}"
+                    chk.add(f"exclude[{i}].{name}", err.value, err.allowed)
+                    continue
+                if wanted not in pruning:
+                    listed_pr = ", ".join("null" if p is None else canonical_json(p.to_dict()) for p in pruning)
+                    chk.add(f"exclude[{i}].pruning", ex["pruning"],
+                            f"a value the space's pruning axis lists, or the entry matches no point; listed: {listed_pr}")
+                    continue
             for k, v in ex.items():
+                if k == "pruning":
+                    continue
                 if not any(_canonical(thaw(freeze(v))) == _canonical(thaw(w)) for w in listed.get(k, [])):
                     chk.add(f"exclude[{i}].{k}", v, "a value the space lists, or the entry matches no point; "
                               f"listed: {', '.join(map(str, dict.fromkeys(map(str, listed.get(k, [])))))}")
@@ -723,7 +739,6 @@ def load_space(
         measure = tuple(sorted((str(k), freeze(v)) for k, v in measure_raw.items()))
 
     description = raw.get("description") or ""
-    pruning = _pruning_axis(chk, raw.get("pruning"))
     _raise_if_any(chk)
     space = Space(name=str(space_name), encoders=entries, llms=tuple(llms), text_tokens=tuple(text_tokens),
                   constraints=constraints, exclude=tuple(exclude), measure=measure,
@@ -754,6 +769,10 @@ def _measure_fields() -> Optional[list[str]]:
 def _matches(point: DesignPoint, exclusion: Sequence[tuple[str, Any]], label: str) -> bool:
     knobs = dict(point.knobs)
     for key, want in exclusion:
+        if key == "pruning":  # frozen {after_layer, ratio} or None: the same Pruning or none
+            if (None if want is None else as_pruning(dict(want))) != point.pruning:
+                return False
+            continue
         if key == "encoder":
             have_any: Any = (point.encoder, label)
             if want not in have_any:
