@@ -160,6 +160,7 @@ def test_fill_keeps_given_values_and_predicts_the_rest(table):
     model = fit_accuracy(table, AccuracyFitOptions(bootstrap=20))
     df = _points(accuracy=np.nan, accuracy_source=None)
     df.loc[0, ["accuracy", "accuracy_source"]] = [52.5, "published:fastvlm-readme-figure"]
+    df["accuracy_approximate"] = [True, False, False, False]  # what attach_accuracy sets from the CSV
     out = fill_accuracy(df, "avg5", model=model, explain=True)
     assert out.loc[0, "accuracy"] == 52.5 and out.loc[0, "accuracy_source"] == "published:fastvlm-readme-figure"
     assert (out.loc[0, "accuracy_low"], out.loc[0, "accuracy_high"]) == (52.0, 53.0)  # read off a plot: +-0.5
@@ -174,6 +175,46 @@ def test_fill_keeps_given_values_and_predicts_the_rest(table):
     assert width[3] > width[1]
     # more LLM, more accuracy (at the same recipe and tokens)
     assert out.loc[3, "accuracy"] > out.loc[2, "accuracy"]
+
+
+def test_published_values_carry_the_csvs_approximate_flag_and_skip_pruned_points():
+    """attach_accuracy reads the reference CSVs' own `approximate` column (the README figure's
+    values are read off a plot: true; the model cards': false), and never gives a pruned point its
+    unpruned twin's published number."""
+    from explorer.data.reference import attach_accuracy
+
+    base = {"encoder": "fastvithd", "knobs": "{}", "llm": "qwen2-0.5b", "status": "ok"}
+    df = pd.DataFrame([{**base, "resolution": 512, "pruning": None},
+                       {**base, "resolution": 512, "pruning": '{"after_layer":2,"ratio":0.5}'}])
+    figure = attach_accuracy(df, "avg5")
+    assert figure.loc[0, "accuracy"] == 52.5 and figure.loc[0, "accuracy_approximate"]  # fastvlm_readme_figure.csv
+    assert math.isnan(figure.loc[1, "accuracy"]) and figure.loc[1, "accuracy_source"] is None
+    cards = attach_accuracy(df.assign(resolution=1024), "ai2d")
+    assert cards.loc[0, "accuracy"] == 68.0 and not cards.loc[0, "accuracy_approximate"]  # fastvlm_model_cards.csv
+    assert math.isnan(cards.loc[1, "accuracy"])
+
+
+def test_a_pruned_point_is_bracketed_by_its_twin_and_its_kept_tokens(table):
+    """No published result prunes inside the LLM: the prediction is the midpoint of the unpruned
+    twin's and the same encoder's at kept(V) = V - floor(r V) tokens (each predicted on its own
+    here, the oracle), the interval spans both, and it says why it is extrapolated."""
+    model = fit_accuracy(table, AccuracyFitOptions(bootstrap=20))
+    row = {"encoder": "fastvithd", "knobs": "{}", "resolution": 1024, "llm": "qwen2-0.5b", "encoder_params_m": 122.9,
+           "status": "ok", "accuracy": np.nan, "accuracy_source": None}
+    twin = fill_accuracy(pd.DataFrame([{**row, "visual_tokens": 256}]), "avg5", model=model)
+    kept = fill_accuracy(pd.DataFrame([{**row, "visual_tokens": 256 - math.floor(0.75 * 256)}]), "avg5", model=model)
+    assert kept.loc[0, "accuracy"] < twin.loc[0, "accuracy"]  # fewer tokens, less accuracy
+    pruned_row = {**row, "visual_tokens": 256, "pruning": '{"after_layer":2,"ratio":0.75}'}
+    pruned = fill_accuracy(pd.DataFrame([pruned_row]), "avg5", model=model, explain=True)
+    assert pruned.loc[0, "accuracy"] == pytest.approx((twin.loc[0, "accuracy"] + kept.loc[0, "accuracy"]) / 2)
+    assert pruned.loc[0, "accuracy_low"] == pytest.approx(min(twin.loc[0, "accuracy_low"], kept.loc[0, "accuracy_low"]))
+    assert pruned.loc[0, "accuracy_high"] == pytest.approx(max(twin.loc[0, "accuracy_high"], kept.loc[0, "accuracy_high"]))
+    assert pruned.loc[0, "accuracy_extrapolated"] and "in-LLM pruning (after layer 2, ratio 0.75)" in pruned.loc[0, "accuracy_why"]
+    assert "64 tokens" in pruned.loc[0, "accuracy_why"]
+    # an unpruned row beside it is untouched
+    both = fill_accuracy(pd.DataFrame([pruned_row, {**pruned_row, "pruning": None}]), "avg5", model=model)
+    assert both.loc[1, "accuracy"] == pytest.approx(twin.loc[0, "accuracy"]) and not both.loc[1, "accuracy_extrapolated"]
+    assert both.loc[0, "accuracy"] == pytest.approx(pruned.loc[0, "accuracy"])
 
 
 def test_frontier_membership_by_hand():

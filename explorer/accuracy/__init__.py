@@ -62,7 +62,8 @@ def fill_accuracy(df: pd.DataFrame, metric: str = "avg5", recipe: Optional[str] 
     out["accuracy"] = pd.to_numeric(out["accuracy"], errors="coerce").astype(float)
     out["accuracy_source"] = out["accuracy_source"].astype(object)
     have = out["accuracy"].notna()
-    approximate = out["accuracy_source"].astype(str).str.contains("readme-figure|readme_figure", regex=True)
+    approximate = (out["accuracy_approximate"].fillna(False).astype(bool) if "accuracy_approximate" in out.columns
+                   else pd.Series(False, index=out.index))
     half = np.where(approximate, 0.5, 0.0)
     out["accuracy_low"] = np.where(have & out["accuracy_low"].isna(), out["accuracy"] - half, out["accuracy_low"])
     out["accuracy_high"] = np.where(have & out["accuracy_high"].isna(), out["accuracy"] + half, out["accuracy_high"])
@@ -79,6 +80,7 @@ def fill_accuracy(df: pd.DataFrame, metric: str = "avg5", recipe: Optional[str] 
     if recipe == "auto":
         recipe = model.choose_recipe(sorted(rows["encoder_family"].unique()), metric)
     pred = model.predict(rows, metric, recipe=recipe, level=level)
+    pred = _bracket_pruned(out, rows, pred, model, metric, recipe, level)
     label = f"predicted:{MODEL_NAME}/{recipe or 'any-recipe'}"
     out.loc[pred.index, "accuracy"] = pred["accuracy"]
     out.loc[pred.index, "accuracy_low"] = pred["accuracy_low"]
@@ -89,3 +91,45 @@ def fill_accuracy(df: pd.DataFrame, metric: str = "avg5", recipe: Optional[str] 
         out["accuracy_why"] = pd.Series([None] * len(out), index=out.index, dtype=object)
         out.loc[pred.index, "accuracy_why"] = pred["why"]
     return out
+
+
+def _bracket_pruned(out: pd.DataFrame, rows: pd.DataFrame, pred: pd.DataFrame, model: AccuracyModel, metric: str,
+                    recipe: Optional[str], level: float) -> pd.DataFrame:
+    """Rows whose visual tokens are pruned inside the LLM (``pruning``: ``{after_layer, ratio}``).
+
+    No published result in the literature table prunes inside the LLM, so the model cannot say
+    what FastV-style pruning costs. What it can say: the point is at most as accurate as its
+    unpruned twin (the same encoder and tokens; pruning only removes information), and the
+    literature's equal-token comparisons put token reduction at the LLM's input near the same
+    encoder with the kept count ``V - floor(r V)``. The prediction is the midpoint of those two
+    predictions, its interval spans both of theirs, and it is always flagged ``extrapolated``
+    with the reason. A bracket, not a fit: heavy pruning early in the LLM can fall below it.
+    """
+    if "pruning" not in out.columns:
+        return pred
+    pruned = [i for i in pred.index if isinstance(out.at[i, "pruning"], str) and out.at[i, "pruning"]]
+    if not pruned:
+        return pred
+    import json
+    import math
+
+    kept_rows = rows.loc[pruned].copy()
+    for i in pruned:
+        spec = json.loads(out.at[i, "pruning"])
+        visual = int(kept_rows.at[i, "visual_tokens"])
+        kept_rows.at[i, "visual_tokens"] = max(1, visual - math.floor(float(spec["ratio"]) * visual))
+    kept = model.predict(kept_rows, metric, recipe=recipe, level=level)
+    pred = pred.copy()
+    twin = pred.loc[pruned]
+    pred.loc[pruned, "accuracy"] = (twin["accuracy"] + kept["accuracy"]) / 2
+    pred.loc[pruned, "accuracy_low"] = np.minimum(twin["accuracy_low"], kept["accuracy_low"])
+    pred.loc[pruned, "accuracy_high"] = np.maximum(twin["accuracy_high"], kept["accuracy_high"])
+    pred.loc[pruned, "extrapolated"] = True
+    for i in pruned:
+        spec = json.loads(out.at[i, "pruning"])
+        note = (f"in-LLM pruning (after layer {spec['after_layer']}, ratio {spec['ratio']:g}) has no published "
+                f"results in the table: bracketed by the unpruned point ({twin.at[i, 'accuracy']:.1f}) and the "
+                f"same encoder with {int(kept_rows.at[i, 'visual_tokens'])} tokens ({kept.at[i, 'accuracy']:.1f})")
+        earlier = pred.at[i, "why"]
+        pred.at[i, "why"] = note if earlier is None else f"{earlier}; {note}"
+    return pred

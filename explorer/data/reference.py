@@ -169,6 +169,13 @@ def read_accuracy_csv(path: Union[str, Path], origin: str = "user", metric: Opti
     return df
 
 
+def _truthy(value: object) -> bool:
+    """An ``approximate`` cell: true/1/yes (any case) is True; false, empty or missing is False."""
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    return str(value).strip().lower() in ("true", "1", "yes")
+
+
 def load_references(paths: Optional[Iterable[Union[str, Path]]] = None) -> pd.DataFrame:
     """All published references (``results/reference/*.csv`` by default), long format."""
     files = sorted(REFERENCE_DIR.glob("*.csv")) if paths is None else [Path(p) for p in paths]
@@ -193,7 +200,10 @@ def attach_accuracy(
     """Fill ``accuracy`` / ``accuracy_source`` on rows that have none (or all, with ``overwrite``).
 
     Precedence: a value already in the row (e.g. from a training run) unless ``overwrite``, then the
-    user's CSV, then the published tables.
+    user's CSV, then the published tables. ``accuracy_approximate`` says whether the value was read
+    off a plot (the CSVs' ``approximate`` column). A point whose visual tokens are pruned inside the
+    LLM (a non-null ``pruning``) never takes a value: what was published or trained is its unpruned
+    twin's, not its own (``explorer.accuracy.fill_accuracy`` predicts it).
     """
     sources = []
     if user_csv is not None:
@@ -206,9 +216,10 @@ def attach_accuracy(
     if metric not in set(table["metric"]):
         raise ValueError(f"invalid metric={metric!r}: available metrics are {sorted(set(table['metric']))}")
     table = table[table["metric"] == metric].drop_duplicates(["encoder", "knobs", "resolution", "llm"], keep="first")
+    approx = table["approximate"].map(_truthy) if "approximate" in table.columns else pd.Series(False, index=table.index)
     lookup = {
-        (r.encoder, r.knobs, int(r.resolution), r.llm): (float(r.value), f"{r.origin}:{r.source}")
-        for r in table.itertuples()
+        (r.encoder, r.knobs, int(r.resolution), r.llm): (float(r.value), f"{r.origin}:{r.source}", bool(a))
+        for r, a in zip(table.itertuples(), approx)
     }
     out = results.copy()
     if "accuracy" not in out.columns:
@@ -217,8 +228,11 @@ def attach_accuracy(
         out["accuracy_source"] = None
     out["accuracy"] = out["accuracy"].astype(float)
     out["accuracy_source"] = out["accuracy_source"].astype(object)
+    if "accuracy_approximate" not in out.columns:
+        out["accuracy_approximate"] = False
+    pruned = out["pruning"].notna() if "pruning" in out.columns else pd.Series(False, index=out.index)
     for idx, row in out.iterrows():
-        if not overwrite and pd.notna(row["accuracy"]):
+        if (not overwrite and pd.notna(row["accuracy"])) or pruned.loc[idx]:
             continue
         knobs = _canonical_knobs(row.get("knobs"))
         key = (row["encoder"], knobs, int(row["resolution"]), row["llm"])
@@ -228,8 +242,9 @@ def attach_accuracy(
                     key = ref_key
                     break
         if key in lookup:
-            value, source = lookup[key]
+            value, source, approximate = lookup[key]
             if source.startswith("published:") and extrapolation(row["encoder"], knobs) is not None:
                 continue  # never a published number on an extrapolated model
             out.at[idx, "accuracy"], out.at[idx, "accuracy_source"] = value, source
+            out.at[idx, "accuracy_approximate"] = approximate
     return out

@@ -50,9 +50,10 @@ CONFIDENCE_COLUMNS: tuple[str, ...] = (
 #: ``preprocess_ms``, then :data:`CONFIDENCE_COLUMNS`, then :data:`LATENCY_INTERVAL_COLUMNS` (each
 #: latency's re-measurement interval at ``latency_level``: explorer.data.drift), then ``pruning``:
 #: the point's in-LLM pruning as canonical JSON (``{"after_layer":2,"ratio":0.5}``), None for a
-#: point without.
+#: point without, and ``accuracy_approximate``: the accuracy was read off a plot (the reference
+#: CSV's ``approximate`` column; its interval is the value +-0.5).
 EXTRA_COLUMNS: tuple[str, ...] = ("space", "env_key", "runtime", "llm_runtime", "lm_head", "ttft_includes_preprocess",
-                                  *CONFIDENCE_COLUMNS, *LATENCY_INTERVAL_COLUMNS, "pruning")
+                                  *CONFIDENCE_COLUMNS, *LATENCY_INTERVAL_COLUMNS, "pruning", "accuracy_approximate")
 _BOOL_COLUMNS = tuple(c for c in CONFIDENCE_COLUMNS if c.endswith(("_noisy", "_contended")) or c in ("noisy", "contended"))
 
 _FAIL_ORDER = ("oom", "killed", "timeout", "failed")
@@ -164,6 +165,8 @@ def _accuracy_for(point: PointRecord, by_key: dict[str, AccuracyRecord],
     if point.key in by_key:
         return by_key[point.key]
     p = point.point
+    if p.pruning is not None:  # a value stored by fields is the unpruned model's, not this point's
+        return None
     knobs = canonical_json(p.knob_dict())
     for acc in reversed(by_fields):  # the latest matching row wins
         if acc.encoder != p.encoder:
@@ -328,6 +331,7 @@ def _row(rec: PointRecord, env_key: Optional[str], environment: Optional[Mapping
         **confidence,
         **row_intervals(ok, with_prep, drift, level),
         "pruning": pruning_text(p.pruning),
+        "accuracy_approximate": False,
     }
 
 

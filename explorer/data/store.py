@@ -508,8 +508,9 @@ class Store:
                      knobs: Optional[Mapping[str, Any]] = None, resolution: Optional[int] = None,
                      llm: Optional[str] = None, metric: str = "avg",
                      details: Optional[Mapping[str, Any]] = None) -> int:
-        """Store an accuracy; it applies to ``point``/``point_key``, or to every point matching
-        the given (encoder, knobs, resolution, llm) fields (``knobs=None`` = default knobs)."""
+        """Store an accuracy; it applies to ``point``/``point_key``, or to every unpruned point
+        matching the given (encoder, knobs, resolution, llm) fields (``knobs=None`` = default
+        knobs). A point pruned inside the LLM takes only a value stored for its own key."""
         if point is not None:
             point_key = point.key
         if point_key is None and encoder is None:
