@@ -195,20 +195,22 @@ for _, r in head.iterrows():
 assert len(head) == 3
 
 # %% [markdown]
-# Measured on this machine, per runtime, when a results database of the space exists
-# (`python -m explorer sweep +space=headline_comparisons measure.runtime=...`).
+# Measured on this machine, per runtime, when a results database of the space exists: one sweep
+# per runtime into the same database (docs/vlms.md has the commands and a run's figures), then
+# each side at its own fastest runtime (`runtime = fastest`).
 
 # %%
 if PATHS.results_db.is_file():
+    from explorer.analysis.headline import headline_by_runtime
     from explorer.data import results
 
-    measured = results.load(PATHS.results_db, env="all")
-    for env_key, rows_env in measured.groupby("env_key"):
-        rows_env = rows_env.assign(latency_source="measured")
-        mh = headline_table(rows_env)
-        print(f"environment {env_key}: {len(mh)} comparison(s) measured")
-        if len(mh):
-            display(mh[cols].round(2))
+    measured = results.load(PATHS.results_db, env="all").assign(latency_source="measured")
+    mh = headline_by_runtime(measured)
+    print(f"{len(mh)} measured comparison row(s) over {measured['env_key'].nunique()} environment(s)")
+    if len(mh):
+        display(mh[["runtime", "fast_runtime", "other_runtime", "fast_preprocess_ms", "other_preprocess_ms"] + cols].round(2))
+        for _, r in mh.iterrows():
+            display(Markdown("- " + headline_sentence(r)))
 else:
     print("No measured comparisons yet: python -m explorer sweep +space=headline_comparisons")
 print("all checks passed")

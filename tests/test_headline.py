@@ -43,6 +43,33 @@ def test_table_ratios_and_parts_by_hand():
     assert "85x" in headline_sentence(r) and "20.0x" in headline_sentence(r)
 
 
+def test_by_runtime_and_fastest_by_hand():
+    """Two environments (eager, compile): a table each, then each side at its own fastest one."""
+    def both(env, runtime, fast_enc, other_enc, fast_pre, other_pre):
+        rows = [_row("fastvithd", 1152, "qwen2-0.5b", {}, 324, fast_enc, 1.0, fast_pre),
+                _row("hf_vlm", 1152, "qwen2-0.5b", {"model": "llava-onevision-0.5b"}, 7371, other_enc, 10.0, other_pre)]
+        return [{**r, "env_key": env, "runtime": runtime, "llm_runtime": "transformers"} for r in rows]
+
+    df = pd.DataFrame(both("e1", "eager", 400.0, 900.0, 99.0, 3000.0) + both("e2", "compile", 200.0, 1000.0, 99.0, 3100.0))
+    from explorer.analysis.headline import headline_by_runtime
+
+    t = headline_by_runtime(df).set_index("runtime", drop=False)
+    assert list(t.index) == ["eager", "compile", "fastest"]
+    assert t.loc["eager", "ratio"] == pytest.approx(3910.0 / 500.0)
+    assert t.loc["compile", "ratio"] == pytest.approx(4110.0 / 300.0)
+    # FastVLM is fastest compiled (300 ms), LLaVA-OneVision eager (3910 ms)
+    assert (t.loc["fastest", "fast_runtime"], t.loc["fastest", "other_runtime"]) == ("compile", "eager")
+    assert t.loc["fastest", "ratio"] == pytest.approx(3910.0 / 300.0)
+    assert "FastVLM under compile, the other under eager" in headline_sentence(t.loc["fastest"].to_dict())
+    # preprocessing counted in a row's TTFT is one of its parts
+    pre = df.assign(preprocess_ms=5.0, ttft_includes_preprocess=True, ttft_ms=df["ttft_ms"] + 5.0)
+    p = headline_by_runtime(pre).set_index("runtime")
+    assert p.loc["eager", "fast_preprocess_ms"] == 5.0
+    parts = sum(p.loc["eager", f"other_{k}_ms"] for k in ("preprocess", "encoder", "projector", "prefill"))
+    assert parts == pytest.approx(p.loc["eager", "other_ttft_ms"])
+    assert headline_by_runtime(df.iloc[:0]).empty
+
+
 def test_cambrian_assembly_tokens_and_aggregator_share():
     from explorer.measure.flops import count_flops_torch
 

@@ -18,7 +18,8 @@ import pandas as pd
 
 from explorer.data.space import canonical_json
 
-__all__ = ["Side", "Headline", "HEADLINES", "headline_table", "headline_sentence", "equal_token_resolution"]
+__all__ = ["Side", "Headline", "HEADLINES", "headline_table", "headline_by_runtime", "headline_sentence",
+           "equal_token_resolution"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,12 @@ HEADLINES: tuple[Headline, ...] = (
 PARTS = ("encoder_latency_ms", "projector_latency_ms", "prefill_latency_ms")
 
 
+def _parts(r: pd.Series) -> tuple[str, ...]:
+    """The parts that sum to the row's ``ttft_ms``: preprocessing joins when the row counted it."""
+    counted = bool(r.get("ttft_includes_preprocess", False)) and pd.notna(r.get("preprocess_ms", math.nan))
+    return (("preprocess_ms",) if counted else ()) + PARTS
+
+
 def _one(df: pd.DataFrame, side: Side) -> Optional[pd.Series]:
     rows = side.select(df)
     if "status" in rows:
@@ -81,8 +88,8 @@ def headline_table(df: pd.DataFrame, headlines: tuple[Headline, ...] = HEADLINES
 
     Columns: comparison, paper_ratio, ratio (other TTFT / FastVLM TTFT), encoder_ratio,
     prefill_ratio, tokens_fast, tokens_other, then ``fast_*`` and ``other_*`` for
-    encoder/projector/prefill/ttft in ms, latency_source and note. A comparison whose points are
-    missing from ``df`` is left out.
+    preprocess/encoder/projector/prefill/ttft in ms (preprocess is 0 where the row's TTFT left it
+    out), latency_source and note. A comparison whose points are missing from ``df`` is left out.
     """
     out = []
     for h in headlines:
@@ -96,6 +103,7 @@ def headline_table(df: pd.DataFrame, headlines: tuple[Headline, ...] = HEADLINES
                                "tokens_fast": int(a["visual_tokens"]), "tokens_other": int(b["visual_tokens"]),
                                "fast": h.fast.label, "other": h.other.label}
         for prefix, r in (("fast", a), ("other", b)):
+            row[f"{prefix}_preprocess_ms"] = float(r["preprocess_ms"]) if "preprocess_ms" in _parts(r) else 0.0
             for part in PARTS + ("ttft_ms",):
                 row[f"{prefix}_{part.replace('_latency', '')}"] = float(r[part])
         row["latency_source"] = str(a.get("latency_source", "measured")) if hasattr(a, "get") else "measured"
@@ -104,11 +112,59 @@ def headline_table(df: pd.DataFrame, headlines: tuple[Headline, ...] = HEADLINES
     return pd.DataFrame(out)
 
 
+def headline_by_runtime(df: pd.DataFrame, headlines: tuple[Headline, ...] = HEADLINES) -> pd.DataFrame:
+    """The measured comparisons once per runtime, and once with each side at its fastest runtime.
+
+    ``df``: a measured results frame holding several environments (``results.load(db, env="all")``
+    after one sweep per ``measure.runtime``), told apart by ``env_key`` and named by their
+    ``runtime`` and ``llm_runtime`` columns. Each environment gives the rows of
+    :func:`headline_table` with ``runtime`` set to its name (``eager``, ``compile`` ...); then
+    ``runtime = "fastest"`` puts each side at the environment where its TTFT is lowest (a deployer
+    of either system would pick that one), naming it in ``fast_runtime`` / ``other_runtime``.
+    """
+    if df.empty:
+        return pd.DataFrame()
+    frame = df.copy()
+    for column in ("env_key", "runtime", "llm_runtime"):
+        if column not in frame.columns:
+            frame[column] = "" if column != "runtime" else "eager"
+    frame["latency_source"] = frame["latency_source"] if "latency_source" in frame.columns else "measured"
+    names: dict[str, str] = {}
+    for env, rows in frame.groupby("env_key", sort=True):
+        runtime, llm_runtime = str(rows["runtime"].iloc[0]), str(rows["llm_runtime"].iloc[0] or "")
+        name = runtime if llm_runtime in ("", "transformers", "nan") else f"{runtime} + {llm_runtime}"
+        names[str(env)] = name if name not in names.values() else f"{name} ({env})"
+    out = []
+    for env, rows in frame.groupby("env_key", sort=True):
+        table = headline_table(rows, headlines)
+        if len(table):
+            table.insert(1, "runtime", names[str(env)])
+            table["fast_runtime"] = table["other_runtime"] = names[str(env)]
+            out.append(table)
+    for h in headlines:
+        best: list[tuple[Optional[pd.Series], str]] = []
+        for side in (h.fast, h.other):
+            found = [(r, names[str(env)]) for env, rows in frame.groupby("env_key", sort=True)
+                     for r in [_one(rows, side)] if r is not None]
+            best.append(min(found, key=lambda t: float(t[0]["ttft_ms"])) if found else (None, ""))
+        if best[0][0] is None or best[1][0] is None:
+            continue
+        pair = pd.DataFrame([best[0][0], best[1][0]])
+        table = headline_table(pair, (h,))
+        table.insert(1, "runtime", "fastest")
+        table["fast_runtime"], table["other_runtime"] = best[0][1], best[1][1]
+        out.append(table)
+    return pd.concat(out, ignore_index=True) if out else pd.DataFrame()
+
+
 def headline_sentence(row: Mapping[str, Any]) -> str:
     """``85x claimed, 23.1x here: prefill 40.9x (7403 vs 356 tokens), encoder 6.7x``."""
     enc_share_other = row["other_encoder_ms"] / row["other_ttft_ms"] if row["other_ttft_ms"] else math.nan
+    runtime = f", {row['runtime']}" if row.get("runtime") else ""
+    if row.get("runtime") == "fastest":
+        runtime += f": FastVLM under {row['fast_runtime']}, the other under {row['other_runtime']}"
     return (f"{row['comparison']}: the paper says {row['paper_ratio']:g}x, this table {row['ratio']:.1f}x "
-            f"({row['latency_source']}). Prefill {row['prefill_ratio']:.1f}x ({row['tokens_other']} against "
+            f"({row['latency_source']}{runtime}). Prefill {row['prefill_ratio']:.1f}x ({row['tokens_other']} against "
             f"{row['tokens_fast']} visual tokens), encoder {row['encoder_ratio']:.1f}x; the encoder is "
             f"{enc_share_other:.0%} of the other side's TTFT.")
 
