@@ -146,3 +146,23 @@ def kill_self(*args: Any, **kwargs: Any) -> Any:
     import signal
 
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def kill_when(proc: Any, ready: Any, timeout_s: float, what: str, poll_s: float = 0.05) -> None:
+    """SIGKILL the subprocess ``proc`` as soon as ``ready()`` is true (at most ``timeout_s``; a
+    process that ends first fails the test with its output), then wait for it and close its
+    stdout. What the kill tests of the sweep share."""
+    import signal
+
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not ready():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, f"{what} in time"
+            time.sleep(poll_s)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stdout.close()

@@ -502,24 +502,10 @@ def _stored(db: Path) -> list[tuple]:
 def test_a_kill_costs_only_the_timings_in_flight_of_an_interleaved_group(tmp_path):
     """Two encoders timed as one group (1.5 s and 4.5 s of work): the first to finish is stored at
     once, so a SIGKILL while the other still runs loses that one only; a resume measures the rest."""
-    import signal
-    import time
-
     db = tmp_path / "store.db"
     proc = subprocess.Popen([sys.executable, "-c", _GROUP_SWEEP, str(db)], env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not _stored(db):
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "nothing committed in time"
-            time.sleep(0.05)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
+    F.kill_when(proc, lambda: bool(_stored(db)), 120, "nothing committed")
     first = _stored(db)
     assert len(first) == 1 and first[0][0] == "encoder" and first[0][2] == "ok", first  # the other was in flight
     done = subprocess.run([sys.executable, "-c", _GROUP_SWEEP, str(db)], env=_env(), capture_output=True, text=True,

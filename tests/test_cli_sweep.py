@@ -191,18 +191,7 @@ def test_kill_and_resume_a_real_sweep(tmp_path):
     key, value = marker.split("=")
     proc = subprocess.Popen(args, cwd=tmp_path, env=env(**{key: value}), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
-    try:
-        deadline = time.monotonic() + 240
-        while len(_rows(db)) < 2:
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "no measurement committed in time"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.stdout.close()
+    F.kill_when(proc, lambda: len(_rows(db)) >= 2, 240, "no measurement committed", poll_s=0.1)
     first = _rows(db)
     assert 2 <= len(first) < 6  # 2 encoders + 2 projectors + 2 prefills in total
     if Path("/proc").is_dir():  # the measurement worker dies with the sweep (PR_SET_PDEATHSIG)

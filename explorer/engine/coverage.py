@@ -20,8 +20,7 @@ from typing import Any, Callable, Mapping, Optional
 
 from explorer.checks import check_int, check_number
 from explorer.engine.backend import MeasureBackend
-from explorer.engine.options import SweepOptions
-from explorer.engine.stability import ENCODERS_ONLY, busy_neighbours, setting_label
+from explorer.engine.stability import ENCODERS_ONLY, setting_label, sweep_beside
 from explorer.intervals import LEVELS, Interval, remeasure_interval
 from explorer.measure.contention import load_average_text
 
@@ -169,22 +168,12 @@ def sweep_run(space: Any, settings: Any, folder: Path,
     interleaved rounds) of ``space`` into a fresh store under ``folder``, beside ``neighbours``
     busy loops; every ok timed measurement is kept."""
     from explorer.data.store import Store
-    from explorer.engine.sweep import run_sweep
 
     def run(condition: str, index: int, neighbours: int) -> CoverageRun:
         store = Store(folder / f"{condition}-{index}")
         started = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         before = load_average_text()
-        t0 = time.monotonic()
-        opts = SweepOptions(progress=False, resume=False)
-        if neighbours:
-            with busy_neighbours(neighbours):
-                report = run_sweep(space, settings, store, opts, backend)
-                after = load_average_text()
-        else:
-            report = run_sweep(space, settings, store, opts, backend)
-            after = load_average_text()
-        elapsed = time.monotonic() - t0
+        report, after, elapsed = sweep_beside(space, settings, store, neighbours, backend)
         timings: dict[tuple[str, str], Mapping[str, Any]] = {}
         labels: dict[tuple[str, str], str] = {}
         for rec in store.measurements(env_key=report.env_key):

@@ -9,6 +9,7 @@ encoders are timed (projector and prefill are counted, not timed): the benchmark
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import statistics
 import subprocess
@@ -23,7 +24,8 @@ from explorer.engine.backend import MeasureBackend
 from explorer.engine.options import SweepOptions
 from explorer.measure.contention import load_average_text
 
-__all__ = ["Setting", "setting_label", "no_costlier", "StabilityArm", "StabilityReport", "run_stability", "order_violations", "ratio_spread", "busy_neighbours"]
+__all__ = ["Setting", "setting_label", "no_costlier", "StabilityArm", "StabilityReport", "run_stability", "order_violations", "ratio_spread", "busy_neighbours",
+           "sweep_beside"]
 
 BUSY_LOOP = "while True:\n    pass\n"
 
@@ -186,21 +188,25 @@ class StabilityReport:
         return "\n".join(lines) + "\n"
 
 
-def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, backend: MeasureBackend) -> StabilityArm:
-    from explorer.data.store import Store
+def sweep_beside(space: Any, settings: Any, store: Any, neighbours: int,
+                 backend: MeasureBackend) -> tuple[Any, str, float]:
+    """One fresh sweep of ``space`` into ``store`` beside ``neighbours`` busy loops (0: quiet):
+    its report, the load average as it ended (read before the loops stop) and its seconds."""
     from explorer.engine.sweep import run_sweep
 
-    store = Store(folder / name)
     opts = SweepOptions(progress=False, resume=False)
     t0 = time.monotonic()
-    if neighbours:
-        with busy_neighbours(neighbours):
-            report = run_sweep(space, settings, store, opts, backend)
-            load = load_average_text()
-    else:
+    with busy_neighbours(neighbours) if neighbours else contextlib.nullcontext():
         report = run_sweep(space, settings, store, opts, backend)
         load = load_average_text()
-    elapsed = time.monotonic() - t0
+    return report, load, time.monotonic() - t0
+
+
+def _arm(name: str, neighbours: int, space: Any, settings: Any, folder: Path, backend: MeasureBackend) -> StabilityArm:
+    from explorer.data.store import Store
+
+    store = Store(folder / name)
+    report, load, elapsed = sweep_beside(space, settings, store, neighbours, backend)
     latency: dict[Setting, float] = {}
     units: dict[Setting, float] = {}
     p10: dict[Setting, float] = {}
