@@ -101,7 +101,7 @@ def _bracket_pruned(out: pd.DataFrame, rows: pd.DataFrame, pred: pd.DataFrame, m
     what FastV-style pruning costs. What it can say: the point is at most as accurate as its
     unpruned twin (the same encoder and tokens; pruning only removes information), and the
     literature's equal-token comparisons put token reduction at the LLM's input near the same
-    encoder with the kept count ``V - floor(r V)``. The prediction is the midpoint of those two
+    encoder with the kept count ``Pruning.kept(V) = V - floor(r V)``. The prediction is the midpoint of those two
     predictions, its interval spans both of theirs, and it is always flagged ``extrapolated``
     with the reason. A bracket, not a fit: heavy pruning early in the LLM can fall below it.
     """
@@ -111,13 +111,13 @@ def _bracket_pruned(out: pd.DataFrame, rows: pd.DataFrame, pred: pd.DataFrame, m
     if not pruned:
         return pred
     import json
-    import math
 
+    from explorer.data.space import as_pruning
+
+    pruning = {i: as_pruning(json.loads(out.at[i, "pruning"])) for i in pruned}
     kept_rows = rows.loc[pruned].copy()
-    for i in pruned:
-        spec = json.loads(out.at[i, "pruning"])
-        visual = int(kept_rows.at[i, "visual_tokens"])
-        kept_rows.at[i, "visual_tokens"] = max(1, visual - math.floor(float(spec["ratio"]) * visual))
+    for i, pr in pruning.items():
+        kept_rows.at[i, "visual_tokens"] = pr.kept(int(kept_rows.at[i, "visual_tokens"]))
     kept = model.predict(kept_rows, metric, recipe=recipe, level=level)
     pred = pred.copy()
     twin = pred.loc[pruned]
@@ -125,9 +125,8 @@ def _bracket_pruned(out: pd.DataFrame, rows: pd.DataFrame, pred: pd.DataFrame, m
     pred.loc[pruned, "accuracy_low"] = np.minimum(twin["accuracy_low"], kept["accuracy_low"])
     pred.loc[pruned, "accuracy_high"] = np.maximum(twin["accuracy_high"], kept["accuracy_high"])
     pred.loc[pruned, "extrapolated"] = True
-    for i in pruned:
-        spec = json.loads(out.at[i, "pruning"])
-        note = (f"in-LLM pruning (after layer {spec['after_layer']}, ratio {spec['ratio']:g}) has no published "
+    for i, pr in pruning.items():
+        note = (f"in-LLM pruning (after layer {pr.after_layer}, ratio {pr.ratio:g}) has no published "
                 f"results in the table: bracketed by the unpruned point ({twin.at[i, 'accuracy']:.1f}) and the "
                 f"same encoder with {int(kept_rows.at[i, 'visual_tokens'])} tokens ({kept.at[i, 'accuracy']:.1f})")
         earlier = pred.at[i, "why"]
