@@ -244,7 +244,7 @@ class Space:
         return {k: thaw(v) for k, v in self.measure}
 
     def exclusions(self) -> list[dict[str, Any]]:
-        return [{k: (dict(v) if k == "pruning" and v is not None else thaw(v)) for k, v in ex} for ex in self.exclude]
+        return [{k: (v.to_dict() if k == "pruning" and v is not None else thaw(v)) for k, v in ex} for ex in self.exclude]
 
     def product_size(self) -> int:
         """Points of the full product, before exclusions and constraints (arithmetic, no enumeration)."""
@@ -724,8 +724,9 @@ def load_space(
                     chk.add(f"exclude[{i}].{k}", v, "a value the space lists, or the entry matches no point; "
                               f"listed: {', '.join(map(str, dict.fromkeys(map(str, listed.get(k, [])))))}")
                     break
-            else:
-                exclude.append(tuple(sorted((str(k), freeze(v)) for k, v in ex.items())))
+            else:  # the pruning entry as the Pruning it names (None: the unpruned points)
+                exclude.append(tuple(sorted((str(k), as_pruning(v) if k == "pruning" else freeze(v))
+                                            for k, v in ex.items())))
 
     measure_raw = raw.get("measure") or {}
     measure: tuple[tuple[str, Any], ...] = ()
@@ -769,8 +770,8 @@ def _measure_fields() -> Optional[list[str]]:
 def _matches(point: DesignPoint, exclusion: Sequence[tuple[str, Any]], label: str) -> bool:
     knobs = dict(point.knobs)
     for key, want in exclusion:
-        if key == "pruning":  # frozen {after_layer, ratio} or None: the same Pruning or none
-            if (None if want is None else as_pruning(dict(want))) != point.pruning:
+        if key == "pruning":  # a Pruning, or None for the unpruned points
+            if want != point.pruning:
                 return False
             continue
         if key == "encoder":
