@@ -66,10 +66,9 @@ HEADLINES: tuple[Headline, ...] = (
 PARTS = ("encoder_latency_ms", "projector_latency_ms", "prefill_latency_ms")
 
 
-def _parts(r: pd.Series) -> tuple[str, ...]:
-    """The parts that sum to the row's ``ttft_ms``: preprocessing joins when the row counted it."""
-    counted = bool(r.get("ttft_includes_preprocess", False)) and pd.notna(r.get("preprocess_ms", math.nan))
-    return (("preprocess_ms",) if counted else ()) + PARTS
+def _counts_preprocess(r: pd.Series) -> bool:
+    """Whether the row's ``ttft_ms`` counted its preprocessing (then it is one of the parts)."""
+    return bool(r.get("ttft_includes_preprocess", False)) and pd.notna(r.get("preprocess_ms", math.nan))
 
 
 def _one(df: pd.DataFrame, side: Side) -> Optional[pd.Series]:
@@ -103,7 +102,7 @@ def headline_table(df: pd.DataFrame, headlines: tuple[Headline, ...] = HEADLINES
                                "tokens_fast": int(a["visual_tokens"]), "tokens_other": int(b["visual_tokens"]),
                                "fast": h.fast.label, "other": h.other.label}
         for prefix, r in (("fast", a), ("other", b)):
-            row[f"{prefix}_preprocess_ms"] = float(r["preprocess_ms"]) if "preprocess_ms" in _parts(r) else 0.0
+            row[f"{prefix}_preprocess_ms"] = float(r["preprocess_ms"]) if _counts_preprocess(r) else 0.0
             for part in PARTS + ("ttft_ms",):
                 row[f"{prefix}_{part.replace('_latency', '')}"] = float(r[part])
         row["latency_source"] = str(a.get("latency_source", "measured")) if hasattr(a, "get") else "measured"
@@ -129,23 +128,22 @@ def headline_by_runtime(df: pd.DataFrame, headlines: tuple[Headline, ...] = HEAD
         if column not in frame.columns:
             frame[column] = "" if column != "runtime" else "eager"
     frame["latency_source"] = frame["latency_source"] if "latency_source" in frame.columns else "measured"
-    names: dict[str, str] = {}
+    groups: list[tuple[str, pd.DataFrame]] = []  # (runtime name, its rows), one per environment
     for env, rows in frame.groupby("env_key", sort=True):
         runtime, llm_runtime = str(rows["runtime"].iloc[0]), str(rows["llm_runtime"].iloc[0] or "")
         name = runtime if llm_runtime in ("", "transformers", "nan") else f"{runtime} + {llm_runtime}"
-        names[str(env)] = name if name not in names.values() else f"{name} ({env})"
+        groups.append((name if name not in {n for n, _ in groups} else f"{name} ({env})", rows))
     out = []
-    for env, rows in frame.groupby("env_key", sort=True):
+    for name, rows in groups:
         table = headline_table(rows, headlines)
         if len(table):
-            table.insert(1, "runtime", names[str(env)])
-            table["fast_runtime"] = table["other_runtime"] = names[str(env)]
+            table.insert(1, "runtime", name)
+            table["fast_runtime"] = table["other_runtime"] = name
             out.append(table)
     for h in headlines:
         best: list[tuple[Optional[pd.Series], str]] = []
         for side in (h.fast, h.other):
-            found = [(r, names[str(env)]) for env, rows in frame.groupby("env_key", sort=True)
-                     for r in [_one(rows, side)] if r is not None]
+            found = [(r, name) for name, rows in groups for r in [_one(rows, side)] if r is not None]
             best.append(min(found, key=lambda t: float(t[0]["ttft_ms"])) if found else (None, ""))
         if best[0][0] is None or best[1][0] is None:
             continue
